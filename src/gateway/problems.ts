@@ -1,0 +1,78 @@
+/**
+ * The one registry of problem types (RFC 9457). Every refusal the gateway sends is one of
+ * these: a stable `type`, its status and a generic title. Titles never carry request data.
+ * `docs/problems.md` lists exactly these codes (a test checks it).
+ */
+export const PROBLEM_TYPE_BASE = 'urn:portcullis:problem:';
+
+export const PROBLEMS = {
+  'bad-request': { status: 400, title: 'Bad Request' },
+  'invalid-path': { status: 400, title: 'Bad Request' },
+  unauthenticated: { status: 401, title: 'Unauthorized' },
+  forbidden: { status: 403, title: 'Forbidden' },
+  'origin-not-allowed': { status: 403, title: 'Forbidden' },
+  'not-found': { status: 404, title: 'Not Found' },
+  'method-not-allowed': { status: 405, title: 'Method Not Allowed' },
+  'request-timeout': { status: 408, title: 'Request Timeout' },
+  'payload-too-large': { status: 413, title: 'Content Too Large' },
+  'uri-too-long': { status: 414, title: 'URI Too Long' },
+  'unsupported-media-type': { status: 415, title: 'Unsupported Media Type' },
+  'headers-too-large': { status: 431, title: 'Request Header Fields Too Large' },
+  internal: { status: 500, title: 'Internal Server Error' },
+  'bad-gateway': { status: 502, title: 'Bad Gateway' },
+  unavailable: { status: 503, title: 'Service Unavailable' },
+  'gateway-timeout': { status: 504, title: 'Gateway Timeout' },
+} as const satisfies Record<string, { status: number; title: string }>;
+
+export type ProblemCode = keyof typeof PROBLEMS;
+
+/** The JSON body of every refusal. */
+export interface ProblemBody {
+  type: string;
+  title: string;
+  status: number;
+  /** The request's correlation id, also sent in the correlation header. */
+  correlationId: string;
+  instance: string;
+}
+
+/**
+ * A typed refusal. Stages throw it; the one denial path renders it. `reason` is a short,
+ * stable machine word for logs, metrics and audit (never sent to the client); `cause` keeps
+ * server-side detail (never sent to the client either).
+ */
+export class Denial extends Error {
+  readonly code: ProblemCode;
+  readonly status: number;
+  readonly reason: string;
+  /** Extra response headers that belong to this refusal, e.g. `Allow` or `WWW-Authenticate`. */
+  readonly headers: Readonly<Record<string, string>>;
+
+  constructor(
+    code: ProblemCode,
+    reason: string,
+    options: { headers?: Record<string, string>; cause?: unknown } = {},
+  ) {
+    super(`${code}: ${reason}`, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'Denial';
+    this.code = code;
+    this.status = PROBLEMS[code].status;
+    this.reason = reason;
+    this.headers = options.headers ?? {};
+  }
+}
+
+export function isDenial(value: unknown): value is Denial {
+  return value instanceof Denial;
+}
+
+export function problemBody(code: ProblemCode, correlationId: string): ProblemBody {
+  const p = PROBLEMS[code];
+  return {
+    type: PROBLEM_TYPE_BASE + code,
+    title: p.title,
+    status: p.status,
+    correlationId,
+    instance: `urn:uuid:${correlationId}`,
+  };
+}
