@@ -1,0 +1,255 @@
+/**
+ * The configuration schema, built in code with TypeBox. Each field carries its bound and its
+ * secure default beside it (DESIGN.md "Secure defaults"); Ajv fills the defaults, so a
+ * configuration file only says what differs.
+ */
+import { Type } from '@sinclair/typebox';
+import type { Static, TSchema } from '@sinclair/typebox';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+/** An object whose properties all have defaults, so it can itself default to `{}`. */
+function Section<T extends Record<string, TSchema>>(props: T, description: string) {
+  return Type.Object(props, { additionalProperties: false, default: {}, description });
+}
+
+const Milliseconds = (def: number, min: number, max: number, description: string) =>
+  Type.Integer({ default: def, minimum: min, maximum: max, description });
+
+const Port = (def: number) => Type.Integer({ minimum: 0, maximum: 65535, default: def });
+
+const Host = (def: string) =>
+  Type.String({ minLength: 1, maxLength: 253, pattern: '^[A-Za-z0-9.:_-]+$', default: def });
+
+const Cidr = Type.String({
+  pattern: '^([0-9.]+|[0-9A-Fa-f:.]+)(/[0-9]{1,3})?$',
+  description: 'an IPv4 or IPv6 address or CIDR range',
+});
+
+export const CONTROLS = [
+  'admin-loopback',
+  'request-limits',
+  'upstream-plaintext',
+  'cors-credentials',
+] as const;
+export type Control = (typeof CONTROLS)[number];
+
+const Limits = Type.Object(
+  {
+    bodyBytes: Type.Integer({
+      minimum: 0,
+      maximum: 64 * MiB,
+      default: MiB,
+      description: 'largest request body; above 1 MiB needs a request-limits exception',
+    }),
+    headerBytes: Type.Integer({
+      minimum: 1 * KiB,
+      maximum: 64 * KiB,
+      default: 16 * KiB,
+      description: 'largest request header block; above 16 KiB needs a request-limits exception',
+    }),
+    urlBytes: Type.Integer({
+      minimum: 256,
+      maximum: 64 * KiB,
+      default: 8 * KiB,
+      description: 'longest request target; above 8 KiB needs a request-limits exception',
+    }),
+  },
+  { additionalProperties: false, default: {} },
+);
+
+const Tls = Section(
+  {
+    certFile: Type.Optional(Type.String({ minLength: 1, description: 'PEM certificate chain' })),
+    keyFile: Type.Optional(Type.String({ minLength: 1, description: 'PEM private key' })),
+  },
+  'certificate and key; both or neither (neither: a development certificate from the data directory)',
+);
+
+const Gateway = Section(
+  {
+    host: Host('127.0.0.1'),
+    port: Port(8443),
+    publicUrl: Type.String({
+      pattern: '^https://[^/?#]+$',
+      default: 'https://localhost:8443',
+      description: 'the origin clients use; the OAuth issuer',
+    }),
+    http2: Type.Boolean({ default: true, description: 'offer HTTP/2 via ALPN beside HTTP/1.1' }),
+    tls: Tls,
+    timeouts: Section(
+      {
+        headersMs: Milliseconds(10_000, 1_000, 60_000, 'time to receive request headers'),
+        requestMs: Milliseconds(30_000, 1_000, 300_000, 'time to receive the whole request'),
+        keepAliveMs: Milliseconds(5_000, 1_000, 120_000, 'idle keep-alive before closing'),
+      },
+      'server timeouts against slow clients',
+    ),
+    limits: Limits,
+    trustedProxies: Type.Array(Cidr, {
+      default: [],
+      maxItems: 256,
+      description:
+        'peers whose X-Forwarded-For / Forwarded / correlation headers are believed; everyone else’s are dropped',
+    }),
+    correlationHeader: Type.String({
+      pattern: '^[a-z][a-z0-9-]{0,63}$',
+      default: 'x-request-id',
+      description: 'lower-case header carrying the correlation id',
+    }),
+    redirectHttp: Type.Optional(
+      Type.Object(
+        { host: Host('127.0.0.1'), port: Port(8080) },
+        { additionalProperties: false, description: 'a plain-HTTP listener that only redirects to HTTPS' },
+      ),
+    ),
+    shutdownGraceMs: Milliseconds(10_000, 0, 120_000, 'how long in-flight requests may drain on shutdown'),
+  },
+  'the public HTTPS listener',
+);
+
+const Admin = Section(
+  {
+    enabled: Type.Boolean({ default: true }),
+    host: Host('127.0.0.1'),
+    port: Port(9443),
+  },
+  'the admin listener; loopback only unless an admin-loopback exception says otherwise',
+);
+
+const Cors = Type.Object(
+  {
+    allowOrigins: Type.Array(
+      Type.String({ pattern: '^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$', maxLength: 300 }),
+      {
+        minItems: 1,
+        maxItems: 100,
+        uniqueItems: true,
+        description: 'exact origins; no wildcard, never null',
+      },
+    ),
+    allowMethods: Type.Optional(
+      Type.Array(Type.String({ pattern: '^[A-Z]+$' }), { maxItems: 10, uniqueItems: true }),
+    ),
+    allowHeaders: Type.Array(Type.String({ pattern: "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$" }), {
+      default: ['authorization', 'content-type', 'dpop', 'idempotency-key'],
+      maxItems: 50,
+    }),
+    exposeHeaders: Type.Array(Type.String({ pattern: "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$" }), {
+      default: [],
+      maxItems: 50,
+    }),
+    allowCredentials: Type.Boolean({
+      default: false,
+      description: 'needs a cors-credentials exception',
+    }),
+    maxAgeSeconds: Type.Integer({ minimum: 0, maximum: 7200, default: 600 }),
+  },
+  { additionalProperties: false },
+);
+
+const Upstream = Type.Object(
+  {
+    url: Type.String({
+      pattern: '^https?://[^/?#@]+(/[^?#]*)?$',
+      description: 'origin (and optional path prefix) of the upstream service',
+    }),
+    timeouts: Section(
+      {
+        connectMs: Milliseconds(2_000, 100, 30_000, 'TCP/TLS connect'),
+        headersMs: Milliseconds(10_000, 100, 300_000, 'time to the upstream response headers'),
+        bodyMs: Milliseconds(30_000, 100, 300_000, 'idle time between upstream body chunks'),
+      },
+      'upstream timeouts',
+    ),
+    connections: Type.Integer({ minimum: 1, maximum: 4096, default: 128, description: 'pool size' }),
+    caFile: Type.Optional(Type.String({ minLength: 1, description: 'CA bundle for an https upstream' })),
+  },
+  { additionalProperties: false },
+);
+
+const Api = Type.Object(
+  {
+    name: Type.String({ pattern: '^[a-z][a-z0-9-]{0,62}$' }),
+    openapi: Type.String({
+      minLength: 1,
+      description: 'the OpenAPI 3.0/3.1 document, relative to this file',
+    }),
+    basePath: Type.String({
+      pattern: '^/v[0-9]+(\\.[0-9]+)?(/[a-z0-9][a-z0-9-]*)*$',
+      description: 'versioned base path, e.g. /v1 or /v2/billing',
+    }),
+    upstream: Upstream,
+    cors: Type.Optional(Cors),
+  },
+  { additionalProperties: false },
+);
+
+const Exception = Type.Object(
+  {
+    id: Type.String({ pattern: '^[A-Za-z0-9._-]{1,64}$' }),
+    control: Type.Union(
+      CONTROLS.map((c) => Type.Literal(c)),
+      { description: 'the control being weakened' },
+    ),
+    scope: Type.String({ minLength: 1, maxLength: 500, description: 'what the exception covers' }),
+    rationale: Type.String({ minLength: 10, maxLength: 2000 }),
+    compensatingControls: Type.Array(Type.String({ minLength: 3, maxLength: 500 }), { minItems: 1 }),
+    owner: Type.String({ minLength: 1, maxLength: 200 }),
+    approver: Type.String({ minLength: 1, maxLength: 200 }),
+    expires: Type.String({
+      format: 'date',
+      description: 'YYYY-MM-DD; the exception stops applying after it',
+    }),
+  },
+  { additionalProperties: false, description: 'a documented exception (seed 000 §15.13)' },
+);
+
+export const ConfigSchema = Type.Object(
+  {
+    version: Type.Literal(1, { default: 1 }),
+    gateway: Gateway,
+    admin: Admin,
+    store: Section(
+      {
+        url: Type.String({
+          minLength: 1,
+          default: 'sqlite:portcullis.db',
+          description: 'sqlite:FILE (relative to the data directory) or postgres://…',
+        }),
+      },
+      'where state lives',
+    ),
+    logging: Section(
+      {
+        level: Type.Union(
+          ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+          { default: 'info' },
+        ),
+        accessLog: Type.Boolean({ default: true }),
+      },
+      'JSON logs on stdout',
+    ),
+    apis: Type.Array(Api, { default: [], maxItems: 1000 }),
+    exceptions: Type.Array(Exception, { default: [], maxItems: 200 }),
+    demoUpstream: Type.Optional(
+      Type.Object(
+        { host: Host('127.0.0.1'), port: Port(4010) },
+        {
+          additionalProperties: false,
+          description: 'start the example patients API in-process (quickstart only)',
+        },
+      ),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export type Config = Static<typeof ConfigSchema>;
+export type ApiConfig = Config['apis'][number];
+export type ExceptionConfig = Config['exceptions'][number];
+export type CorsConfig = NonNullable<ApiConfig['cors']>;
+export type LimitsConfig = Config['gateway']['limits'];
+
+export const DEFAULT_LIMITS = { bodyBytes: MiB, headerBytes: 16 * KiB, urlBytes: 8 * KiB } as const;

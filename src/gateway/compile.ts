@@ -1,0 +1,177 @@
+/**
+ * Compiles a loaded configuration into a {@link Runtime}: the route table of every declared
+ * operation with its stage chain built once, the upstream pools and the trusted-proxy list.
+ * A configuration that cannot be compiled throws a ConfigError naming the key and line; the
+ * caller keeps serving with the previous runtime.
+ */
+import { ConfigError, pathToString } from '../config/load.ts';
+import type { ConfigIssue, ConfigPath, LoadedConfig } from '../config/load.ts';
+import type { LimitsConfig } from '../config/schema.ts';
+import type { Chain, Stage } from './chain.ts';
+import { loadOpenApi, OpenApiError } from './openapi.ts';
+import type { OpenApiDocument, SecurityRequirement } from './openapi.ts';
+import { buildRouteTable } from './routes.ts';
+import type { RouteTable } from './routes.ts';
+import { compileTrustedProxies } from './forwarded.ts';
+import type { TrustedProxies } from './forwarded.ts';
+import { compileAuthenticate, isPublic } from './stages/authenticate/index.ts';
+import type { SchemeVerifier } from './stages/authenticate/index.ts';
+import { compileCors, refuseCrossOrigin } from './stages/cors/index.ts';
+import type { CompiledCors } from './stages/cors/index.ts';
+import { compileProxy, Upstream } from './stages/proxy/index.ts';
+
+export interface CompiledApi {
+  readonly name: string;
+  readonly basePath: string;
+  readonly document: OpenApiDocument;
+  readonly cors: CompiledCors | null;
+  readonly upstream: Upstream;
+}
+
+export interface CompiledOperation {
+  readonly api: CompiledApi;
+  readonly method: string;
+  /** Gateway path template, e.g. `/v1/patients/{patientId}`: what logs and metrics show. */
+  readonly template: string;
+  readonly operationId: string | undefined;
+  readonly security: readonly SecurityRequirement[];
+  /** Whether the operation needs a credential. */
+  readonly protected: boolean;
+  readonly chain: Chain;
+}
+
+export interface Runtime {
+  readonly loaded: LoadedConfig;
+  /** sha256 of the configuration text: the configuration version. */
+  readonly version: string;
+  readonly routes: RouteTable<CompiledOperation>;
+  readonly apis: readonly CompiledApi[];
+  readonly trusted: TrustedProxies;
+  readonly limits: LimitsConfig;
+  readonly correlationHeader: string;
+  /** Closes upstream pools, after in-flight requests finished with them. */
+  close(): Promise<void>;
+}
+
+export interface CompileOptions {
+  /** Verifiers by security scheme name, per API name (filled by the access-control stages). */
+  readonly verifiers?: Readonly<Record<string, Readonly<Record<string, SchemeVerifier>>>>;
+}
+
+function configError(loaded: LoadedConfig, path: ConfigPath, message: string): ConfigError {
+  const at = loaded.locate(path);
+  const issue: ConfigIssue = {
+    path: pathToString(path),
+    message,
+    ...(at ? { line: at.line, column: at.column } : {}),
+  };
+  return new ConfigError(loaded.file, [issue]);
+}
+
+export async function compileRuntime(loaded: LoadedConfig, options: CompileOptions = {}): Promise<Runtime> {
+  const { config } = loaded;
+  const publicHost = new URL(config.gateway.publicUrl).host;
+  const apis: CompiledApi[] = [];
+  const routes: { method: string; template: string; data: CompiledOperation }[] = [];
+  try {
+    for (const [i, api] of config.apis.entries()) {
+      let document: OpenApiDocument;
+      try {
+        document = await loadOpenApi(loaded.resolvePath(api.openapi));
+      } catch (err) {
+        if (err instanceof OpenApiError) throw configError(loaded, ['apis', i, 'openapi'], err.message);
+        throw err;
+      }
+      if (document.operations.length === 0) {
+        throw configError(loaded, ['apis', i, 'openapi'], 'the document declares no operations');
+      }
+      let caFile: string | undefined;
+      if (api.upstream.caFile !== undefined) caFile = loaded.resolvePath(api.upstream.caFile);
+      let upstream: Upstream;
+      try {
+        upstream = new Upstream({
+          ...api.upstream.timeouts,
+          url: api.upstream.url,
+          connections: api.upstream.connections,
+          caFile,
+        });
+      } catch (err) {
+        throw configError(
+          loaded,
+          ['apis', i, 'upstream', 'caFile'],
+          `cannot read the CA file (${(err as NodeJS.ErrnoException).code ?? 'error'})`,
+        );
+      }
+      const compiled: CompiledApi = {
+        name: api.name,
+        basePath: api.basePath,
+        document,
+        cors: api.cors ? compileCors(api.cors) : null,
+        upstream,
+      };
+      apis.push(compiled);
+      const schemeTypes: Record<string, string> = {};
+      for (const [name, scheme] of Object.entries(document.securitySchemes)) {
+        schemeTypes[name] = typeof scheme.type === 'string' ? scheme.type : '';
+      }
+      const proxy = compileProxy(upstream, {
+        basePath: api.basePath,
+        correlationHeader: config.gateway.correlationHeader,
+        publicHost,
+      });
+      const apiRoutes: typeof routes = [];
+      for (const op of document.operations) {
+        const authenticate = compileAuthenticate({
+          apiName: api.name,
+          security: op.security,
+          schemeTypes,
+          verifiers: options.verifiers?.[api.name] ?? {},
+        });
+        const stages: Stage[] = [compiled.cors?.stage ?? refuseCrossOrigin];
+        if (authenticate) stages.push(authenticate);
+        stages.push(proxy);
+        const template = api.basePath + (op.path === '/' ? '' : op.path);
+        apiRoutes.push({
+          method: op.method,
+          template: template === '' ? '/' : template,
+          data: {
+            api: compiled,
+            method: op.method,
+            template,
+            operationId: op.operationId,
+            security: op.security,
+            protected: !isPublic(op.security),
+            chain: stages,
+          },
+        });
+      }
+      try {
+        buildRouteTable(apiRoutes);
+      } catch (err) {
+        throw configError(loaded, ['apis', i, 'openapi'], (err as Error).message);
+      }
+      routes.push(...apiRoutes);
+    }
+    let table: RouteTable<CompiledOperation>;
+    try {
+      table = buildRouteTable(routes);
+    } catch (err) {
+      throw configError(loaded, ['apis'], `APIs overlap: ${(err as Error).message}`);
+    }
+    return {
+      loaded,
+      version: loaded.sha256,
+      routes: table,
+      apis,
+      trusted: compileTrustedProxies(config.gateway.trustedProxies),
+      limits: config.gateway.limits,
+      correlationHeader: config.gateway.correlationHeader,
+      close: async () => {
+        await Promise.all(apis.map((a) => a.upstream.close()));
+      },
+    };
+  } catch (err) {
+    await Promise.allSettled(apis.map((a) => a.upstream.close()));
+    throw err;
+  }
+}

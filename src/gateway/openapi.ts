@@ -1,0 +1,135 @@
+/**
+ * Loads an OpenAPI 3.0 / 3.1 document and lists its operations. `$ref`s are resolved within the
+ * document and to files beside it; network references are never fetched.
+ */
+import { readFile } from 'node:fs/promises';
+import { $RefParser } from '@apidevtools/json-schema-ref-parser';
+import { parse as parseYaml } from 'yaml';
+
+export const HTTP_METHODS = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'] as const;
+
+/** A security requirement: scheme name → required scopes. `{}` means "no credential needed". */
+export type SecurityRequirement = Readonly<Record<string, readonly string[]>>;
+
+export interface OpenApiOperation {
+  readonly method: string; // upper case
+  readonly path: string; // as written in the document, e.g. /patients/{patientId}
+  readonly operationId: string | undefined;
+  /** Effective requirements: the operation's own, else the document's; [] means public. */
+  readonly security: readonly SecurityRequirement[];
+  /** The dereferenced operation object, for stages that need more (validation, limits). */
+  readonly definition: Readonly<Record<string, unknown>>;
+}
+
+export interface OpenApiDocument {
+  readonly version: string;
+  readonly title: string;
+  readonly operations: readonly OpenApiOperation[];
+  readonly securitySchemes: Readonly<Record<string, Readonly<Record<string, unknown>>>>;
+}
+
+/** A document that cannot be used; `message` says where inside it. */
+export class OpenApiError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'OpenApiError';
+  }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function readSecurity(value: unknown, where: string): SecurityRequirement[] {
+  if (!Array.isArray(value)) throw new OpenApiError(`${where}: security must be an array`);
+  return value.map((req, i) => {
+    if (!isObject(req)) throw new OpenApiError(`${where}: security[${i}] must be an object`);
+    const out: Record<string, readonly string[]> = {};
+    for (const [scheme, scopes] of Object.entries(req)) {
+      if (!Array.isArray(scopes) || !scopes.every((s) => typeof s === 'string')) {
+        throw new OpenApiError(`${where}: security[${i}].${scheme} must be an array of scope strings`);
+      }
+      out[scheme] = scopes;
+    }
+    return out;
+  });
+}
+
+/** Parses an already-read document (YAML or JSON text). `file` is used for relative `$ref`s. */
+export async function parseOpenApi(text: string, file: string): Promise<OpenApiDocument> {
+  let raw: unknown;
+  try {
+    raw = parseYaml(text, { maxAliasCount: 100 });
+  } catch (err) {
+    throw new OpenApiError(`not valid YAML or JSON: ${(err as Error).message.split('\n')[0] ?? ''}`);
+  }
+  if (!isObject(raw)) throw new OpenApiError('not an OpenAPI document (expected an object)');
+  const version = raw.openapi;
+  if (typeof version !== 'string' || !/^3\.[01]\.\d+$/.test(version)) {
+    throw new OpenApiError('"openapi" must be a 3.0.x or 3.1.x version');
+  }
+  let doc: Record<string, unknown>;
+  try {
+    doc = await $RefParser.dereference<Record<string, unknown>>(file, raw, {
+      resolve: { http: false, external: true },
+      dereference: { circular: 'ignore' },
+    });
+  } catch (err) {
+    throw new OpenApiError(`cannot resolve a $ref: ${(err as Error).message.split('\n')[0] ?? ''}`);
+  }
+  const info = isObject(doc.info) ? doc.info : {};
+  const paths = doc.paths;
+  if (!isObject(paths)) throw new OpenApiError('"paths" must be an object');
+  const topSecurity = doc.security === undefined ? [] : readSecurity(doc.security, 'document');
+  const components = isObject(doc.components) ? doc.components : {};
+  const schemes = isObject(components.securitySchemes) ? components.securitySchemes : {};
+  const securitySchemes: Record<string, Record<string, unknown>> = {};
+  for (const [name, s] of Object.entries(schemes)) {
+    if (!isObject(s)) throw new OpenApiError(`components.securitySchemes.${name} must be an object`);
+    securitySchemes[name] = s;
+  }
+
+  const operations: OpenApiOperation[] = [];
+  for (const [path, item] of Object.entries(paths)) {
+    if (!path.startsWith('/')) throw new OpenApiError(`paths: "${path}" must start with "/"`);
+    if (!isObject(item)) throw new OpenApiError(`paths."${path}" must be an object`);
+    for (const method of HTTP_METHODS) {
+      const op = item[method];
+      if (op === undefined) continue;
+      if (!isObject(op)) throw new OpenApiError(`paths."${path}".${method} must be an object`);
+      const where = `paths."${path}".${method}`;
+      const security = op.security === undefined ? topSecurity : readSecurity(op.security, where);
+      for (const req of security) {
+        for (const scheme of Object.keys(req)) {
+          if (!(scheme in securitySchemes)) {
+            throw new OpenApiError(`${where}: security scheme "${scheme}" is not declared in components`);
+          }
+        }
+      }
+      operations.push({
+        method: method.toUpperCase(),
+        path,
+        operationId: typeof op.operationId === 'string' ? op.operationId : undefined,
+        security,
+        definition: op,
+      });
+    }
+  }
+  return {
+    version,
+    title: typeof info.title === 'string' ? info.title : '',
+    operations,
+    securitySchemes,
+  };
+}
+
+/** Reads and parses a document file. */
+export async function loadOpenApi(file: string): Promise<OpenApiDocument> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new OpenApiError(`cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  return parseOpenApi(text, file);
+}

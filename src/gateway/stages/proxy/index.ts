@@ -1,0 +1,162 @@
+/**
+ * The terminal stage: forwards the request to the API's upstream over a keep-alive undici pool
+ * and answers with the upstream response.
+ *
+ * Requests go upstream only on the canonical path rebuilt from the decoded segments (see
+ * path.ts), with hop-by-hop, forwarding and credential headers removed and the gateway's own
+ * forwarding headers and correlation id added. Upstream 5xx bodies and connection failures never
+ * reach the client: they become a generic 502/504 with the cause kept server-side.
+ */
+import { readFileSync } from 'node:fs';
+import type { IncomingHttpHeaders } from 'node:http';
+import { Pool, errors as undiciErrors } from 'undici';
+import { Denial } from '../../problems.ts';
+import type { Stage, StageResponse } from '../../chain.ts';
+import { HOP_BY_HOP, connectionTokens } from './hop-by-hop.ts';
+
+export interface UpstreamOptions {
+  readonly url: string;
+  readonly connectMs: number;
+  readonly headersMs: number;
+  readonly bodyMs: number;
+  readonly connections: number;
+  /** CA bundle file for an https upstream (else the system roots). */
+  readonly caFile?: string | undefined;
+}
+
+export interface ProxyOptions {
+  /** The API's base path on the gateway, stripped before the upstream's own prefix is added. */
+  readonly basePath: string;
+  readonly correlationHeader: string;
+  /** Host the client used (from the configured public URL, never from the request). */
+  readonly publicHost: string;
+}
+
+/** Request headers never sent upstream, beyond hop-by-hop ones. */
+const STRIPPED_REQUEST = new Set([
+  'host',
+  'authorization', // the client's credential stays at the gateway
+  'forwarded',
+  'x-forwarded-for',
+  'x-forwarded-host',
+  'x-forwarded-proto',
+  'x-forwarded-port',
+  'x-forwarded-prefix',
+  'x-real-ip',
+  'x-client-ip',
+  'true-client-ip',
+  'cf-connecting-ip',
+  'x-original-url',
+  'x-rewrite-url',
+  'x-http-method-override',
+  'x-http-method',
+  'x-method-override',
+  'content-length', // recomputed from the body actually read
+]);
+
+export class Upstream {
+  readonly origin: string;
+  readonly prefix: string;
+  readonly pool: Pool;
+  readonly options: UpstreamOptions;
+
+  constructor(options: UpstreamOptions) {
+    const url = new URL(options.url);
+    this.options = options;
+    this.origin = url.origin;
+    this.prefix = url.pathname.replace(/\/+$/, '');
+    const ca = options.caFile === undefined ? undefined : readFileSync(options.caFile, 'utf8');
+    this.pool = new Pool(this.origin, {
+      connections: options.connections,
+      connectTimeout: options.connectMs,
+      headersTimeout: options.headersMs,
+      bodyTimeout: options.bodyMs,
+      keepAliveTimeout: 4_000,
+      connect: ca === undefined ? {} : { ca, minVersion: 'TLSv1.2' },
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.pool.close();
+  }
+}
+
+function upstreamHeaders(
+  incoming: IncomingHttpHeaders,
+  clientIp: string,
+  correlationId: string,
+  options: ProxyOptions,
+  bodyLength: number | undefined,
+): Record<string, string | string[]> {
+  const dropped = connectionTokens(incoming.connection);
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(incoming)) {
+    if (value === undefined || name.startsWith(':')) continue;
+    if (HOP_BY_HOP.has(name) || STRIPPED_REQUEST.has(name) || dropped.has(name)) continue;
+    if (name === options.correlationHeader) continue;
+    out[name] = value;
+  }
+  out['x-forwarded-for'] = clientIp;
+  out['x-forwarded-proto'] = 'https';
+  out['x-forwarded-host'] = options.publicHost;
+  out[options.correlationHeader] = correlationId;
+  if (bodyLength !== undefined) out['content-length'] = String(bodyLength);
+  return out;
+}
+
+function responseHeaders(headers: IncomingHttpHeaders): Record<string, string | string[]> {
+  const dropped = connectionTokens(headers.connection);
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || dropped.has(name)) continue;
+    out[name] = value;
+  }
+  return out;
+}
+
+function classify(err: unknown): Denial {
+  if (err instanceof Denial) return err;
+  if (
+    err instanceof undiciErrors.ConnectTimeoutError ||
+    err instanceof undiciErrors.HeadersTimeoutError ||
+    err instanceof undiciErrors.BodyTimeoutError
+  ) {
+    return new Denial('gateway-timeout', 'upstream-timeout', { cause: err });
+  }
+  return new Denial('bad-gateway', 'upstream-unreachable', { cause: err });
+}
+
+export function compileProxy(upstream: Upstream, options: ProxyOptions): Stage {
+  const baseLength = options.basePath.length;
+  return async (req): Promise<StageResponse> => {
+    const rest = req.target.path.slice(baseLength);
+    const path =
+      upstream.prefix + (rest === '' ? '/' : rest) + (req.target.query === '' ? '' : `?${req.target.query}`);
+    const body = req.body;
+    let res;
+    try {
+      res = await upstream.pool.request({
+        method: req.method,
+        path,
+        headers: upstreamHeaders(req.headers, req.clientIp, req.correlationId, options, body?.length),
+        body: body ?? null,
+      });
+    } catch (err) {
+      throw classify(err);
+    }
+    if (res.statusCode >= 500) {
+      // Upstream error bodies can carry stack traces and internal hosts: never pass them on.
+      res.body.resume();
+      throw new Denial('bad-gateway', `upstream-status-${res.statusCode}`);
+    }
+    const stream = res.body;
+    return {
+      status: res.statusCode,
+      headers: responseHeaders(res.headers),
+      body: stream,
+      onDone: () => {
+        if (!stream.readableEnded) stream.destroy();
+      },
+    };
+  };
+}

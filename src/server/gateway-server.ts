@@ -1,0 +1,378 @@
+/**
+ * The public listener: HTTPS with HTTP/2 and HTTP/1.1 (ALPN) on Fastify, one catch-all route
+ * that hands each request to the route table and stage chain of the current runtime, and the
+ * single denial path that turns every refusal or failure into an RFC 9457 problem response.
+ *
+ * Per request, in order (each step may end the request with a problem):
+ *   header-size check → target normalisation → route match (404 / 405) → CORS preflight →
+ *   body read within the limit → the operation's chain (cors → authenticate → proxy) →
+ *   security headers on whatever is sent → one access-log line.
+ */
+import { randomUUID } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
+import type { Http2SecureServer, Http2ServerRequest, Http2ServerResponse } from 'node:http2';
+import type { Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import { fastify } from 'fastify';
+import type {
+  FastifyError,
+  FastifyInstance,
+  FastifyReply,
+  FastifyRequest,
+  RouteGenericInterface,
+} from 'fastify';
+import type { GatewayRequest } from '../gateway/chain.ts';
+import { runChain } from '../gateway/chain.ts';
+import type { Runtime } from '../gateway/compile.ts';
+import { acceptCorrelationId, canonicalIp, deriveClientIp } from '../gateway/forwarded.ts';
+import { normalizeTarget } from '../gateway/path.ts';
+import { Denial, isDenial, problemBody } from '../gateway/problems.ts';
+import { applySecurityHeaders, securityHeaderObject } from '../gateway/stages/headers/index.ts';
+import type { Logger } from './logging.ts';
+import { describeError } from './logging.ts';
+import { hardenTlsServer, secureContextOptions } from './tls.ts';
+
+/** Holds the runtime in force; a reload swaps `current` in one assignment. */
+export interface RuntimeHolder {
+  current: Runtime;
+}
+
+export interface GatewayServerOptions {
+  readonly holder: RuntimeHolder;
+  readonly logger: Logger;
+  readonly tls: { certPem: string; keyPem: string };
+  readonly http2: boolean;
+  readonly timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
+  readonly accessLog: boolean;
+}
+
+/** What the gateway knows about a request; set in onRequest, read by later hooks. */
+interface RequestState {
+  correlationId: string;
+  clientIp: string;
+  started: bigint;
+  runtime: Runtime;
+  gw: GatewayRequest | undefined;
+  denial: Denial | undefined;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    portcullis: RequestState | null;
+  }
+}
+
+export type GatewayApp = FastifyInstance<Http2SecureServer, Http2ServerRequest, Http2ServerResponse>;
+type GwRequest = FastifyRequest<RouteGenericInterface, Http2SecureServer, Http2ServerRequest>;
+type GwReply = FastifyReply<
+  RouteGenericInterface,
+  Http2SecureServer,
+  Http2ServerRequest,
+  Http2ServerResponse
+>;
+
+const ROUTED_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE'];
+/** Headers the node parser counts beyond names and values (": " and CRLF). */
+const HEADER_OVERHEAD = 4;
+
+function headerBytes(raw: readonly string[]): number {
+  let total = 0;
+  for (const part of raw) total += Buffer.byteLength(part) + HEADER_OVERHEAD / 2;
+  return total;
+}
+
+function toDenial(err: unknown): Denial {
+  if (isDenial(err)) return err;
+  const fe = err as Partial<FastifyError>;
+  switch (fe.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new Denial('payload-too-large', 'body-too-large', { cause: err });
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+    case 'FST_ERR_CTP_EMPTY_TYPE':
+      return new Denial('bad-request', 'bad-body-framing', { cause: err });
+    case 'FST_ERR_BAD_URL':
+    case 'FST_ERR_ASYNC_CONSTRAINT':
+      return new Denial('invalid-path', 'bad-url', { cause: err });
+    default:
+      break;
+  }
+  if (fe.statusCode === 408 || (err as { code?: string }).code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    return new Denial('request-timeout', 'request-timeout', { cause: err });
+  }
+  if (fe.statusCode === 400) return new Denial('bad-request', 'malformed-request', { cause: err });
+  return new Denial('internal', 'unexpected-error', { cause: err });
+}
+
+/** Reads the body up to `limit` bytes; more is a 413 before it is all in memory. */
+function readBody(payload: Readable, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        cleanup();
+        payload.resume(); // discard the rest without buffering it
+        reject(new Denial('payload-too-large', 'body-too-large'));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = () => {
+      cleanup();
+      resolve(Buffer.concat(chunks, size));
+    };
+    const onError = (err: Error) => {
+      cleanup();
+      reject(new Denial('bad-request', 'body-aborted', { cause: err }));
+    };
+    const cleanup = () => {
+      payload.off('data', onData);
+      payload.off('end', onEnd);
+      payload.off('error', onError);
+    };
+    payload.on('data', onData);
+    payload.on('end', onEnd);
+    payload.on('error', onError);
+  });
+}
+
+/** A problem response written straight to a socket, for errors before HTTP parsing finished. */
+function rawProblem(socket: Socket, status: 400 | 408 | 431): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const id = randomUUID();
+  const code = status === 431 ? 'headers-too-large' : status === 408 ? 'request-timeout' : 'bad-request';
+  const body = JSON.stringify(problemBody(code, id));
+  const headers = {
+    ...securityHeaderObject({ authenticated: false, error: true }),
+    'content-type': 'application/problem+json',
+    'content-length': String(Buffer.byteLength(body)),
+    connection: 'close',
+  };
+  const head = Object.entries(headers)
+    .map(([k, v]) => `${k}: ${String(v)}`)
+    .join('\r\n');
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n${head}\r\n\r\n${body}`);
+}
+
+export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
+  const { holder, logger } = options;
+
+  /** The one denial path: every refusal and failure leaves through here as a problem. */
+  function sendProblem(request: GwRequest, reply: GwReply, denial: Denial, original?: unknown) {
+    const state = request.portcullis;
+    const correlationId = state?.correlationId ?? randomUUID();
+    if (state) state.denial = denial;
+    if (denial.status >= 500) {
+      logger.warn(
+        {
+          event: 'request-failed',
+          correlationId,
+          reason: denial.reason,
+          error: describeError(denial.cause ?? original),
+        },
+        'request failed',
+      );
+    }
+    reply.code(denial.status);
+    for (const name of Object.keys(reply.getHeaders())) {
+      if (!name.startsWith('access-control-') && name !== 'vary') reply.removeHeader(name);
+    }
+    for (const [name, value] of Object.entries(denial.headers)) reply.header(name, value);
+    if (
+      (denial.code === 'payload-too-large' || denial.code === 'headers-too-large') &&
+      request.raw.httpVersionMajor === 1
+    ) {
+      reply.header('connection', 'close');
+    }
+    reply.header('content-type', 'application/problem+json');
+    return reply.send(JSON.stringify(problemBody(denial.code, correlationId)));
+  }
+  const tls = secureContextOptions(options.tls, { alpn: options.http2 ? 'h2+http/1.1' : 'http/1.1' });
+  const app: GatewayApp = fastify({
+    http2: true,
+    https: {
+      ...tls,
+      allowHTTP1: true,
+      // The configured header limit is enforced exactly in onRequest; these only bound the parser.
+      settings: { maxHeaderListSize: 64 * 1024 },
+      maxSessionMemory: 10,
+    },
+    http2SessionTimeout: options.timeouts.keepAliveMs * 12,
+    connectionTimeout: options.timeouts.requestMs * 2,
+    keepAliveTimeout: options.timeouts.keepAliveMs,
+    requestTimeout: options.timeouts.requestMs,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    exposeHeadRoutes: false,
+    bodyLimit: 64 * 1024 * 1024, // the configured limit is enforced per request by readBody
+    logger: false,
+    requestIdHeader: false,
+    genReqId: () => '',
+    frameworkErrors: (err, request, reply) => {
+      void sendProblem(request, reply, toDenial(err));
+    },
+    clientErrorHandler: (err: Error & { code?: string }, socket: Socket) => {
+      logger.debug({ event: 'client-error', error: describeError(err) }, 'client connection error');
+      if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
+        socket.destroy();
+        return;
+      }
+      rawProblem(
+        socket,
+        err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400,
+      );
+    },
+  });
+  const server = app.server;
+  hardenTlsServer(server);
+  // Slow clients: the http/1.1 fallback honours these on the HTTP/2 server object.
+  const slow = server as unknown as { headersTimeout: number; requestTimeout: number };
+  slow.headersTimeout = options.timeouts.headersMs;
+  slow.requestTimeout = options.timeouts.requestMs;
+
+  app.decorateRequest('portcullis', null);
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (request: GwRequest, payload: Readable) => {
+    const state = request.portcullis;
+    return readBody(payload, state?.runtime.limits.bodyBytes ?? 0);
+  });
+
+  app.addHook('onRequest', async (request, reply) => {
+    const runtime = holder.current;
+    const raw = request.raw;
+    const peerIp = canonicalIp(raw.socket.remoteAddress ?? '');
+    const correlationId =
+      acceptCorrelationId(peerIp, raw.headers[runtime.correlationHeader], runtime.trusted) ?? randomUUID();
+    const state: RequestState = {
+      correlationId,
+      clientIp: deriveClientIp(peerIp, raw.headers, runtime.trusted),
+      started: process.hrtime.bigint(),
+      runtime,
+      gw: undefined,
+      denial: undefined,
+    };
+    request.portcullis = state;
+
+    if (headerBytes(raw.rawHeaders) > runtime.limits.headerBytes) {
+      throw new Denial('headers-too-large', 'header-block-too-large');
+    }
+    const target = normalizeTarget(raw.url, runtime.limits.urlBytes);
+    const method = raw.method;
+    const match = runtime.routes.match(method, target.segments);
+    if (match.kind === 'not-found') throw new Denial('not-found', 'undeclared-path');
+    if (match.kind === 'method-not-allowed') {
+      // A CORS preflight for a declared path is answered by the API's CORS policy.
+      if (
+        method === 'OPTIONS' &&
+        raw.headers.origin !== undefined &&
+        raw.headers['access-control-request-method'] !== undefined
+      ) {
+        const probe = runtime.routes.match(raw.headers['access-control-request-method'], target.segments);
+        const op = probe.kind === 'found' ? probe.data : undefined;
+        const cors = op?.api.cors;
+        if (!cors) throw new Denial('origin-not-allowed', 'cors-not-configured');
+        const answer = cors.preflight(raw.headers, match.allow);
+        reply.code(answer.status);
+        for (const [name, value] of Object.entries(answer.headers)) reply.header(name, value);
+        return reply.send();
+      }
+      throw new Denial('method-not-allowed', 'undeclared-method', {
+        headers: { allow: match.allow.join(', ') },
+      });
+    }
+    const declared = raw.headers['content-length'];
+    if (declared !== undefined && Number(declared) > runtime.limits.bodyBytes) {
+      throw new Denial('payload-too-large', 'declared-length-too-large');
+    }
+    state.gw = {
+      correlationId,
+      method,
+      target,
+      headers: raw.headers,
+      peerIp,
+      clientIp: state.clientIp,
+      operation: match.data,
+      params: match.params,
+      body: undefined,
+      credentialPresented: raw.headers.authorization !== undefined || raw.headers.cookie !== undefined,
+      responseHeaders: {},
+    };
+    return undefined;
+  });
+
+  const handler = async (request: GwRequest, reply: GwReply) => {
+    const state = request.portcullis;
+    const gw = state?.gw;
+    if (!gw) throw new Denial('internal', 'no-route-state');
+    gw.body = Buffer.isBuffer(request.body) && request.body.length > 0 ? request.body : undefined;
+    const res = await runChain(gw.operation.chain, gw);
+    reply.code(res.status);
+    for (const [name, value] of Object.entries(res.headers)) reply.header(name, value);
+    for (const [name, value] of Object.entries(gw.responseHeaders)) reply.header(name, value);
+    if (res.onDone) {
+      const done = res.onDone;
+      reply.raw.once('close', done);
+    }
+    return reply.send(res.body ?? null);
+  };
+  app.route({ method: ROUTED_METHODS, url: '/', handler });
+  app.route({ method: ROUTED_METHODS, url: '/*', handler });
+
+  app.setNotFoundHandler(async () => {
+    throw new Denial('not-found', 'unrouted');
+  });
+
+  app.setErrorHandler(async (err: unknown, request, reply) =>
+    sendProblem(request, reply, toDenial(err), err),
+  );
+
+  app.addHook('onSend', async (request, reply, payload) => {
+    const state = request.portcullis;
+    const gw = state?.gw;
+    const correlationHeader = state?.runtime.correlationHeader ?? holder.current.correlationHeader;
+    applySecurityHeaders(
+      (n, v) => {
+        reply.header(n, v);
+      },
+      (n) => reply.getHeader(n),
+      (n) => {
+        reply.removeHeader(n);
+      },
+      {
+        authenticated: gw !== undefined && (gw.credentialPresented || gw.operation.protected),
+        error: reply.statusCode >= 400,
+      },
+    );
+    if (state) reply.header(correlationHeader, state.correlationId);
+    return payload;
+  });
+
+  if (options.accessLog) {
+    app.addHook('onResponse', async (request, reply) => {
+      const state = request.portcullis;
+      if (!state) return;
+      const op = state.gw?.operation;
+      logger.info(
+        {
+          event: 'access',
+          correlationId: state.correlationId,
+          method: request.raw.method,
+          api: op?.api.name ?? null,
+          route: op?.template ?? null,
+          status: reply.statusCode,
+          durationMs: Number(process.hrtime.bigint() - state.started) / 1e6,
+          clientIp: state.clientIp,
+          httpVersion: request.raw.httpVersion,
+          ...(state.denial ? { reason: state.denial.reason } : {}),
+        },
+        'request',
+      );
+    });
+  }
+  return app;
+}
