@@ -139,7 +139,7 @@ function readBody(payload: Readable, limit: number): Promise<Buffer> {
 }
 
 /** A problem response written straight to a socket, for errors before HTTP parsing finished. */
-function rawProblem(socket: Socket, status: 400 | 408 | 431): void {
+function rawProblem(socket: Socket, status: 400 | 408 | 431, correlationHeader: string): void {
   if (!socket.writable) {
     socket.destroy();
     return;
@@ -151,6 +151,7 @@ function rawProblem(socket: Socket, status: 400 | 408 | 431): void {
     ...securityHeaderObject({ authenticated: false, error: true }),
     'content-type': 'application/problem+json',
     'content-length': String(Buffer.byteLength(body)),
+    [correlationHeader]: id,
     connection: 'close',
   };
   const head = Object.entries(headers)
@@ -225,15 +226,23 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
       rawProblem(
         socket,
         err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400,
+        holder.current.correlationHeader,
       );
     },
   });
   const server = app.server;
   hardenTlsServer(server);
   // Slow clients: the http/1.1 fallback honours these on the HTTP/2 server object.
-  const slow = server as unknown as { headersTimeout: number; requestTimeout: number };
-  slow.headersTimeout = options.timeouts.headersMs;
-  slow.requestTimeout = options.timeouts.requestMs;
+  const http1 = server as unknown as {
+    headersTimeout: number;
+    requestTimeout: number;
+    maxHeaderSize: number;
+  };
+  http1.headersTimeout = options.timeouts.headersMs;
+  http1.requestTimeout = options.timeouts.requestMs;
+  // The parser's own bound sits at the schema's maximum; the configured limit is checked exactly
+  // in onRequest, where the refusal gets a correlation id and an access-log line.
+  http1.maxHeaderSize = 64 * 1024;
 
   app.decorateRequest('portcullis', null);
   app.removeAllContentTypeParsers();
@@ -272,9 +281,9 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
         raw.headers.origin !== undefined &&
         raw.headers['access-control-request-method'] !== undefined
       ) {
-        const probe = runtime.routes.match(raw.headers['access-control-request-method'], target.segments);
-        const op = probe.kind === 'found' ? probe.data : undefined;
-        const cors = op?.api.cors;
+        // Any declared operation of the path tells which API (and so which CORS policy) it is.
+        const probe = runtime.routes.match(match.allow[0] ?? '', target.segments);
+        const cors = probe.kind === 'found' ? probe.data.api.cors : null;
         if (!cors) throw new Denial('origin-not-allowed', 'cors-not-configured');
         const answer = cors.preflight(raw.headers, match.allow);
         reply.code(answer.status);
