@@ -1,0 +1,91 @@
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
+import { loadOpenApi, OpenApiError, parseOpenApi } from './openapi.ts';
+
+const schemes = {
+  components: { securitySchemes: { key: { type: 'apiKey', in: 'header', name: 'x-api-key' } } },
+};
+
+describe('parseOpenApi', () => {
+  it('reads an OpenAPI 3.0 document with document-level security inherited by operations', async () => {
+    const doc = await parseOpenApi(
+      stringify({
+        openapi: '3.0.3',
+        info: { title: 'legacy', version: '1' },
+        security: [{ key: [] }],
+        ...schemes,
+        paths: {
+          '/a': { get: { operationId: 'a', responses: {} }, post: { security: [], responses: {} } },
+        },
+      }),
+      '/tmp/x.yaml',
+    );
+    expect(doc.version).toBe('3.0.3');
+    expect(doc.operations.map((o) => [o.method, o.path, o.security])).toEqual([
+      ['GET', '/a', [{ key: [] }]],
+      ['POST', '/a', []],
+    ]);
+  });
+
+  it('resolves local and relative-file $refs', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'oas-'));
+    await writeFile(join(dir, 'schemas.yaml'), stringify({ Item: { type: 'object' } }));
+    await writeFile(
+      join(dir, 'api.yaml'),
+      stringify({
+        openapi: '3.1.0',
+        info: { title: 't', version: '1' },
+        paths: { '/i': { get: { responses: { '200': { $ref: '#/components/responses/Ok' } } } } },
+        components: {
+          responses: {
+            Ok: {
+              description: 'ok',
+              content: { 'application/json': { schema: { $ref: 'schemas.yaml#/Item' } } },
+            },
+          },
+        },
+      }),
+    );
+    const doc = await loadOpenApi(join(dir, 'api.yaml'));
+    const responses = doc.operations[0]!.definition.responses as Record<
+      string,
+      { content: Record<string, { schema: unknown }> }
+    >;
+    expect(responses['200']!.content['application/json']!.schema).toEqual({ type: 'object' });
+  });
+
+  const refused: [string, unknown, RegExp][] = [
+    ['Swagger 2.0', { swagger: '2.0', paths: {} }, /3\.0\.x or 3\.1\.x/],
+    ['an unsupported version', { openapi: '4.0.0', paths: {} }, /3\.0\.x or 3\.1\.x/],
+    ['no paths', { openapi: '3.1.0' }, /"paths"/],
+    ['a path without a leading slash', { openapi: '3.1.0', paths: { items: {} } }, /must start with/],
+    [
+      'an undeclared security scheme',
+      { openapi: '3.1.0', paths: { '/a': { get: { security: [{ ghost: [] }] } } } },
+      /"ghost" is not declared/,
+    ],
+    [
+      'a network $ref (never fetched)',
+      {
+        openapi: '3.1.0',
+        paths: { '/a': { get: { responses: { '200': { $ref: 'https://example.com/r.yaml' } } } } },
+      },
+      /\$ref/,
+    ],
+  ];
+  for (const [what, doc, message] of refused) {
+    it(`refuses ${what}`, async () => {
+      const attempt = parseOpenApi(stringify(doc), '/tmp/x.yaml');
+      await expect(attempt).rejects.toBeInstanceOf(OpenApiError);
+      await expect(attempt).rejects.toThrow(message);
+    });
+  }
+
+  it('refuses text that is not YAML or JSON, and a missing file', async () => {
+    await expect(parseOpenApi('openapi: [unclosed', '/tmp/x.yaml')).rejects.toBeInstanceOf(OpenApiError);
+    await expect(loadOpenApi('/nonexistent/api.yaml')).rejects.toThrow(/cannot read .*ENOENT/);
+  });
+});
