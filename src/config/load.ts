@@ -10,7 +10,7 @@ import { dirname, resolve } from 'node:path';
 import { Ajv } from 'ajv';
 import type { ErrorObject } from 'ajv';
 import addFormatsModule from 'ajv-formats';
-import { LineCounter, parseDocument, isNode } from 'yaml';
+import { LineCounter, parseDocument, isMap, isNode, isScalar, isSeq } from 'yaml';
 import type { Document } from 'yaml';
 import { ConfigSchema, DEFAULT_LIMITS } from './schema.ts';
 import type { Config, Control } from './schema.ts';
@@ -85,15 +85,55 @@ function pointerToPath(pointer: string): (string | number)[] {
 function makeLocator(doc: Document, counter: LineCounter) {
   return (path: ConfigPath): { line: number; column: number } | undefined => {
     for (let n = path.length; n >= 0; n--) {
+      // For a mapping value, point at its key when we can: that is where people look (and a
+      // block value starts on the next line).
+      const last = path[n - 1];
+      if (typeof last === 'string') {
+        const parent: unknown = doc.getIn(path.slice(0, n - 1), true);
+        const pair = isMap(parent)
+          ? parent.items.find((p) => isScalar(p.key) && String(p.key.value) === last)
+          : undefined;
+        if (pair && isNode(pair.key) && pair.key.range) {
+          const pos = counter.linePos(pair.key.range[0]);
+          return { line: pos.line, column: pos.col };
+        }
+      }
       const node: unknown = doc.getIn(path.slice(0, n), true);
       if (isNode(node) && node.range) {
-        // For a mapping value, point at its key when we can: that is where people look.
         const pos = counter.linePos(node.range[0]);
         return { line: pos.line, column: pos.col };
       }
     }
     return undefined;
   };
+}
+
+/** The key path of the innermost key or value written at `offset` (for YAML errors). */
+function pathAt(doc: Document, offset: number): (string | number)[] {
+  const path: (string | number)[] = [];
+  const within = (node: unknown): boolean =>
+    isNode(node) &&
+    node.range !== undefined &&
+    node.range !== null &&
+    offset >= node.range[0] &&
+    offset < node.range[2];
+  let node: unknown = doc.contents;
+  for (;;) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => within(p.key) || within(p.value));
+      if (!pair || !isScalar(pair.key)) return path;
+      path.push(String(pair.key.value));
+      if (within(pair.key)) return path;
+      node = pair.value;
+    } else if (isSeq(node)) {
+      const i = node.items.findIndex((item) => within(item));
+      if (i < 0) return path;
+      path.push(i);
+      node = node.items[i];
+    } else {
+      return path;
+    }
+  }
 }
 
 function describeAjvError(e: ErrorObject): { path: (string | number)[]; message: string } {
@@ -123,7 +163,7 @@ function describeAjvError(e: ErrorObject): { path: (string | number)[]; message:
     case 'pattern':
       return {
         path,
-        message: `has the wrong form${hint || ` (expected to match ${String(params.pattern)})`}`,
+        message: `has the wrong form: expected to match ${String(params.pattern)}${hint}`,
       };
     case 'format':
       return { path, message: `expected a ${String(params.format)}${hint}` };
@@ -189,7 +229,12 @@ export function parseConfig(text: string, file: string, now: Date = new Date()):
       abs,
       doc.errors.map((err) => {
         const pos = counter.linePos(err.pos[0]);
-        return { path: '', line: pos.line, column: pos.col, message: `YAML: ${err.message.split('\n')[0]}` };
+        return {
+          path: pathToString(pathAt(doc, err.pos[0])),
+          line: pos.line,
+          column: pos.col,
+          message: `YAML: ${err.message.split('\n')[0]}`,
+        };
       }),
     );
   }
@@ -217,12 +262,14 @@ export function parseConfig(text: string, file: string, now: Date = new Date()):
 
   // Documented exceptions: in force until the end of their expiry day (UTC).
   const active = new Set<Control>();
+  const expired = new Map<Control, string>();
   const ids = new Set<string>();
   config.exceptions.forEach((ex, i) => {
     if (ids.has(ex.id)) issue(['exceptions', i, 'id'], `duplicate exception id "${ex.id}"`);
     ids.add(ex.id);
     const end = Date.parse(`${ex.expires}T23:59:59.999Z`);
     if (end < now.getTime()) {
+      expired.set(ex.control, `exception "${ex.id}" expired on ${ex.expires}`);
       warn(
         ['exceptions', i, 'expires'],
         `exception "${ex.id}" expired on ${ex.expires} and no longer applies`,
@@ -236,7 +283,12 @@ export function parseConfig(text: string, file: string, now: Date = new Date()):
   });
   const needs = (control: Control, path: ConfigPath, what: string) => {
     if (!active.has(control)) {
-      issue(path, `${what} weakens a control: it needs an unexpired exception with control "${control}"`);
+      const note = expired.get(control);
+      issue(
+        path,
+        `${what} weakens a control: it needs an unexpired exception with control "${control}"` +
+          (note === undefined ? '' : ` (${note})`),
+      );
     }
   };
 

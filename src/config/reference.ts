@@ -73,7 +73,7 @@ export function renderConfigReference(): string {
     }
     if (node.type === 'array' && node.items?.type === 'object') walk(node.items, `${path}[]`, false);
   };
-  walk(ConfigSchema as unknown as SchemaNode, '', false);
+  walk(ConfigSchema, '', false);
   return [
     '# Configuration reference',
     '',

@@ -222,7 +222,13 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         );
         return { status: 'refused', version: current.version, issues };
       }
-      if (next.version === current.version) {
+      // The version hashes the configuration text only: an edited OpenAPI document alone is a
+      // change too.
+      const sameContracts = isDeepStrictEqual(
+        next.apis.map((a) => a.document),
+        current.apis.map((a) => a.document),
+      );
+      if (next.version === current.version && sameContracts) {
         await next.close();
         return { status: 'unchanged', version: current.version };
       }
