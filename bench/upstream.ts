@@ -1,0 +1,21 @@
+/**
+ * The demo upstream in its own process, so that the benchmark client, the upstream and the
+ * gateway each have their own event loop. Prints `{"url": …, "pid": …}` on stdout once listening
+ * and exits on SIGTERM/SIGINT or when its stdin closes (the benchmark went away).
+ */
+import { startDemoUpstream } from '../examples/demo-upstream/server.ts';
+
+const upstream = await startDemoUpstream({ port: 0 });
+process.stdout.write(JSON.stringify({ url: upstream.url, pid: process.pid }) + '\n');
+
+let stopping = false;
+const stop = () => {
+  if (stopping) return;
+  stopping = true;
+  void upstream.close().finally(() => process.exit(0));
+};
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
+process.stdin.on('end', stop);
+process.stdin.on('error', stop);
+process.stdin.resume();
