@@ -4,6 +4,7 @@
  * A configuration that cannot be compiled throws a ConfigError naming the key and line; the
  * caller keeps serving with the previous runtime.
  */
+import { createHash } from 'node:crypto';
 import { ConfigError, pathToString } from '../config/load.ts';
 import type { ConfigIssue, ConfigPath, LoadedConfig } from '../config/load.ts';
 import type { LimitsConfig } from '../config/schema.ts';
@@ -42,7 +43,7 @@ export interface CompiledOperation {
 
 export interface Runtime {
   readonly loaded: LoadedConfig;
-  /** sha256 of the configuration text: the configuration version. */
+  /** sha256 over the configuration text and each OpenAPI document: the configuration version. */
   readonly version: string;
   readonly routes: RouteTable<CompiledOperation>;
   readonly apis: readonly CompiledApi[];
@@ -66,6 +67,16 @@ function configError(loaded: LoadedConfig, path: ConfigPath, message: string): C
     ...(at ? { line: at.line, column: at.column } : {}),
   };
   return new ConfigError(loaded.file, [issue]);
+}
+
+/** The version of a runtime: sha256 over the configuration's sha256 and each API's document. */
+export function runtimeVersion(
+  configSha: string,
+  documents: readonly { readonly name: string; readonly sha256: string }[],
+): string {
+  const hash = createHash('sha256').update(configSha);
+  for (const doc of documents) hash.update(`\n${doc.name}:${doc.sha256}`);
+  return hash.digest('hex');
 }
 
 export async function compileRuntime(loaded: LoadedConfig, options: CompileOptions = {}): Promise<Runtime> {
@@ -160,7 +171,10 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
     }
     return {
       loaded,
-      version: loaded.sha256,
+      version: runtimeVersion(
+        loaded.sha256,
+        apis.map((a) => ({ name: a.name, sha256: a.document.sha256 })),
+      ),
       routes: table,
       apis,
       trusted: compileTrustedProxies(config.gateway.trustedProxies),

@@ -2,6 +2,7 @@
  * Loads an OpenAPI 3.0 / 3.1 document and lists its operations. `$ref`s are resolved within the
  * document and to files beside it; network references are never fetched.
  */
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { $RefParser } from '@apidevtools/json-schema-ref-parser';
 import { parse as parseYaml } from 'yaml';
@@ -22,6 +23,8 @@ export interface OpenApiOperation {
 }
 
 export interface OpenApiDocument {
+  /** sha256 of the document text (hex): part of the runtime version. */
+  readonly sha256: string;
   readonly version: string;
   readonly title: string;
   readonly operations: readonly OpenApiOperation[];
@@ -116,6 +119,7 @@ export async function parseOpenApi(text: string, file: string): Promise<OpenApiD
     }
   }
   return {
+    sha256: createHash('sha256').update(text).digest('hex'),
     version,
     title: typeof info.title === 'string' ? info.title : '',
     operations,

@@ -35,6 +35,8 @@ import { hardenTlsServer, secureContextOptions } from './tls.ts';
 /** Holds the runtime in force; a reload swaps `current` in one assignment. */
 export interface RuntimeHolder {
   current: Runtime;
+  /** Set when shutdown began: responses then close their HTTP/1.1 connection. */
+  closing?: boolean;
 }
 
 export interface GatewayServerOptions {
@@ -358,6 +360,7 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
       },
     );
     if (state) reply.header(correlationHeader, state.correlationId);
+    if (holder.closing === true && request.raw.httpVersionMajor === 1) reply.header('connection', 'close');
     return payload;
   });
 

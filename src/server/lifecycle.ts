@@ -222,13 +222,8 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         );
         return { status: 'refused', version: current.version, issues };
       }
-      // The version hashes the configuration text only: an edited OpenAPI document alone is a
-      // change too.
-      const sameContracts = isDeepStrictEqual(
-        next.apis.map((a) => a.document),
-        current.apis.map((a) => a.document),
-      );
-      if (next.version === current.version && sameContracts) {
+      // The version covers the configuration text and every OpenAPI document it names.
+      if (next.version === current.version) {
         await next.close();
         return { status: 'unchanged', version: current.version };
       }
@@ -302,6 +297,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     let closing: Promise<void> | undefined;
     const close = (): Promise<void> => {
       closing ??= (async () => {
+        holder.closing = true;
         const grace = config.gateway.shutdownGraceMs;
         const force = setTimeout(() => {
           logger.warn({ event: 'shutdown-forced' }, 'grace period over; closing remaining connections');
