@@ -339,10 +339,16 @@ export function parseConfig(text: string, file: string, now: Date = new Date()):
     if (up.protocol === 'http:' && api.upstream.caFile !== undefined) {
       issue(['apis', i, 'upstream', 'caFile'], 'only applies to an https upstream');
     }
+    if (api.audience !== undefined && config.apis.some((o, j) => j < i && o.audience === api.audience)) {
+      issue(['apis', i, 'audience'], `audience ${api.audience} is used twice`);
+    }
     if (api.cors?.allowCredentials) {
       needs('cors-credentials', ['apis', i, 'cors', 'allowCredentials'], 'credentialed CORS');
     }
   });
+  if (config.oauth.accessTokenTtlSeconds > 1800) {
+    needs('token-lifetime', ['oauth', 'accessTokenTtlSeconds'], 'an access-token lifetime above 30 minutes');
+  }
   if (issues.length > 0) throw new ConfigError(abs, issues);
 
   const dir = dirname(abs);

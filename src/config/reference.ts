@@ -106,4 +106,5 @@ const CONTROL_TEXT: Record<(typeof CONTROLS)[number], string> = {
   'request-limits': '`gateway.limits.*` above 1 MiB body, 16 KiB headers or 8 KiB URL',
   'upstream-plaintext': 'an `http://` upstream on a host other than loopback',
   'cors-credentials': '`apis[].cors.allowCredentials: true`',
+  'token-lifetime': '`oauth.accessTokenTtlSeconds` above 1800 (30 minutes)',
 };

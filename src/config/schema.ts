@@ -32,6 +32,7 @@ export const CONTROLS = [
   'request-limits',
   'upstream-plaintext',
   'cors-credentials',
+  'token-lifetime',
 ] as const;
 export type Control = (typeof CONTROLS)[number];
 
@@ -172,6 +173,15 @@ const Upstream = Type.Object(
 const Api = Type.Object(
   {
     name: Type.String({ pattern: '^[a-z][a-z0-9-]{0,62}$' }),
+    audience: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: 300,
+        pattern: '^https://[^\\s#]+$',
+        description:
+          'the resource indicator (RFC 8707) and access-token audience of this API; default: publicUrl + basePath',
+      }),
+    ),
     openapi: Type.String({
       minLength: 1,
       description: 'the OpenAPI 3.0/3.1 document, relative to this file',
@@ -206,6 +216,126 @@ const Exception = Type.Object(
   { additionalProperties: false, description: 'a documented exception (seed 000 §15.13)' },
 );
 
+const Seconds = (def: number, min: number, max: number, description: string) =>
+  Type.Integer({ default: def, minimum: min, maximum: max, description });
+
+const OAuth = Section(
+  {
+    enabled: Type.Boolean({
+      default: true,
+      description: 'serve the built-in authorization server on the gateway listener',
+    }),
+    accessTokenTtlSeconds: Seconds(
+      600,
+      60,
+      86_400,
+      'access-token lifetime; above 1800 needs a token-lifetime exception',
+    ),
+    authorizationCodeTtlSeconds: Seconds(60, 10, 60, 'authorization codes are single use and short'),
+    idTokenTtlSeconds: Seconds(600, 60, 3_600, 'ID-token lifetime'),
+    refreshTokens: Section(
+      {
+        enabled: Type.Boolean({
+          default: false,
+          description: 'issue refresh tokens (rotated on every use; reuse revokes the grant)',
+        }),
+        absoluteTtlSeconds: Seconds(86_400, 3_600, 2_592_000, 'absolute lifetime of a refresh-token chain'),
+      },
+      'refresh tokens: off by default',
+    ),
+    session: Section(
+      {
+        maxAgeSeconds: Seconds(28_800, 300, 86_400, 'longest login session'),
+        reauthenticateAfterSeconds: Seconds(
+          3_600,
+          60,
+          28_800,
+          'privileged actions and prompt=login need a login newer than this',
+        ),
+      },
+      'end-user sessions at the authorization server',
+    ),
+    signing: Section(
+      {
+        alg: Type.Union(
+          ['ES256', 'PS256', 'EdDSA'].map((a) => Type.Literal(a)),
+          { default: 'ES256', description: 'signature algorithm of issued tokens' },
+        ),
+        rotationDays: Type.Integer({
+          default: 30,
+          minimum: 1,
+          maximum: 365,
+          description: 'scheduled key rotation',
+        }),
+        overlapDays: Type.Integer({
+          default: 1,
+          minimum: 1,
+          maximum: 30,
+          description: 'how long a retired key stays published, so tokens it signed still verify',
+        }),
+      },
+      'token signing keys',
+    ),
+    kms: Section(
+      {
+        provider: Type.Literal('local', {
+          default: 'local',
+          description: 'where the key-encryption key comes from',
+        }),
+        masterKeyFile: Type.String({
+          minLength: 1,
+          default: 'master.key',
+          description: 'local provider: 32-byte key file, mode 0600, relative to the data directory',
+        }),
+        masterKeyEnv: Type.String({
+          pattern: '^[A-Z_][A-Z0-9_]*$',
+          default: 'PORTCULLIS_MASTER_KEY',
+          description: 'local provider: environment variable holding the key (base64url), used when set',
+        }),
+      },
+      'key-encryption key provider',
+    ),
+    login: Section(
+      {
+        maxFailures: Type.Integer({
+          default: 5,
+          minimum: 1,
+          maximum: 50,
+          description: 'failed logins per account or IP before delays grow',
+        }),
+        windowSeconds: Seconds(900, 60, 86_400, 'window in which failures count'),
+        maxDelaySeconds: Seconds(300, 1, 3_600, 'longest throttling delay'),
+      },
+      'login throttling',
+    ),
+    federation: Type.Optional(
+      Type.Object(
+        {
+          name: Type.String({ minLength: 1, maxLength: 60, description: 'shown on the login page' }),
+          issuer: Type.String({
+            pattern: '^https://[^\\s#?]+$',
+            description: 'the upstream OpenID Provider',
+          }),
+          clientId: Type.String({ minLength: 1, maxLength: 200 }),
+          clientSecret: Type.String({ minLength: 16, maxLength: 500 }),
+          scopes: Type.Array(Type.String({ pattern: '^[\\x21\\x23-\\x5b\\x5d-\\x7e]+$' }), {
+            default: ['openid', 'email', 'profile'],
+            maxItems: 20,
+          }),
+          caFile: Type.Optional(
+            Type.String({ minLength: 1, description: 'CA bundle for the upstream provider' }),
+          ),
+        },
+        {
+          additionalProperties: false,
+          description: 'sign-in through an upstream OpenID Connect provider (an approved identity service)',
+        },
+      ),
+    ),
+  },
+  'the built-in OAuth 2.1 / OpenID Connect authorization server',
+);
+
 export const ConfigSchema = Type.Object(
   {
     version: Type.Literal(1, { default: 1 }),
@@ -231,6 +361,7 @@ export const ConfigSchema = Type.Object(
       },
       'JSON logs on stdout',
     ),
+    oauth: OAuth,
     apis: Type.Array(Api, { default: [], maxItems: 1000 }),
     exceptions: Type.Array(Exception, { default: [], maxItems: 200 }),
     demoUpstream: Type.Optional(
@@ -251,5 +382,6 @@ export type ApiConfig = Config['apis'][number];
 export type ExceptionConfig = Config['exceptions'][number];
 export type CorsConfig = NonNullable<ApiConfig['cors']>;
 export type LimitsConfig = Config['gateway']['limits'];
+export type OAuthConfig = Config['oauth'];
 
 export const DEFAULT_LIMITS = { bodyBytes: MiB, headerBytes: 16 * KiB, urlBytes: 8 * KiB } as const;
