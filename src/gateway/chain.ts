@@ -10,6 +10,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { NormalizedTarget } from './path.ts';
 import type { CompiledOperation } from './compile.ts';
+import type { Principal } from './stages/authenticate/index.ts';
 
 export interface GatewayRequest {
   readonly correlationId: string;
@@ -27,6 +28,8 @@ export interface GatewayRequest {
   body: Buffer | undefined;
   /** Set by the authenticate stage; read by later stages. */
   credentialPresented: boolean;
+  /** The verified caller, set by the authenticate stage on protected operations. */
+  principal?: Principal;
   /** Headers that stages add to whatever response is sent (e.g. CORS). */
   readonly responseHeaders: Record<string, string>;
 }

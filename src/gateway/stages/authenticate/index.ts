@@ -1,21 +1,40 @@
 /**
- * Authentication, driven by the operation's OpenAPI `security` requirements.
+ * Authentication and scope checks, driven by the operation's OpenAPI `security` requirements.
  *
  * An operation with no requirement, or with the empty requirement `{}` among its alternatives,
- * is public. Every other operation needs a credential that a verifier for its scheme accepts.
- * Until a scheme has a verifier registered (the token, API-key and mTLS verifiers come with the
- * access-control work), no credential can satisfy it and the operation is refused with 401:
- * default deny, never default allow.
+ * is public. Otherwise one alternative must be satisfied in full: every scheme it names has a
+ * verifier that accepts the request's credential with the listed scopes. A scheme without a
+ * verifier can never be satisfied: default deny, never default allow.
+ *
+ * Refusals: 401 with `WWW-Authenticate` (RFC 6750) when no alternative had a valid credential;
+ * 403 with `error="insufficient_scope"` and the scopes one alternative needs when the credential
+ * was valid but lacked scopes.
  */
 import { Denial } from '../../problems.ts';
 import type { SecurityRequirement } from '../../openapi.ts';
-import type { Stage } from '../../chain.ts';
+import type { GatewayRequest, Stage } from '../../chain.ts';
 
-/** Checks a presented credential against one requirement; returns true when satisfied. */
+/** Who a verified credential belongs to; later stages read it from the request. */
+export interface Principal {
+  readonly scheme: string;
+  readonly subject: string;
+  readonly clientId: string;
+  readonly scopes: ReadonlySet<string>;
+}
+
+export type VerifyOutcome =
+  | { readonly ok: true; readonly principal: Principal }
+  | {
+      readonly ok: false;
+      /** 401: no acceptable credential; 403: a valid credential without the required scopes. */
+      readonly status: 401 | 403;
+      readonly reason: string;
+    };
+
 export type SchemeVerifier = (
-  req: Parameters<Stage>[0],
+  req: GatewayRequest,
   requiredScopes: readonly string[],
-) => boolean | Promise<boolean>;
+) => VerifyOutcome | Promise<VerifyOutcome>;
 
 export interface AuthenticateOptions {
   readonly apiName: string;
@@ -32,9 +51,11 @@ export function isPublic(security: readonly SecurityRequirement[]): boolean {
   return security.length === 0 || security.some((r) => Object.keys(r).length === 0);
 }
 
-function hasCredential(headers: Parameters<Stage>[0]['headers']): boolean {
+function hasCredential(headers: GatewayRequest['headers']): boolean {
   return headers.authorization !== undefined || headers.cookie !== undefined || headers.dpop !== undefined;
 }
+
+const NO_VERIFIER: VerifyOutcome = { ok: false, status: 401, reason: 'no-verifier-for-scheme' };
 
 /** Returns null for a public operation (nothing to run per request). */
 export function compileAuthenticate(options: AuthenticateOptions): Stage | null {
@@ -42,26 +63,50 @@ export function compileAuthenticate(options: AuthenticateOptions): Stage | null 
   if (isPublic(security)) return null;
   const realm = `realm="${apiName}"`;
   const bearer = security.some((r) => Object.keys(r).some((s) => BEARER_TYPES.has(schemeTypes[s] ?? '')));
+  const alternatives = security.map((requirement) =>
+    Object.entries(requirement).map(([scheme, scopes]) => ({ verify: verifiers[scheme], scopes })),
+  );
+
   return async (req) => {
     const presented = hasCredential(req.headers);
     req.credentialPresented = presented;
-    for (const requirement of security) {
+    let lastFailure: VerifyOutcome | undefined;
+    let scopeFailure: { scopes: readonly string[]; reason: string } | undefined;
+    for (const alternative of alternatives) {
+      let principal: Principal | undefined;
       let satisfied = true;
-      for (const [scheme, scopes] of Object.entries(requirement)) {
-        const verify = verifiers[scheme];
-        if (verify === undefined || !(await verify(req, scopes))) {
+      for (const { verify, scopes } of alternative) {
+        const outcome = verify === undefined ? NO_VERIFIER : await verify(req, scopes);
+        if (!outcome.ok) {
           satisfied = false;
+          lastFailure = outcome;
+          if (outcome.status === 403) scopeFailure ??= { scopes, reason: outcome.reason };
           break;
         }
+        principal ??= outcome.principal;
       }
-      if (satisfied) return undefined;
+      if (satisfied && principal !== undefined) {
+        req.principal = principal;
+        return undefined;
+      }
+    }
+    if (scopeFailure !== undefined) {
+      const scope = scopeFailure.scopes.join(' ');
+      throw new Denial('forbidden', scopeFailure.reason, {
+        headers: bearer
+          ? { 'www-authenticate': `Bearer ${realm}, error="insufficient_scope", scope="${scope}"` }
+          : {},
+      });
     }
     const headers: Record<string, string> = {};
     if (bearer) {
       headers['www-authenticate'] = presented ? `Bearer ${realm}, error="invalid_token"` : `Bearer ${realm}`;
     }
-    throw new Denial('unauthenticated', presented ? 'credential-not-accepted' : 'credential-missing', {
-      headers,
-    });
+    const reason = presented
+      ? lastFailure?.ok === false
+        ? lastFailure.reason
+        : 'credential-not-accepted'
+      : 'credential-missing';
+    throw new Denial('unauthenticated', reason, { headers });
   };
 }

@@ -1,0 +1,175 @@
+/**
+ * Access-token verification at the gateway (RFC 9068 JWT access tokens, RFC 8725 practices).
+ *
+ * Checked on every request: the `Authorization: Bearer` syntax, the signature against the
+ * issuer's published keys with an asymmetric algorithm allowlist (`none` and HS* can never
+ * pass), `typ: at+jwt`, `iss`, `aud` (this API's audience), `exp`/`nbf`/`iat` with a small skew,
+ * the required claims, unknown `crit` headers (refused by jose), and the revocation list.
+ * Keys come only from the configured key source: `jku`, `x5u` and embedded `jwk` headers are
+ * never consulted. Tokens bound to a key (`cnf`) are refused until proof-of-possession
+ * verification (DPoP, mTLS) is configured for the operation: fail closed.
+ */
+import { createHash } from 'node:crypto';
+import { createLocalJWKSet, errors as joseErrors, jwtVerify } from 'jose';
+import type { JSONWebKeySet, JWTPayload } from 'jose';
+
+export const ALLOWED_ALGORITHMS = ['ES256', 'PS256', 'EdDSA'] as const;
+
+export interface VerifiedAccessToken {
+  readonly subject: string;
+  readonly clientId: string;
+  readonly scopes: ReadonlySet<string>;
+  readonly jti: string;
+  readonly expiresAt: number;
+  readonly issuer: string;
+}
+
+/** Why a token was not accepted; becomes the audit/log reason, never the client message. */
+export type TokenRejection =
+  | 'malformed-authorization'
+  | 'bad-signature'
+  | 'wrong-algorithm'
+  | 'wrong-type'
+  | 'wrong-issuer'
+  | 'wrong-audience'
+  | 'expired'
+  | 'not-yet-valid'
+  | 'missing-claim'
+  | 'revoked'
+  | 'bound-token-without-proof'
+  | 'invalid';
+
+export class TokenError extends Error {
+  readonly reason: TokenRejection;
+  constructor(reason: TokenRejection, options?: { cause?: unknown }) {
+    super(`access token refused: ${reason}`, options);
+    this.name = 'TokenError';
+    this.reason = reason;
+  }
+}
+
+export interface AccessTokenVerifierOptions {
+  readonly issuer: string;
+  readonly audience: string;
+  /** Current public keys of the issuer (read on every cache miss, so rotation applies at once). */
+  readonly keys: () => JSONWebKeySet;
+  readonly isRevoked: (jti: string) => boolean | Promise<boolean>;
+  readonly clockToleranceSeconds?: number;
+  readonly algorithms?: readonly string[];
+  /** How many verified tokens to remember (keyed by a hash of the token) until they expire. */
+  readonly cacheSize?: number;
+  readonly now?: () => number;
+}
+
+const BEARER = /^Bearer ([A-Za-z0-9\-._~+/]+=*)$/i;
+
+/** The token from an `Authorization: Bearer` header, or undefined when the header is absent. */
+export function bearerToken(header: string | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  const m = BEARER.exec(header);
+  if (!m?.[1]) throw new TokenError('malformed-authorization');
+  return m[1];
+}
+
+function classify(err: unknown): TokenError {
+  if (err instanceof TokenError) return err;
+  if (err instanceof joseErrors.JWTExpired) return new TokenError('expired', { cause: err });
+  if (err instanceof joseErrors.JWTClaimValidationFailed) {
+    const claim = err.claim;
+    if (err.reason === 'missing') return new TokenError('missing-claim', { cause: err });
+    if (claim === 'iss') return new TokenError('wrong-issuer', { cause: err });
+    if (claim === 'aud') return new TokenError('wrong-audience', { cause: err });
+    if (claim === 'nbf' || claim === 'iat') return new TokenError('not-yet-valid', { cause: err });
+    if (claim === 'typ') return new TokenError('wrong-type', { cause: err });
+    return new TokenError('missing-claim', { cause: err });
+  }
+  if (err instanceof joseErrors.JOSEAlgNotAllowed) return new TokenError('wrong-algorithm', { cause: err });
+  if (
+    err instanceof joseErrors.JWSSignatureVerificationFailed ||
+    err instanceof joseErrors.JWKSNoMatchingKey ||
+    err instanceof joseErrors.JWKSMultipleMatchingKeys
+  ) {
+    return new TokenError('bad-signature', { cause: err });
+  }
+  return new TokenError('invalid', { cause: err });
+}
+
+export type AccessTokenVerifier = (token: string) => Promise<VerifiedAccessToken>;
+
+export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): AccessTokenVerifier {
+  const algorithms = [...(options.algorithms ?? ALLOWED_ALGORITHMS)];
+  for (const alg of algorithms) {
+    if (alg === 'none' || alg.startsWith('HS'))
+      throw new TypeError(`algorithm ${alg} is not allowed for access tokens`);
+  }
+  const tolerance = options.clockToleranceSeconds ?? 30;
+  const now = options.now ?? (() => Date.now());
+  const cacheSize = options.cacheSize ?? 10_000;
+  const cache = new Map<string, VerifiedAccessToken>();
+  let keySet: { source: JSONWebKeySet; resolve: ReturnType<typeof createLocalJWKSet> } | undefined;
+  const resolver = () => {
+    const source = options.keys();
+    if (keySet?.source !== source) keySet = { source, resolve: createLocalJWKSet(source) };
+    return keySet.resolve;
+  };
+
+  const verifyFresh = async (token: string): Promise<VerifiedAccessToken> => {
+    let payload: JWTPayload;
+    try {
+      ({ payload } = await jwtVerify(token, resolver(), {
+        issuer: options.issuer,
+        audience: options.audience,
+        algorithms,
+        typ: 'at+jwt',
+        clockTolerance: tolerance,
+        currentDate: new Date(now()),
+        requiredClaims: ['exp', 'iat', 'jti', 'sub', 'client_id'],
+      }));
+    } catch (err) {
+      throw classify(err);
+    }
+    if (typeof payload.iat === 'number' && payload.iat > now() / 1000 + tolerance) {
+      throw new TokenError('not-yet-valid');
+    }
+    if (payload.cnf !== undefined) throw new TokenError('bound-token-without-proof');
+    const { sub, jti, exp, iss } = payload;
+    const clientId = payload.client_id;
+    if (
+      typeof sub !== 'string' ||
+      typeof jti !== 'string' ||
+      typeof exp !== 'number' ||
+      typeof clientId !== 'string'
+    ) {
+      throw new TokenError('missing-claim');
+    }
+    const scope = typeof payload.scope === 'string' ? payload.scope : '';
+    return {
+      subject: sub,
+      clientId,
+      scopes: new Set(scope.split(' ').filter((s) => s !== '')),
+      jti,
+      expiresAt: exp,
+      issuer: iss ?? options.issuer,
+    };
+  };
+
+  return async (token) => {
+    const key = createHash('sha256').update(token).digest('base64url');
+    let verified = cache.get(key);
+    if (verified !== undefined && verified.expiresAt + tolerance <= now() / 1000) {
+      cache.delete(key);
+      verified = undefined;
+    }
+    if (verified === undefined) {
+      verified = await verifyFresh(token);
+      if (cache.size >= cacheSize) {
+        const oldest = cache.keys().next();
+        if (oldest.done !== true) cache.delete(oldest.value);
+      }
+      cache.set(key, verified);
+    }
+    // Revocation is checked on every request, cached verification or not.
+    if (await options.isRevoked(verified.jti)) throw new TokenError('revoked');
+    return verified;
+  };
+}
