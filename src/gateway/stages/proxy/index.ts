@@ -32,6 +32,9 @@ export interface ProxyOptions {
   readonly publicHost: string;
 }
 
+/** Upstream bodies up to this size (with a declared length) are read whole before answering. */
+export const BUFFER_LIMIT = 64 * 1024;
+
 /** Request headers never sent upstream, beyond hop-by-hop ones. */
 const STRIPPED_REQUEST = new Set([
   'host',
@@ -150,9 +153,22 @@ export function compileProxy(upstream: Upstream, options: ProxyOptions): Stage {
       throw new Denial('bad-gateway', `upstream-status-${res.statusCode}`);
     }
     const stream = res.body;
+    const headers = responseHeaders(res.headers);
+    const declared = Number(res.headers['content-length']);
+    if (Number.isInteger(declared) && declared <= BUFFER_LIMIT) {
+      // Small bodies are read whole: headers and body then leave in one TLS write, and later
+      // stages can inspect the body. Larger or unsized bodies stream through.
+      let body: Buffer;
+      try {
+        body = Buffer.from(await stream.arrayBuffer());
+      } catch (err) {
+        throw classify(err);
+      }
+      return { status: res.statusCode, headers, body };
+    }
     return {
       status: res.statusCode,
-      headers: responseHeaders(res.headers),
+      headers,
       body: stream,
       onDone: () => {
         if (!stream.readableEnded) stream.destroy();
