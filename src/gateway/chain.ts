@@ -43,6 +43,15 @@ export interface StageResponse {
 }
 
 export type StageResult = StageResponse | undefined;
+
+/**
+ * A stage on the way back: receives the answer the chain produced (the upstream's, normally)
+ * and returns what the client gets, or throws a {@link Denial}. Runs in order, after the chain.
+ */
+export type ResponseStage = (
+  req: GatewayRequest,
+  res: StageResponse,
+) => StageResponse | Promise<StageResponse>;
 export type Stage = (req: GatewayRequest) => StageResult | Promise<StageResult>;
 
 /** A compiled chain. `null` stands for an empty chain, so an unused chain costs nothing. */

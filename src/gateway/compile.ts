@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { ConfigError, pathToString } from '../config/load.ts';
 import type { ConfigIssue, ConfigPath, LoadedConfig } from '../config/load.ts';
 import type { LimitsConfig } from '../config/schema.ts';
-import type { Chain, Stage } from './chain.ts';
+import type { Chain, ResponseStage, Stage } from './chain.ts';
 import { loadOpenApi, OpenApiError } from './openapi.ts';
 import type { OpenApiDocument, SecurityRequirement } from './openapi.ts';
 import { buildRouteTable } from './routes.ts';
@@ -39,6 +39,8 @@ export interface CompiledOperation {
   /** Whether the operation needs a credential. */
   readonly protected: boolean;
   readonly chain: Chain;
+  /** Stages applied to the answer, in order (response validation, filtering…). */
+  readonly responseStages: readonly ResponseStage[];
 }
 
 export interface Runtime {
@@ -153,6 +155,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
             security: op.security,
             protected: !isPublic(op.security),
             chain: stages,
+            responseStages: [],
           },
         });
       }

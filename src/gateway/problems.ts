@@ -7,6 +7,7 @@ export const PROBLEM_TYPE_BASE = 'urn:portcullis:problem:';
 
 export const PROBLEMS = {
   'bad-request': { status: 400, title: 'Bad Request' },
+  'invalid-request': { status: 400, title: 'Bad Request' },
   'invalid-path': { status: 400, title: 'Bad Request' },
   unauthenticated: { status: 401, title: 'Unauthorized' },
   forbidden: { status: 403, title: 'Forbidden' },
@@ -14,9 +15,13 @@ export const PROBLEMS = {
   'not-found': { status: 404, title: 'Not Found' },
   'method-not-allowed': { status: 405, title: 'Method Not Allowed' },
   'request-timeout': { status: 408, title: 'Request Timeout' },
+  conflict: { status: 409, title: 'Conflict' },
+  gone: { status: 410, title: 'Gone' },
   'payload-too-large': { status: 413, title: 'Content Too Large' },
   'uri-too-long': { status: 414, title: 'URI Too Long' },
   'unsupported-media-type': { status: 415, title: 'Unsupported Media Type' },
+  unprocessable: { status: 422, title: 'Unprocessable Content' },
+  'too-many-requests': { status: 429, title: 'Too Many Requests' },
   'headers-too-large': { status: 431, title: 'Request Header Fields Too Large' },
   internal: { status: 500, title: 'Internal Server Error' },
   'bad-gateway': { status: 502, title: 'Bad Gateway' },
@@ -26,6 +31,16 @@ export const PROBLEMS = {
 
 export type ProblemCode = keyof typeof PROBLEMS;
 
+/**
+ * Where a request failed validation: a JSON pointer into the part of the request named by `in`,
+ * and the rule it broke. Never the submitted value.
+ */
+export interface InvalidParam {
+  readonly in: 'body' | 'query' | 'path' | 'header' | 'cookie';
+  readonly pointer: string;
+  readonly rule: string;
+}
+
 /** The JSON body of every refusal. */
 export interface ProblemBody {
   type: string;
@@ -34,6 +49,8 @@ export interface ProblemBody {
   /** The request's correlation id, also sent in the correlation header. */
   correlationId: string;
   instance: string;
+  /** For `invalid-request`: which fields failed, by JSON pointer, without their values. */
+  errors?: readonly InvalidParam[];
 }
 
 /**
@@ -47,11 +64,13 @@ export class Denial extends Error {
   readonly reason: string;
   /** Extra response headers that belong to this refusal, e.g. `Allow` or `WWW-Authenticate`. */
   readonly headers: Readonly<Record<string, string>>;
+  /** For `invalid-request`: the failing fields (pointers and rules, never values). */
+  readonly errors: readonly InvalidParam[] | undefined;
 
   constructor(
     code: ProblemCode,
     reason: string,
-    options: { headers?: Record<string, string>; cause?: unknown } = {},
+    options: { headers?: Record<string, string>; cause?: unknown; errors?: readonly InvalidParam[] } = {},
   ) {
     super(`${code}: ${reason}`, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'Denial';
@@ -59,6 +78,7 @@ export class Denial extends Error {
     this.status = PROBLEMS[code].status;
     this.reason = reason;
     this.headers = options.headers ?? {};
+    this.errors = options.errors;
   }
 }
 
@@ -66,13 +86,19 @@ export function isDenial(value: unknown): value is Denial {
   return value instanceof Denial;
 }
 
-export function problemBody(code: ProblemCode, correlationId: string): ProblemBody {
+export function problemBody(
+  code: ProblemCode,
+  correlationId: string,
+  errors?: readonly InvalidParam[],
+): ProblemBody {
   const p = PROBLEMS[code];
-  return {
+  const body: ProblemBody = {
     type: PROBLEM_TYPE_BASE + code,
     title: p.title,
     status: p.status,
     correlationId,
     instance: `urn:uuid:${correlationId}`,
   };
+  if (errors !== undefined && errors.length > 0) body.errors = errors;
+  return body;
 }

@@ -28,6 +28,7 @@ import { acceptCorrelationId, canonicalIp, deriveClientIp } from '../gateway/for
 import { normalizeTarget } from '../gateway/path.ts';
 import { Denial, isDenial, problemBody } from '../gateway/problems.ts';
 import { applySecurityHeaders, securityHeaderObject } from '../gateway/stages/headers/index.ts';
+import type { AuthorizationServer } from '../oauth/provider.ts';
 import type { Logger } from './logging.ts';
 import { describeError } from './logging.ts';
 import { hardenTlsServer, secureContextOptions } from './tls.ts';
@@ -46,6 +47,10 @@ export interface GatewayServerOptions {
   readonly http2: boolean;
   readonly timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
   readonly accessLog: boolean;
+  /** The embedded authorization server: its paths are served before the API route table. */
+  readonly authorizationServer?: AuthorizationServer;
+  /** `authorization-server`: serve only the authorization server's paths. Default `all`. */
+  readonly role?: 'all' | 'gateway' | 'authorization-server';
 }
 
 /** What the gateway knows about a request; set in onRequest, read by later hooks. */
@@ -162,8 +167,72 @@ function rawProblem(socket: Socket, status: 400 | 408 | 431, correlationHeader: 
   socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n${head}\r\n\r\n${body}`);
 }
 
+/** The path of a request target, without the query (as the authorization server routes it). */
+function pathOf(url: string | undefined): string {
+  const target = url ?? '/';
+  const q = target.indexOf('?');
+  return q < 0 ? target : target.slice(0, q);
+}
+
 export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
   const { holder, logger } = options;
+
+  /**
+   * Hands a request to the authorization server (hijacked from Fastify): the security headers
+   * and the correlation id are set first, an unexpected failure becomes a generic problem, and
+   * the request gets its access-log line like any other.
+   */
+  async function serveAuthorizationServer(
+    as: AuthorizationServer,
+    raw: Http2ServerRequest,
+    res: Http2ServerResponse,
+    state: RequestState,
+  ): Promise<void> {
+    const correlationHeader = state.runtime.correlationHeader;
+    for (const [name, value] of Object.entries(securityHeaderObject({ authenticated: true, error: false }))) {
+      if (value !== undefined) res.setHeader(name, value);
+    }
+    res.setHeader(correlationHeader, state.correlationId);
+    if (holder.closing === true && raw.httpVersionMajor === 1) res.setHeader('connection', 'close');
+    if (options.accessLog) {
+      res.once('close', () => {
+        logger.info(
+          {
+            event: 'access',
+            correlationId: state.correlationId,
+            method: raw.method,
+            api: null,
+            route: `oauth:${pathOf(raw.url).startsWith('/interaction/') ? '/interaction/{uid}' : pathOf(raw.url).startsWith('/auth/') ? '/auth/{uid}' : pathOf(raw.url)}`,
+            status: res.statusCode,
+            durationMs: Number(process.hrtime.bigint() - state.started) / 1e6,
+            clientIp: state.clientIp,
+            httpVersion: raw.httpVersion,
+          },
+          'request',
+        );
+      });
+    }
+    try {
+      await as.handle(raw, res);
+    } catch (err) {
+      logger.warn(
+        {
+          event: 'request-failed',
+          correlationId: state.correlationId,
+          reason: 'authorization-server',
+          error: describeError(err),
+        },
+        'request failed',
+      );
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
+      res.statusCode = 500;
+      res.setHeader('content-type', 'application/problem+json');
+      res.end(JSON.stringify(problemBody('internal', state.correlationId)));
+    }
+  }
 
   /** The one denial path: every refusal and failure leaves through here as a problem. */
   function sendProblem(request: GwRequest, reply: GwReply, denial: Denial, original?: unknown) {
@@ -193,7 +262,7 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
       reply.header('connection', 'close');
     }
     reply.header('content-type', 'application/problem+json');
-    return reply.send(JSON.stringify(problemBody(denial.code, correlationId)));
+    return reply.send(JSON.stringify(problemBody(denial.code, correlationId, denial.errors)));
   }
   const tls = secureContextOptions(options.tls, { alpn: options.http2 ? 'h2+http/1.1' : 'http/1.1' });
   const app: GatewayApp = fastify({
@@ -272,6 +341,14 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
     if (headerBytes(raw.rawHeaders) > runtime.limits.headerBytes) {
       throw new Denial('headers-too-large', 'header-block-too-large');
     }
+    const as = options.authorizationServer;
+    if (as !== undefined && as.handles(pathOf(raw.url))) {
+      reply.hijack();
+      await serveAuthorizationServer(as, raw, reply.raw, state);
+      return reply;
+    }
+    if (options.role === 'authorization-server')
+      throw new Denial('not-found', 'not-authorization-server-path');
     const target = normalizeTarget(raw.url, runtime.limits.urlBytes);
     const method = raw.method;
     const match = runtime.routes.match(method, target.segments);
@@ -321,7 +398,8 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
     const gw = state?.gw;
     if (!gw) throw new Denial('internal', 'no-route-state');
     gw.body = Buffer.isBuffer(request.body) && request.body.length > 0 ? request.body : undefined;
-    const res = await runChain(gw.operation.chain, gw);
+    let res = await runChain(gw.operation.chain, gw);
+    for (const stage of gw.operation.responseStages) res = await stage(gw, res);
     reply.code(res.status);
     for (const [name, value] of Object.entries(res.headers)) reply.header(name, value);
     for (const [name, value] of Object.entries(gw.responseHeaders)) reply.header(name, value);

@@ -1,6 +1,7 @@
 import { createHmac, generateKeyPairSync, sign as cryptoSign } from 'node:crypto';
 import { exportJWK, SignJWT } from 'jose';
-import type { JSONWebKeySet, JWK, JWTPayload, KeyObject } from 'jose';
+import type { JSONWebKeySet, JWK, JWTPayload } from 'jose';
+import type { KeyObject } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { bearerToken, createAccessTokenVerifier, TokenError } from './access-token.ts';
 import type { AccessTokenVerifier, TokenRejection } from './access-token.ts';
