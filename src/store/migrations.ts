@@ -50,6 +50,194 @@ export function migrations(kind: StoreKind): Record<string, Migration> {
           .execute();
       },
     },
+    '002_keys': {
+      // The key manager (src/keys): a one-row state whose generation changes with every change
+      // of the key set, signing keys (private JWK only wrapped by the KMS), and peppers (wrapped).
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('key_set_state')
+          .addColumn('id', 'integer', (col) => col.primaryKey().check(sql`id = 1`))
+          .addColumn('generation', 'integer', (col) => col.notNull())
+          .addColumn('updated_at', 'varchar(32)', (col) => col.notNull())
+          .execute();
+        await db.schema
+          .createTable('signing_keys')
+          .addColumn('kid', 'varchar(64)', (col) => col.primaryKey())
+          .addColumn('alg', 'varchar(16)', (col) => col.notNull())
+          .addColumn('status', 'varchar(16)', (col) =>
+            col.notNull().check(sql`status in ('next', 'current', 'previous')`),
+          )
+          .addColumn('public_jwk', 'text', (col) => col.notNull())
+          .addColumn('private_jwk_wrapped', 'text', (col) => col.notNull())
+          .addColumn('kms', 'varchar(64)', (col) => col.notNull())
+          .addColumn('created_at', 'varchar(32)', (col) => col.notNull())
+          .addColumn('activated_at', 'varchar(32)')
+          .addColumn('retires_at', 'varchar(32)')
+          .execute();
+        // At most one current and one next key, whatever a buggy writer does.
+        await db.schema
+          .createIndex('signing_keys_one_current_one_next_idx')
+          .on('signing_keys')
+          .column('status')
+          .unique()
+          .where(sql<boolean>`status in ('current', 'next')`)
+          .execute();
+        await db.schema
+          .createTable('key_peppers')
+          .addColumn('purpose', 'varchar(32)', (col) => col.primaryKey())
+          .addColumn('wrapped', 'text', (col) => col.notNull())
+          .addColumn('kms', 'varchar(64)', (col) => col.notNull())
+          .addColumn('created_at', 'varchar(32)', (col) => col.notNull())
+          .execute();
+      },
+    },
+    '003_oauth': {
+      // The authorization server (src/oauth): oidc-provider's models, registered clients (the
+      // secret only as an HMAC), and the jtis of revoked JWT access tokens until they expire.
+      // Timestamps are ISO-8601 UTC text with milliseconds, so they compare as strings.
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('oauth_models')
+          .addColumn('model', 'varchar(64)', (col) => col.notNull())
+          .addColumn('id', 'varchar(400)', (col) => col.notNull())
+          .addColumn('payload', 'text', (col) => col.notNull())
+          .addColumn('grant_id', 'varchar(400)')
+          .addColumn('uid', 'varchar(400)')
+          .addColumn('user_code', 'varchar(400)')
+          .addColumn('expires_at', 'varchar(32)')
+          .addColumn('consumed_at', 'varchar(32)')
+          .addPrimaryKeyConstraint('oauth_models_pk', ['model', 'id'])
+          .execute();
+        for (const column of ['grant_id', 'uid', 'user_code', 'expires_at']) {
+          await db.schema
+            .createIndex(`oauth_models_${column}_idx`)
+            .on('oauth_models')
+            .column(column)
+            .execute();
+        }
+        await db.schema
+          .createTable('oauth_clients')
+          .addColumn('client_id', 'varchar(64)', (col) => col.primaryKey())
+          .addColumn('metadata', 'text', (col) => col.notNull())
+          .addColumn('secret_hash', 'varchar(128)')
+          .addColumn('created_at', 'varchar(32)', (col) => col.notNull())
+          .execute();
+        await db.schema
+          .createTable('revoked_tokens')
+          .addColumn('jti', 'varchar(400)', (col) => col.primaryKey())
+          .addColumn('client_id', 'varchar(64)', (col) => col.notNull())
+          .addColumn('expires_at', 'varchar(32)', (col) => col.notNull())
+          .addColumn('revoked_at', 'varchar(32)', (col) => col.notNull())
+          .execute();
+        await db.schema
+          .createIndex('revoked_tokens_expires_at_idx')
+          .on('revoked_tokens')
+          .column('expires_at')
+          .execute();
+      },
+    },
+    '004_users': {
+      // End users of the authorization server (src/oauth/users.ts) and login throttling counters.
+      // Booleans are integers 0/1 and timestamps ISO-8601 text, so both backends read back alike.
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('users')
+          .addColumn('id', 'varchar(300)', (col) => col.primaryKey())
+          .addColumn('username', 'varchar(300)', (col) => col.notNull().unique())
+          .addColumn('password_hash', 'text')
+          .addColumn('totp_secret_wrapped', 'text')
+          .addColumn('totp_last_step', 'integer')
+          .addColumn('federated_issuer', 'text')
+          .addColumn('federated_subject', 'text')
+          .addColumn('disabled', 'integer', (col) =>
+            col
+              .notNull()
+              .defaultTo(0)
+              .check(sql`disabled in (0, 1)`),
+          )
+          .addColumn('created_at', 'varchar(32)', (col) => col.notNull())
+          .addColumn('password_changed_at', 'varchar(32)')
+          .addColumn('last_login_at', 'varchar(32)')
+          .execute();
+        await db.schema
+          .createTable('login_throttle')
+          .addColumn('key', 'varchar(400)', (col) => col.primaryKey())
+          .addColumn('failures', 'integer', (col) => col.notNull())
+          .addColumn('window_start', 'varchar(32)', (col) => col.notNull())
+          .addColumn('blocked_until', 'varchar(32)')
+          .execute();
+      },
+    },
+    '005_audit': {
+      // The audit trail (src/audit): hash-chained records in insertion order (`id`), with the
+      // columns the CLI searches by, and the signed checkpoints over the chain.
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('audit_events')
+          .addColumn('id', 'integer', (col) =>
+            kind === 'sqlite'
+              ? col.primaryKey().autoIncrement()
+              : col.primaryKey().generatedByDefaultAsIdentity(),
+          )
+          .addColumn('seq', 'integer', (col) => col.notNull().unique())
+          .addColumn('event_id', 'varchar(64)', (col) => col.notNull().unique())
+          .addColumn('ts', 'varchar(32)', (col) => col.notNull())
+          .addColumn('category', 'varchar(32)', (col) => col.notNull())
+          .addColumn('outcome', 'varchar(16)', (col) => col.notNull())
+          .addColumn('client_id', 'varchar(300)')
+          .addColumn('trace_id', 'varchar(300)')
+          .addColumn('prev', 'char(64)', (col) => col.notNull())
+          .addColumn('hash', 'char(64)', (col) => col.notNull())
+          .addColumn('event', 'text', (col) => col.notNull())
+          .execute();
+        for (const column of ['ts', 'client_id', 'trace_id']) {
+          await db.schema
+            .createIndex(`audit_events_${column}_idx`)
+            .on('audit_events')
+            .column(column)
+            .execute();
+        }
+        await db.schema
+          .createTable('audit_checkpoints')
+          .addColumn('seq', 'integer', (col) => col.primaryKey())
+          .addColumn('hash', 'char(64)', (col) => col.notNull())
+          .addColumn('at', 'varchar(32)', (col) => col.notNull())
+          .addColumn('kid', 'varchar(200)', (col) => col.notNull())
+          .addColumn('sig', 'text', (col) => col.notNull())
+          .execute();
+      },
+    },
+    '006_api_keys': {
+      // API keys (src/tokens/api-keys.ts): the key only as an HMAC under the key manager's
+      // pepper, its restrictions (JSON arrays), lifecycle and usage; and the source networks
+      // each key was used from (a new one is an anomaly).
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('api_keys')
+          .addColumn('id', 'varchar(64)', (col) => col.primaryKey())
+          .addColumn('name', 'varchar(200)', (col) => col.notNull())
+          .addColumn('key_hash', 'varchar(128)', (col) => col.notNull().unique())
+          .addColumn('env', 'varchar(8)', (col) => col.notNull().check(sql`env in ('live', 'test')`))
+          .addColumn('apis', 'text', (col) => col.notNull())
+          .addColumn('operations', 'text', (col) => col.notNull())
+          .addColumn('cidrs', 'text', (col) => col.notNull())
+          .addColumn('created_at', 'varchar(32)', (col) => col.notNull())
+          .addColumn('expires_at', 'varchar(32)', (col) => col.notNull())
+          .addColumn('revoked_at', 'varchar(32)')
+          .addColumn('replaced_by', 'varchar(64)')
+          .addColumn('use_count', 'integer', (col) => col.notNull().defaultTo(0))
+          .addColumn('last_used_at', 'varchar(32)')
+          .addColumn('last_source_network', 'varchar(64)')
+          .execute();
+        await db.schema
+          .createTable('api_key_networks')
+          .addColumn('key_id', 'varchar(64)', (col) => col.notNull())
+          .addColumn('network', 'varchar(64)', (col) => col.notNull())
+          .addColumn('first_seen_at', 'varchar(32)', (col) => col.notNull())
+          .addPrimaryKeyConstraint('api_key_networks_pk', ['key_id', 'network'])
+          .execute();
+      },
+    },
   };
 }
 

@@ -19,8 +19,192 @@ export interface ConfigVersionsTable {
   summary: string;
 }
 
+/** The key set's single state row (migration 002); `generation` changes with every change. */
+export interface KeySetStateTable {
+  /** Always 1. */
+  id: number;
+  generation: number;
+  /** ISO-8601 UTC. */
+  updated_at: string;
+}
+
+/** A token-signing key (migration 002). The private JWK is stored only wrapped by the KMS. */
+export interface SigningKeysTable {
+  /** RFC 7638 JWK thumbprint (SHA-256, base64url). */
+  kid: string;
+  /** 'ES256' | 'PS256' | 'EdDSA'. */
+  alg: string;
+  /** 'next' | 'current' | 'previous'. */
+  status: string;
+  /** The public JWK, JSON. */
+  public_jwk: string;
+  /** The private JWK wrapped by the KMS provider, base64url of the versioned envelope. */
+  private_jwk_wrapped: string;
+  /** Name of the KMS provider that wrapped it. */
+  kms: string;
+  /** ISO-8601 UTC timestamps; activated_at once current, retires_at once previous. */
+  created_at: string;
+  activated_at: string | null;
+  retires_at: string | null;
+}
+
+/** A pepper for keyed hashes (migration 002), wrapped by the KMS. */
+export interface KeyPeppersTable {
+  /** 'client-secret' | 'api-key'. */
+  purpose: string;
+  wrapped: string;
+  kms: string;
+  created_at: string;
+}
+
+/** An end user of the authorization server (migration 004). */
+export interface UsersTable {
+  /** Account id (the `sub`): random for local users, `<issuer>|<sub>` for federated ones. */
+  id: string;
+  /** Unique login name (federated accounts: the same as the id). */
+  username: string;
+  /** `pbkdf2-sha256$<iterations>$<salt>$<hash>`; null for federated accounts. */
+  password_hash: string | null;
+  /** The TOTP secret, AES-256-GCM wrapped; null when the user has no second factor. */
+  totp_secret_wrapped: string | null;
+  /** The last accepted TOTP time step (replays of it and earlier steps are refused). */
+  totp_last_step: number | null;
+  federated_issuer: string | null;
+  federated_subject: string | null;
+  /** 0 or 1. */
+  disabled: Generated<number>;
+  /** ISO-8601 UTC timestamps. */
+  created_at: string;
+  password_changed_at: string | null;
+  last_login_at: string | null;
+}
+
+/** Failed-login counters per account and per client IP (migration 004). */
+export interface LoginThrottleTable {
+  /** `account:<username>` or `ip:<address>`. */
+  key: string;
+  failures: number;
+  /** ISO-8601 UTC: when the current counting window began. */
+  window_start: string;
+  /** ISO-8601 UTC: no attempt is evaluated before this. */
+  blocked_until: string | null;
+}
+
+/** One oidc-provider model instance (migration 003): sessions, grants, codes, tokens, … */
+export interface OAuthModelsTable {
+  /** oidc-provider model name, e.g. 'Session', 'AuthorizationCode'. */
+  model: string;
+  id: string;
+  /** The model's payload, JSON. */
+  payload: string;
+  grant_id: string | null;
+  uid: string | null;
+  user_code: string | null;
+  /** ISO-8601 UTC; null: no expiry. Expired rows count as absent and are purged. */
+  expires_at: string | null;
+  /** ISO-8601 UTC when consumed (codes, rotated refresh tokens); null while unused. */
+  consumed_at: string | null;
+}
+
+/** A registered OAuth client (migration 003). */
+export interface OAuthClientsTable {
+  client_id: string;
+  /** Client metadata (RFC 7591 names), JSON, without any secret. */
+  metadata: string;
+  /** HMAC-SHA-256 of the client secret under the key manager's pepper; null: no secret. */
+  secret_hash: string | null;
+  created_at: string;
+}
+
+/** A revoked JWT access token (migration 003), kept until it would have expired. */
+export interface RevokedTokensTable {
+  jti: string;
+  client_id: string;
+  /** ISO-8601 UTC: the token's own expiry; the row is purged after it. */
+  expires_at: string;
+  revoked_at: string;
+}
+
+/** One hash-chained audit record (migration 005); `id` is the insertion order. */
+export interface AuditEventsTable {
+  id: Generated<number>;
+  /** Position in the chain, from 1. */
+  seq: number;
+  /** The event's `event.id` (deduplicates a redelivery after a crash). */
+  event_id: string;
+  /** `@timestamp`, ISO-8601 UTC with milliseconds. */
+  ts: string;
+  category: string;
+  outcome: string;
+  client_id: string | null;
+  /** The correlation id. */
+  trace_id: string | null;
+  /** Hash of the previous record and of this one (hex SHA-256). */
+  prev: string;
+  hash: string;
+  /** The event, JSON (without the chain fields). */
+  event: string;
+}
+
+/** A signed checkpoint over the audit chain (migration 005). */
+export interface AuditCheckpointsTable {
+  seq: number;
+  hash: string;
+  /** ISO-8601 UTC. */
+  at: string;
+  kid: string;
+  /** base64url signature. */
+  sig: string;
+}
+
+/** An API key (migration 006), stored only as a keyed hash; restrictions are JSON arrays. */
+export interface ApiKeysTable {
+  /** `ak_` + 22 base62 characters; not derived from the key. */
+  id: string;
+  name: string;
+  /** HMAC-SHA-256 of the whole key under the key manager's `api-key` pepper, base64url. */
+  key_hash: string;
+  /** 'live' | 'test'. */
+  env: string;
+  /** JSON array of API names the key may call (at least one). */
+  apis: string;
+  /** JSON array of operationIds it may call; empty: every operation of those APIs. */
+  operations: string;
+  /** JSON array of source CIDRs; empty: any source. */
+  cidrs: string;
+  /** ISO-8601 UTC timestamps. Rotation moves expires_at to the end of the grace period. */
+  created_at: string;
+  expires_at: string;
+  revoked_at: string | null;
+  /** The id of the key that replaced this one (rotation). */
+  replaced_by: string | null;
+  use_count: Generated<number>;
+  last_used_at: string | null;
+  /** The last source network (IPv4 /24, IPv6 /64), e.g. `192.0.2.0/24`. */
+  last_source_network: string | null;
+}
+
+/** A source network an API key was used from (migration 006). */
+export interface ApiKeyNetworksTable {
+  key_id: string;
+  network: string;
+  first_seen_at: string;
+}
+
 export interface Database {
+  oauth_models: OAuthModelsTable;
+  oauth_clients: OAuthClientsTable;
+  revoked_tokens: RevokedTokensTable;
+  users: UsersTable;
+  login_throttle: LoginThrottleTable;
+  key_set_state: KeySetStateTable;
+  signing_keys: SigningKeysTable;
+  key_peppers: KeyPeppersTable;
   config_versions: ConfigVersionsTable;
+  audit_events: AuditEventsTable;
+  audit_checkpoints: AuditCheckpointsTable;
+  api_keys: ApiKeysTable;
+  api_key_networks: ApiKeyNetworksTable;
 }
 
 export type ConfigVersionRow = Selectable<ConfigVersionsTable>;
