@@ -1,0 +1,113 @@
+/**
+ * `portcullis keys list|rotate`: the signing keys' public facts (kid, alg, status, dates) and a
+ * manual rotation. Never prints key material.
+ */
+import type { Command } from 'commander';
+import type { KeySummary } from '../keys/types.ts';
+import { common, fail } from './common.ts';
+import type { CommonOptions } from './common.ts';
+import { openCliContext } from './context.ts';
+
+interface KeysOptions extends CommonOptions {
+  json?: boolean;
+}
+
+interface RotateOptions extends KeysOptions {
+  reason: string;
+}
+
+/** The JSON shape of one key: ISO-8601 dates, `null` when not set. */
+export interface KeyJson {
+  kid: string;
+  alg: string;
+  status: string;
+  createdAt: string;
+  activatedAt: string | null;
+  retiresAt: string | null;
+}
+
+export function keyToJson(key: KeySummary): KeyJson {
+  return {
+    kid: key.kid,
+    alg: key.alg,
+    status: key.status,
+    createdAt: key.createdAt.toISOString(),
+    activatedAt: key.activatedAt?.toISOString() ?? null,
+    retiresAt: key.retiresAt?.toISOString() ?? null,
+  };
+}
+
+function table(keys: readonly KeySummary[]): string {
+  const rows = [
+    ['STATUS', 'ALG', 'KID', 'CREATED', 'ACTIVATED', 'RETIRES'],
+    ...keys.map((k) => {
+      const j = keyToJson(k);
+      return [j.status, j.alg, j.kid, j.createdAt, j.activatedAt ?? '-', j.retiresAt ?? '-'];
+    }),
+  ];
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((c, i) => c.padEnd(widths[i] ?? 0))
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
+}
+
+function print(keys: readonly KeySummary[], json: boolean): void {
+  if (json) process.stdout.write(JSON.stringify({ keys: keys.map(keyToJson) }, null, 2) + '\n');
+  else process.stdout.write(table(keys));
+}
+
+export function registerKeysCommands(program: Command): void {
+  const keys = program.command('keys').description('token-signing keys (public facts only)');
+
+  common(keys.command('list').description('list the signing keys: next, current and previous'))
+    .option('--json', 'machine-readable output')
+    .action(async (opts: KeysOptions) => {
+      const json = opts.json === true;
+      try {
+        const ctx = await openCliContext(opts);
+        try {
+          print(ctx.keys.list(), json);
+        } finally {
+          await ctx.close();
+        }
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(
+    keys
+      .command('rotate')
+      .description(
+        'rotate now: next becomes current, current stays published until the overlap ends, a new next is made',
+      ),
+  )
+    .option('--json', 'machine-readable output')
+    .option('--reason <text>', 'why (recorded in the log)', 'manual rotation (CLI)')
+    .action(async (opts: RotateOptions) => {
+      const json = opts.json === true;
+      try {
+        const ctx = await openCliContext(opts);
+        try {
+          const listed = await ctx.keys.rotate(opts.reason);
+          print(listed, json);
+          if (!json) {
+            process.stderr.write(
+              `rotated: tokens are now signed with ${ctx.keys.current().kid}; running gateways pick it up on their next key refresh\n`,
+            );
+          }
+        } finally {
+          await ctx.close();
+        }
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+}

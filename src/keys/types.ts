@@ -1,0 +1,49 @@
+/**
+ * The key manager's contract. Signing keys for issued tokens and the peppers that keyed hashes
+ * of client secrets and API keys use live behind it; private material never leaves it except as
+ * the private JWKs handed to the in-process token signer (oidc-provider).
+ */
+import type { JWK } from 'jose';
+
+export type SigningAlg = 'ES256' | 'PS256' | 'EdDSA';
+
+/** Lifecycle of a signing key: published before use, used, published after use, then gone. */
+export type KeyStatus = 'next' | 'current' | 'previous';
+
+/** What may be shown about a key (CLI, admin API, logs): never private material. */
+export interface KeySummary {
+  readonly kid: string;
+  readonly alg: SigningAlg;
+  readonly status: KeyStatus;
+  readonly createdAt: Date;
+  /** When it became current (undefined while `next`). */
+  readonly activatedAt: Date | undefined;
+  /** When it stops being published (set once it is `previous`). */
+  readonly retiresAt: Date | undefined;
+}
+
+/** Purposes of keyed hashes; each has its own pepper. */
+export type PepperPurpose = 'client-secret' | 'api-key';
+
+export interface KeyManager {
+  /** Private JWKs for the token signer: the current key first, then next, then previous. */
+  signingJwks(): { keys: JWK[] };
+  /** Public JWKs of next, current and previous keys (what /jwks publishes). */
+  publicJwks(): { keys: JWK[] };
+  /** The key tokens are signed with now. */
+  current(): KeySummary;
+  list(): KeySummary[];
+  /**
+   * Rotates: next → current, current → previous (published for the overlap period), a new next
+   * is generated, previous keys past their overlap are removed. Durable before it resolves.
+   */
+  rotate(reason: string): Promise<KeySummary[]>;
+  /** Re-reads keys from the store (another node rotated); emits a change when they differ. */
+  refresh(): Promise<boolean>;
+  /** HMAC-SHA-256 of `value` under the pepper for `purpose`, base64url. */
+  hmac(purpose: PepperPurpose, value: string): string;
+  /** Called after the key set changed (rotation here or refreshed from another node). */
+  onChange(listener: () => void): () => void;
+  /** Stops the rotation timer. */
+  close(): void;
+}
