@@ -336,6 +336,94 @@ const OAuth = Section(
   'the built-in OAuth 2.1 / OpenID Connect authorization server',
 );
 
+const Audit = Section(
+  {
+    durability: Type.Union([Type.Literal('batched'), Type.Literal('strict')], {
+      default: 'batched',
+      description:
+        'batched: request events group-committed (loss bound on a crash: see docs/audit.md); strict: every event durable before the response. Configuration, admin and key events are always durable first.',
+    }),
+    batchMaxEvents: Type.Integer({
+      minimum: 1,
+      maximum: 10000,
+      default: 256,
+      description: 'group commit: events per batch',
+    }),
+    batchMaxDelayMs: Milliseconds(
+      50,
+      1,
+      1000,
+      'group commit: longest wait before a request event is committed',
+    ),
+    checkpointEvery: Type.Integer({
+      minimum: 1,
+      maximum: 1_000_000,
+      default: 1000,
+      description: 'sign a checkpoint after this many events',
+    }),
+    checkpointSeconds: Type.Integer({
+      minimum: 1,
+      maximum: 3600,
+      default: 60,
+      description: '…or this long after the last one',
+    }),
+    spoolMaxBytes: Type.Integer({
+      minimum: MiB,
+      maximum: 64 * 1024 * MiB,
+      default: 64 * MiB,
+      description:
+        'per sink: disk spool under <dataDir>/audit/spool while the sink is down; an overflow is an audit event and a metric',
+    }),
+    store: Section(
+      {
+        enabled: Type.Boolean({
+          default: true,
+          description: 'audit_events in the store; the chain of record',
+        }),
+      },
+      'the store sink',
+    ),
+    file: Section(
+      {
+        enabled: Type.Boolean({ default: false }),
+        path: Type.String({
+          minLength: 1,
+          default: 'audit/audit.jsonl',
+          description: 'JSON Lines, relative to the data directory',
+        }),
+        maxBytes: Type.Integer({
+          minimum: 64 * KiB,
+          maximum: 1024 * 1024 * MiB,
+          default: 100 * MiB,
+          description: 'rotate at this size',
+        }),
+      },
+      'the JSON Lines file sink (mode 0600, rotated by size, chain kept across files)',
+    ),
+    stdout: Section({ enabled: Type.Boolean({ default: false }) }, 'one JSON line per event on stdout'),
+    syslog: Type.Optional(
+      Type.Object(
+        {
+          host: Host('127.0.0.1'),
+          port: Type.Integer({ minimum: 1, maximum: 65535, default: 6514 }),
+          caFile: Type.String({
+            minLength: 1,
+            description: 'CA bundle the collector certificate must chain to',
+          }),
+          serverName: Type.Optional(Type.String({ minLength: 1, maxLength: 253 })),
+          certFile: Type.Optional(
+            Type.String({ minLength: 1, description: 'client certificate (mutual TLS)' }),
+          ),
+          keyFile: Type.Optional(Type.String({ minLength: 1, description: 'client key (mutual TLS)' })),
+          facility: Type.Integer({ minimum: 0, maximum: 23, default: 13 }),
+        },
+        { additionalProperties: false, description: 'syslog RFC 5424 over TLS (RFC 5425)' },
+      ),
+    ),
+  },
+  'the audit trail: hash-chained, signed checkpoints, sinks',
+);
+
 export const ConfigSchema = Type.Object(
   {
     version: Type.Literal(1, { default: 1 }),
@@ -362,6 +450,7 @@ export const ConfigSchema = Type.Object(
       'JSON logs on stdout',
     ),
     oauth: OAuth,
+    audit: Audit,
     apis: Type.Array(Api, { default: [], maxItems: 1000 }),
     exceptions: Type.Array(Exception, { default: [], maxItems: 200 }),
     demoUpstream: Type.Optional(
@@ -383,5 +472,6 @@ export type ExceptionConfig = Config['exceptions'][number];
 export type CorsConfig = NonNullable<ApiConfig['cors']>;
 export type LimitsConfig = Config['gateway']['limits'];
 export type OAuthConfig = Config['oauth'];
+export type AuditConfig = Config['audit'];
 
 export const DEFAULT_LIMITS = { bodyBytes: MiB, headerBytes: 16 * KiB, urlBytes: 8 * KiB } as const;

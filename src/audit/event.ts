@@ -1,0 +1,342 @@
+/**
+ * The one audit event schema. Field names follow the Elastic Common Schema (ECS) where ECS has
+ * one; Portcullis-specific fields live under `portcullis.*`. Events are flat objects with dotted
+ * keys (`"event.outcome": "failure"`), which Elasticsearch, OpenSearch and ECS-aware pipelines
+ * expand into nested objects.
+ *
+ * Events are built only from typed fields ({@link buildAuditEvent}); every string passes the
+ * credential guard in `redact.ts` on the way in. `docs/audit.md` documents every field, and a
+ * test checks that it lists exactly {@link AUDIT_FIELDS}.
+ */
+import { randomUUID } from 'node:crypto';
+import { redactValue } from './redact.ts';
+import type { FieldKind } from './redact.ts';
+
+/** What kind of security decision or change an event records (`event.category`). */
+export const AUDIT_CATEGORIES = [
+  'authentication',
+  'authorization',
+  'rate-limit',
+  'validation',
+  'upstream',
+  'configuration',
+  'admin',
+  'key-lifecycle',
+  'credential-lifecycle',
+  'audit',
+] as const;
+export type AuditCategory = (typeof AUDIT_CATEGORIES)[number];
+
+/** ECS `event.outcome` values. */
+export const AUDIT_OUTCOMES = ['success', 'failure', 'unknown'] as const;
+export type AuditOutcome = (typeof AUDIT_OUTCOMES)[number];
+
+/**
+ * Categories whose events must be durable before the operation they record reports success
+ * (`AuditLog.emitDurable`): configuration, admin and key/credential lifecycle.
+ */
+export const DURABLE_CATEGORIES: ReadonlySet<AuditCategory> = new Set([
+  'configuration',
+  'admin',
+  'key-lifecycle',
+  'credential-lifecycle',
+]);
+
+/** The type of a field's value. */
+export type FieldType = 'string' | 'integer' | 'string[]';
+
+export interface FieldSpec {
+  readonly type: FieldType;
+  /** How the credential guard treats the value (see `redact.ts`). */
+  readonly kind: FieldKind;
+  /** Present on every event. */
+  readonly always?: true;
+  readonly description: string;
+}
+
+/**
+ * Every field an event may carry, with its type. The chain fields (`portcullis.audit.seq`,
+ * `.prev`, `.hash`) are added by the sink that chains the event, not by the builder.
+ */
+export const AUDIT_FIELDS = {
+  '@timestamp': {
+    type: 'string',
+    kind: 'id',
+    always: true,
+    description: 'When the event happened: ISO-8601 UTC with milliseconds.',
+  },
+  'event.id': {
+    type: 'string',
+    kind: 'id',
+    always: true,
+    description: 'Unique id of the event (UUID v4); duplicates delivered after a crash share it.',
+  },
+  'event.kind': { type: 'string', kind: 'id', always: true, description: 'Always `event` (ECS).' },
+  'event.category': {
+    type: 'string',
+    kind: 'id',
+    always: true,
+    description:
+      'What kind of decision or change: authentication, authorization, rate-limit, validation, upstream, configuration, admin, key-lifecycle, credential-lifecycle, audit.',
+  },
+  'event.action': {
+    type: 'string',
+    kind: 'id',
+    always: true,
+    description:
+      'What happened, lower-case words joined by `-` (e.g. `token-verify`, `scope-check`, `config-reload`, `key-rotate`, `spool-overflow`).',
+  },
+  'event.outcome': {
+    type: 'string',
+    kind: 'id',
+    always: true,
+    description: 'success, failure or unknown (ECS).',
+  },
+  'event.reason': {
+    type: 'string',
+    kind: 'text',
+    description: 'Why: the denial reason code or a short generic explanation; never request input.',
+  },
+  'event.duration': {
+    type: 'integer',
+    kind: 'id',
+    description: 'How long the decision or request took, in nanoseconds (ECS).',
+  },
+  'client.ip': {
+    type: 'string',
+    kind: 'id',
+    description: 'The client address as the gateway determined it.',
+  },
+  'user.id': { type: 'string', kind: 'id', description: 'The end user (token `sub` or admin user).' },
+  'portcullis.client_id': { type: 'string', kind: 'id', description: 'The OAuth client id.' },
+  'portcullis.api_key_id': {
+    type: 'string',
+    kind: 'id',
+    description: 'The id of the API key used (never the key itself).',
+  },
+  'url.path': {
+    type: 'string',
+    kind: 'text',
+    description: 'The route TEMPLATE of the operation (`/v1/patients/{id}`), never the concrete path.',
+  },
+  'http.request.method': { type: 'string', kind: 'id', description: 'The HTTP method.' },
+  'http.response.status_code': { type: 'integer', kind: 'id', description: 'The response status sent.' },
+  'http.request.body.bytes': { type: 'integer', kind: 'id', description: 'Request body size in bytes.' },
+  'http.response.body.bytes': { type: 'integer', kind: 'id', description: 'Response body size in bytes.' },
+  'portcullis.api': { type: 'string', kind: 'id', description: 'The API name from the configuration.' },
+  'portcullis.listener': {
+    type: 'string',
+    kind: 'id',
+    description: 'Which listener or component: gateway, oauth, admin, cli.',
+  },
+  'trace.id': {
+    type: 'string',
+    kind: 'id',
+    description: 'The correlation id (the one the problem response and the access log carry).',
+  },
+  'portcullis.scopes.required': {
+    type: 'string[]',
+    kind: 'id',
+    description: 'The scopes the operation requires.',
+  },
+  'portcullis.scopes.granted': {
+    type: 'string[]',
+    kind: 'id',
+    description: 'The scopes the credential carried.',
+  },
+  'portcullis.rate_limit.key': {
+    type: 'string',
+    kind: 'id',
+    description: 'Which limit applied: client, api-key, user or ip.',
+  },
+  'portcullis.rate_limit.retry_after': {
+    type: 'integer',
+    kind: 'id',
+    description: 'Seconds until the caller may retry.',
+  },
+  'portcullis.config.version': {
+    type: 'string',
+    kind: 'id',
+    description: 'SHA-256 of the configuration version applied.',
+  },
+  'portcullis.config.summary': {
+    type: 'string',
+    kind: 'text',
+    description: 'What a configuration change changed (key paths and counts, never secret values).',
+  },
+  'portcullis.key.kid': {
+    type: 'string',
+    kind: 'id',
+    description: 'The signing key concerned (public kid).',
+  },
+  'portcullis.credential.type': {
+    type: 'string',
+    kind: 'id',
+    description: 'Credential lifecycle: client, api-key, user or password.',
+  },
+  'portcullis.audit.sink': {
+    type: 'string',
+    kind: 'id',
+    description: 'Audit events about the audit trail: the sink concerned.',
+  },
+  'portcullis.audit.dropped': {
+    type: 'integer',
+    kind: 'id',
+    description: 'Audit events about the audit trail: how many events a spool overflow dropped.',
+  },
+  'portcullis.redacted': {
+    type: 'string[]',
+    kind: 'id',
+    description: 'Fields whose value the credential guard replaced with `[REDACTED]`.',
+  },
+} as const satisfies Record<string, FieldSpec>;
+
+/** The chain fields a chained record adds to the event (see `chain.ts`). */
+export const CHAIN_FIELDS = {
+  'portcullis.audit.seq': {
+    type: 'integer',
+    kind: 'id',
+    always: true,
+    description: 'Position in the hash chain, from 1, without gaps.',
+  },
+  'portcullis.audit.prev': {
+    type: 'string',
+    kind: 'id',
+    always: true,
+    description: 'Hash of the previous record (64 zeros for the first).',
+  },
+  'portcullis.audit.hash': {
+    type: 'string',
+    kind: 'id',
+    always: true,
+    description: 'SHA-256 hex of `prev` and the canonical JSON of the event with its seq.',
+  },
+} as const satisfies Record<string, FieldSpec>;
+
+export type AuditFieldName = keyof typeof AUDIT_FIELDS;
+
+type ValueOf<T extends FieldType> = T extends 'integer'
+  ? number
+  : T extends 'string[]'
+    ? readonly string[]
+    : string;
+
+/** An audit event: every field typed, the always-present ones required. */
+export type AuditEvent = {
+  readonly [K in AuditFieldName as (typeof AUDIT_FIELDS)[K] extends { always: true } ? K : never]: ValueOf<
+    (typeof AUDIT_FIELDS)[K]['type']
+  >;
+} & {
+  readonly [K in AuditFieldName as (typeof AUDIT_FIELDS)[K] extends { always: true } ? never : K]?: ValueOf<
+    (typeof AUDIT_FIELDS)[K]['type']
+  >;
+} & {
+  readonly 'event.category': AuditCategory;
+  readonly 'event.outcome': AuditOutcome;
+};
+
+/** What a caller supplies: the event without the fields the builder fills in. */
+export type AuditEventInput = Omit<
+  AuditEvent,
+  '@timestamp' | 'event.id' | 'event.kind' | 'portcullis.redacted'
+> & {
+  /** Defaults to now. */
+  readonly '@timestamp'?: string | Date;
+};
+
+const ACTION = /^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$/;
+const MAX_STRING = 1024;
+const MAX_ARRAY = 64;
+
+/**
+ * Builds an event from typed fields. Programmer mistakes (an unknown field, a value of the wrong
+ * type, an unknown category or outcome, a malformed action) throw `TypeError`; a string that
+ * looks like a credential is replaced by `[REDACTED]` and the field named in
+ * `portcullis.redacted`; overlong strings are cut at 1024 characters and arrays at 64 items.
+ *
+ * @example
+ * ```ts
+ * const event = buildAuditEvent({
+ *   'event.category': 'authorization',
+ *   'event.action': 'scope-check',
+ *   'event.outcome': 'failure',
+ *   'event.reason': 'insufficient_scope',
+ *   'portcullis.client_id': clientId,
+ *   'portcullis.scopes.required': ['patients:write'],
+ *   'portcullis.scopes.granted': ['patients:read'],
+ *   'trace.id': correlationId,
+ * });
+ * ```
+ */
+export function buildAuditEvent(input: AuditEventInput): AuditEvent {
+  const out: Record<string, unknown> = {};
+  const redacted: string[] = [];
+  const ts = input['@timestamp'];
+  const at = ts === undefined ? new Date() : typeof ts === 'string' ? new Date(ts) : ts;
+  if (Number.isNaN(at.getTime())) throw new TypeError('audit event: @timestamp is not a valid date');
+  out['@timestamp'] = at.toISOString();
+  out['event.id'] = randomUUID();
+  out['event.kind'] = 'event';
+  for (const [key, value] of Object.entries(input as Record<string, unknown>)) {
+    if (key === '@timestamp' || value === undefined) continue;
+    if (
+      !Object.hasOwn(AUDIT_FIELDS, key) ||
+      key === 'event.id' ||
+      key === 'event.kind' ||
+      key === 'portcullis.redacted'
+    ) {
+      throw new TypeError(`audit event: unknown field "${key}"`);
+    }
+    const spec: FieldSpec = AUDIT_FIELDS[key as AuditFieldName];
+    out[key] = checkValue(key, spec, value, redacted);
+  }
+  const category = out['event.category'];
+  const outcome = out['event.outcome'];
+  const action = out['event.action'];
+  if (typeof category !== 'string' || !(AUDIT_CATEGORIES as readonly string[]).includes(category)) {
+    throw new TypeError('audit event: event.category must be one of ' + AUDIT_CATEGORIES.join(', '));
+  }
+  if (typeof outcome !== 'string' || !(AUDIT_OUTCOMES as readonly string[]).includes(outcome)) {
+    throw new TypeError('audit event: event.outcome must be success, failure or unknown');
+  }
+  if (typeof action !== 'string' || !ACTION.test(action) || action.length > 64) {
+    throw new TypeError('audit event: event.action must be lower-case words joined by "-"');
+  }
+  if (redacted.length > 0) out['portcullis.redacted'] = redacted;
+  return out as AuditEvent;
+}
+
+function checkValue(key: string, spec: FieldSpec, value: unknown, redacted: string[]): unknown {
+  switch (spec.type) {
+    case 'integer':
+      if (typeof value !== 'number' || !Number.isSafeInteger(value)) {
+        throw new TypeError(`audit event: ${key} must be a safe integer`);
+      }
+      return value;
+    case 'string': {
+      if (typeof value !== 'string') throw new TypeError(`audit event: ${key} must be a string`);
+      const r = redactValue(value.slice(0, MAX_STRING), spec.kind);
+      if (r.redacted) redacted.push(key);
+      return r.value;
+    }
+    case 'string[]': {
+      if (!Array.isArray(value) || !value.every((v) => typeof v === 'string')) {
+        throw new TypeError(`audit event: ${key} must be an array of strings`);
+      }
+      const items: string[] = [];
+      let cleaned = 0;
+      for (const v of value.slice(0, MAX_ARRAY)) {
+        const r = redactValue(v.slice(0, MAX_STRING), spec.kind);
+        if (r.redacted) cleaned++;
+        items.push(r.value);
+      }
+      if (cleaned > 0) redacted.push(key);
+      return items;
+    }
+  }
+}
+
+/** Whether events of this category must be emitted with `emitDurable`. */
+export function isDurableCategory(category: AuditCategory): boolean {
+  return DURABLE_CATEGORIES.has(category);
+}

@@ -1,0 +1,87 @@
+/**
+ * The audit trail: event schema, redaction, hash chain with signed checkpoints, durable log
+ * and sinks. `openAuditLog` builds the log the configuration describes.
+ */
+import { readFileSync } from 'node:fs';
+import { isAbsolute, join, resolve } from 'node:path';
+import type { Writable } from 'node:stream';
+import type { Registry } from 'prom-client';
+import type { AuditConfig } from '../config/schema.ts';
+import type { Store } from '../store/index.ts';
+import type { CheckpointSigner } from './chain.ts';
+import { AuditLog } from './log.ts';
+import { fileCheckpointSigner } from './signer.ts';
+import { fileSink } from './sinks/file.ts';
+import { stdoutSink } from './sinks/stdout.ts';
+import { storeSink } from './sinks/store.ts';
+import { syslogSink } from './sinks/syslog.ts';
+import type { ChainSink, ForwardSink } from './sinks/types.ts';
+
+export * from './chain.ts';
+export * from './event.ts';
+export { AuditLog, SpoolOverflowError } from './log.ts';
+export type { AuditLogOptions, AuditListener, AuditMetrics, Durability } from './log.ts';
+export { looksLikeCredential, REDACTED } from './redact.ts';
+export type { ChainSink, ForwardSink } from './sinks/types.ts';
+
+export interface OpenAuditLogOptions {
+  readonly config: AuditConfig;
+  readonly dataDir: string;
+  /** The open store (used when `audit.store.enabled`). */
+  readonly store: Store;
+  /** The checkpoint signer; default: the interim file key under `<dataDir>/audit/`. */
+  readonly signer?: CheckpointSigner;
+  readonly stdout?: Writable;
+  readonly registry?: Registry;
+  readonly onError?: (error: unknown, sink: string) => void;
+}
+
+/** The file sink's path for a configuration. */
+export function auditFilePath(config: AuditConfig, dataDir: string): string {
+  return isAbsolute(config.file.path) ? config.file.path : resolve(dataDir, config.file.path);
+}
+
+/** Opens the audit log with the sinks the configuration enables. */
+export async function openAuditLog(options: OpenAuditLogOptions): Promise<AuditLog> {
+  const { config, dataDir } = options;
+  const forward: ForwardSink[] = [];
+  let chain: ChainSink;
+  if (config.store.enabled) {
+    chain = storeSink(options.store);
+    if (config.file.enabled)
+      forward.push(await fileSink({ path: auditFilePath(config, dataDir), maxBytes: config.file.maxBytes }));
+  } else if (config.file.enabled) {
+    chain = await fileSink({ path: auditFilePath(config, dataDir), maxBytes: config.file.maxBytes });
+  } else {
+    throw new Error('audit: enable the store sink or the file sink (one of them holds the chain)');
+  }
+  if (config.stdout.enabled) forward.push(stdoutSink(options.stdout));
+  if (config.syslog !== undefined) {
+    const s = config.syslog;
+    forward.push(
+      syslogSink({
+        host: s.host,
+        port: s.port,
+        ca: readFileSync(s.caFile, 'utf8'),
+        facility: s.facility,
+        ...(s.serverName === undefined ? {} : { servername: s.serverName }),
+        ...(s.certFile === undefined ? {} : { cert: readFileSync(s.certFile, 'utf8') }),
+        ...(s.keyFile === undefined ? {} : { key: readFileSync(s.keyFile, 'utf8') }),
+      }),
+    );
+  }
+  return AuditLog.open({
+    chain,
+    forward,
+    signer: options.signer ?? fileCheckpointSigner(dataDir),
+    spoolDir: join(dataDir, 'audit', 'spool'),
+    durability: config.durability,
+    maxBatch: config.batchMaxEvents,
+    maxDelayMs: config.batchMaxDelayMs,
+    checkpointEvery: config.checkpointEvery,
+    checkpointSeconds: config.checkpointSeconds,
+    spoolMaxBytes: config.spoolMaxBytes,
+    ...(options.registry === undefined ? {} : { registry: options.registry }),
+    ...(options.onError === undefined ? {} : { onError: options.onError }),
+  });
+}

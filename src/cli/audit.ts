@@ -1,0 +1,198 @@
+/**
+ * `portcullis audit verify|tail|search`: check the hash chain and its signed checkpoints, and
+ * read the store sink. `verify` exits 1 and names the first edited, deleted, reordered or
+ * truncated record.
+ */
+import { InvalidArgumentError } from 'commander';
+import type { Command } from 'commander';
+import { loadConfig } from '../config/load.ts';
+import { auditFilePath } from '../audit/index.ts';
+import { verifyChain } from '../audit/chain.ts';
+import type { AuditRecord, VerifyResult } from '../audit/chain.ts';
+import { AUDIT_CATEGORIES, AUDIT_OUTCOMES } from '../audit/event.ts';
+import type { AuditCategory, AuditOutcome } from '../audit/event.ts';
+import { fileCheckpointVerifier } from '../audit/signer.ts';
+import { readFileLog } from '../audit/sinks/file.ts';
+import { MAX_QUERY_LIMIT, queryStoreLog, readStoreLog } from '../audit/sinks/store.ts';
+import type { AuditQuery } from '../audit/sinks/store.ts';
+import { openStore } from '../store/index.ts';
+import type { Store } from '../store/index.ts';
+import { common, fail } from './common.ts';
+import type { CommonOptions } from './common.ts';
+
+interface VerifyOptions extends CommonOptions {
+  json?: boolean;
+  source?: 'store' | 'file';
+}
+
+interface SearchOptions extends CommonOptions {
+  json?: boolean;
+  since?: string;
+  until?: string;
+  category?: AuditCategory;
+  outcome?: AuditOutcome;
+  client?: string;
+  correlationId?: string;
+  limit?: number;
+}
+
+interface TailOptions extends CommonOptions {
+  json?: boolean;
+  lines: number;
+  follow?: boolean;
+}
+
+async function withStore<T>(opts: CommonOptions, fn: (store: Store) => Promise<T>): Promise<T> {
+  const loaded = await loadConfig(opts.config);
+  const store = await openStore({ url: loaded.config.store.url, dataDir: opts.dataDir });
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+function int(max: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1 || n > max)
+      throw new InvalidArgumentError(`expected an integer 1..${String(max)}`);
+    return n;
+  };
+}
+
+function date(v: string): string {
+  const d = new Date(v);
+  if (Number.isNaN(d.getTime())) throw new InvalidArgumentError('expected an ISO-8601 date or date-time');
+  return d.toISOString();
+}
+
+function oneOf<T extends string>(values: readonly T[]) {
+  return (v: string): T => {
+    if (!(values as readonly string[]).includes(v))
+      throw new InvalidArgumentError(`expected one of ${values.join(', ')}`);
+    return v as T;
+  };
+}
+
+/** One human-readable line per record. */
+export function formatRecord(r: AuditRecord): string {
+  const e = r.event;
+  return [
+    String(r.seq).padStart(8),
+    e['@timestamp'],
+    `${e['event.category']}/${e['event.action']}`,
+    e['event.outcome'],
+    e['portcullis.client_id'] ?? e['user.id'] ?? '-',
+    e['trace.id'] ?? '-',
+    e['event.reason'] ?? '',
+  ]
+    .join('  ')
+    .trimEnd();
+}
+
+function print(records: readonly AuditRecord[], json: boolean): void {
+  const text = records.map((r) =>
+    json ? JSON.stringify({ seq: r.seq, hash: r.hash, ...r.event }) : formatRecord(r),
+  );
+  if (text.length > 0) process.stdout.write(text.join('\n') + '\n');
+}
+
+function report(result: VerifyResult, source: string, json: boolean): void {
+  if (json) {
+    process.stdout.write(JSON.stringify({ source, ...result }, null, 2) + '\n');
+    return;
+  }
+  if (result.problem === undefined) {
+    process.stderr.write(
+      `audit log (${source}) verified: ${String(result.records)} records, ${String(result.checkpoints)} signed checkpoints ` +
+        `(last at record ${String(result.checkpointedSeq)})\n`,
+    );
+  } else {
+    process.stderr.write(
+      `audit log (${source}) FAILED verification: ${result.problem.kind} at record ${String(result.problem.seq)}: ` +
+        `${result.problem.message}\n`,
+    );
+  }
+}
+
+export function registerAuditCommands(program: Command): void {
+  const audit = program.command('audit').description('the audit trail: verify, tail, search');
+
+  common(audit.command('verify').description('verify the hash chain and its signed checkpoints'))
+    .option('--json', 'machine-readable output')
+    .option(
+      '--source <sink>',
+      'store or file (default: the chain sink the configuration uses)',
+      oneOf(['store', 'file'] as const),
+    )
+    .action(async (opts: VerifyOptions) => {
+      const json = opts.json === true;
+      try {
+        const loaded = await loadConfig(opts.config);
+        const cfg = loaded.config.audit;
+        const source = opts.source ?? (cfg.store.enabled ? 'store' : 'file');
+        const log =
+          source === 'store'
+            ? await withStore(opts, (store) => readStoreLog(store.db))
+            : await readFileLog(auditFilePath(cfg, opts.dataDir));
+        const result = await verifyChain(log.records, log.checkpoints, fileCheckpointVerifier(opts.dataDir));
+        report(result, source, json);
+        process.exitCode = result.ok ? 0 : 1;
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(audit.command('tail').description('the latest audit events (store sink)'))
+    .option('--json', 'one JSON object per line')
+    .option('-n, --lines <n>', 'how many', int(MAX_QUERY_LIMIT), 20)
+    .option('-f, --follow', 'keep printing new events')
+    .action(async (opts: TailOptions) => {
+      const json = opts.json === true;
+      try {
+        await withStore(opts, async (store) => {
+          const first = await queryStoreLog(store.db, { limit: opts.lines });
+          print(first, json);
+          let after = first.at(-1)?.seq ?? 0;
+          while (opts.follow === true) {
+            await new Promise((r) => setTimeout(r, 1000));
+            const more = await queryStoreLog(store.db, { afterSeq: after, limit: MAX_QUERY_LIMIT });
+            print(more, json);
+            after = more.at(-1)?.seq ?? after;
+          }
+        });
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(audit.command('search').description('search audit events (store sink), oldest first'))
+    .option('--json', 'one JSON object per line')
+    .option('--since <time>', 'from (ISO-8601)', date)
+    .option('--until <time>', 'to (ISO-8601)', date)
+    .option('--category <category>', AUDIT_CATEGORIES.join('|'), oneOf(AUDIT_CATEGORIES))
+    .option('--outcome <outcome>', AUDIT_OUTCOMES.join('|'), oneOf(AUDIT_OUTCOMES))
+    .option('--client <id>', 'OAuth client id')
+    .option('--correlation-id <id>', 'correlation id (trace.id)')
+    .option('--limit <n>', 'at most this many (the most recent)', int(MAX_QUERY_LIMIT), 100)
+    .action(async (opts: SearchOptions) => {
+      const json = opts.json === true;
+      try {
+        const q: AuditQuery = {
+          ...(opts.since === undefined ? {} : { since: opts.since }),
+          ...(opts.until === undefined ? {} : { until: opts.until }),
+          ...(opts.category === undefined ? {} : { category: opts.category }),
+          ...(opts.outcome === undefined ? {} : { outcome: opts.outcome }),
+          ...(opts.client === undefined ? {} : { clientId: opts.client }),
+          ...(opts.correlationId === undefined ? {} : { correlationId: opts.correlationId }),
+          ...(opts.limit === undefined ? {} : { limit: opts.limit }),
+        };
+        await withStore(opts, async (store) => {
+          print(await queryStoreLog(store.db, q), json);
+        });
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+}
