@@ -6,8 +6,9 @@
  * pass), `typ: at+jwt`, `iss`, `aud` (this API's audience), `exp`/`nbf`/`iat` with a small skew,
  * the required claims, unknown `crit` headers (refused by jose), and the revocation list.
  * Keys come only from the configured key source: `jku`, `x5u` and embedded `jwk` headers are
- * never consulted. Tokens bound to a key (`cnf`) are refused until proof-of-possession
- * verification (DPoP, mTLS) is configured for the operation: fail closed.
+ * never consulted. Tokens bound to a key (`cnf`) are refused unless the verifier is created with
+ * `allowBoundTokens`, which only its callers that check the proof of possession (DPoP `cnf.jkt`,
+ * mTLS `cnf.x5t#S256`; see oauth-verifier.ts) may set: fail closed.
  */
 import { createHash } from 'node:crypto';
 import { createLocalJWKSet, errors as joseErrors, jwtVerify } from 'jose';
@@ -22,6 +23,16 @@ export interface VerifiedAccessToken {
   readonly jti: string;
   readonly expiresAt: number;
   readonly issuer: string;
+  /** The token's binding (`cnf`), present only when the verifier allows bound tokens. */
+  readonly confirmation?: TokenConfirmation;
+}
+
+/** A bound token's `cnf` (RFC 7800): the DPoP key (RFC 9449) and/or client certificate (RFC 8705). */
+export interface TokenConfirmation {
+  /** RFC 7638 SHA-256 thumbprint of the DPoP public key. */
+  readonly jkt?: string;
+  /** base64url SHA-256 of the client certificate (DER). */
+  readonly x5tS256?: string;
 }
 
 /** Why a token was not accepted; becomes the audit/log reason, never the client message. */
@@ -37,6 +48,7 @@ export type TokenRejection =
   | 'missing-claim'
   | 'revoked'
   | 'bound-token-without-proof'
+  | 'unsupported-confirmation'
   | 'invalid';
 
 export class TokenError extends Error {
@@ -59,6 +71,30 @@ export interface AccessTokenVerifierOptions {
   /** How many verified tokens to remember (keyed by a hash of the token) until they expire. */
   readonly cacheSize?: number;
   readonly now?: () => number;
+  /**
+   * Accept tokens with `cnf` and return their binding in `confirmation`. Only for callers that
+   * then check the proof of possession on every request. Default false: bound tokens are refused.
+   */
+  readonly allowBoundTokens?: boolean;
+}
+
+const BASE64URL_SHA256 = /^[A-Za-z0-9_-]{43}$/;
+
+/** The `cnf` claim of a bound token; only `jkt` and `x5t#S256` (both SHA-256 thumbprints) are known. */
+function confirmationOf(cnf: unknown): TokenConfirmation {
+  if (typeof cnf !== 'object' || cnf === null || Array.isArray(cnf)) {
+    throw new TokenError('unsupported-confirmation');
+  }
+  const members = Object.entries(cnf);
+  const known = members.filter(([k]) => k === 'jkt' || k === 'x5t#S256');
+  if (known.length === 0 || known.length !== members.length) throw new TokenError('unsupported-confirmation');
+  const result: { jkt?: string; x5tS256?: string } = {};
+  for (const [k, v] of known) {
+    if (typeof v !== 'string' || !BASE64URL_SHA256.test(v)) throw new TokenError('unsupported-confirmation');
+    if (k === 'jkt') result.jkt = v;
+    else result.x5tS256 = v;
+  }
+  return result;
 }
 
 const BEARER = /^Bearer ([A-Za-z0-9\-._~+/]+=*)$/i;
@@ -106,10 +142,12 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
   const now = options.now ?? (() => Date.now());
   const cacheSize = options.cacheSize ?? 10_000;
   const cache = new Map<string, VerifiedAccessToken>();
-  let keySet: { source: JSONWebKeySet; resolve: ReturnType<typeof createLocalJWKSet> } | undefined;
+  let keySet: { fingerprint: string; resolve: ReturnType<typeof createLocalJWKSet> } | undefined;
   const resolver = () => {
     const source = options.keys();
-    if (keySet?.source !== source) keySet = { source, resolve: createLocalJWKSet(source) };
+    // Key sets are identified by their kids (RFC 7638 thumbprints), so a rotation rebuilds it.
+    const fingerprint = source.keys.map((k) => k.kid ?? '?').join(',');
+    if (keySet?.fingerprint !== fingerprint) keySet = { fingerprint, resolve: createLocalJWKSet(source) };
     return keySet.resolve;
   };
 
@@ -131,7 +169,11 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
     if (typeof payload.iat === 'number' && payload.iat > now() / 1000 + tolerance) {
       throw new TokenError('not-yet-valid');
     }
-    if (payload.cnf !== undefined) throw new TokenError('bound-token-without-proof');
+    let confirmation: TokenConfirmation | undefined;
+    if (payload.cnf !== undefined) {
+      if (options.allowBoundTokens !== true) throw new TokenError('bound-token-without-proof');
+      confirmation = confirmationOf(payload.cnf);
+    }
     const { sub, jti, exp, iss } = payload;
     const clientId = payload.client_id;
     if (
@@ -150,6 +192,7 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
       jti,
       expiresAt: exp,
       issuer: iss ?? options.issuer,
+      ...(confirmation === undefined ? {} : { confirmation }),
     };
   };
 

@@ -29,6 +29,11 @@ export type VerifyOutcome =
       /** 401: no acceptable credential; 403: a valid credential without the required scopes. */
       readonly status: 401 | 403;
       readonly reason: string;
+      /**
+       * The complete `WWW-Authenticate` value for this refusal, when the verifier knows better than
+       * the default Bearer challenge (e.g. the DPoP challenge of RFC 9449 §7.1).
+       */
+      readonly challenge?: string;
     };
 
 export type SchemeVerifier = (
@@ -55,6 +60,8 @@ function hasCredential(headers: GatewayRequest['headers']): boolean {
   return headers.authorization !== undefined || headers.cookie !== undefined || headers.dpop !== undefined;
 }
 
+const pick = (challenge: string | undefined) => (challenge === undefined ? {} : { challenge });
+
 const NO_VERIFIER: VerifyOutcome = { ok: false, status: 401, reason: 'no-verifier-for-scheme' };
 
 /** Returns null for a public operation (nothing to run per request). */
@@ -71,7 +78,7 @@ export function compileAuthenticate(options: AuthenticateOptions): Stage | null 
     const presented = hasCredential(req.headers);
     req.credentialPresented = presented;
     let lastFailure: VerifyOutcome | undefined;
-    let scopeFailure: { scopes: readonly string[]; reason: string } | undefined;
+    let scopeFailure: { scopes: readonly string[]; reason: string; challenge?: string } | undefined;
     for (const alternative of alternatives) {
       let principal: Principal | undefined;
       let satisfied = true;
@@ -80,7 +87,9 @@ export function compileAuthenticate(options: AuthenticateOptions): Stage | null 
         if (!outcome.ok) {
           satisfied = false;
           lastFailure = outcome;
-          if (outcome.status === 403) scopeFailure ??= { scopes, reason: outcome.reason };
+          if (outcome.status === 403) {
+            scopeFailure ??= { scopes, reason: outcome.reason, ...pick(outcome.challenge) };
+          }
           break;
         }
         principal ??= outcome.principal;
@@ -93,13 +102,18 @@ export function compileAuthenticate(options: AuthenticateOptions): Stage | null 
     if (scopeFailure !== undefined) {
       const scope = scopeFailure.scopes.join(' ');
       throw new Denial('forbidden', scopeFailure.reason, {
-        headers: bearer
-          ? { 'www-authenticate': `Bearer ${realm}, error="insufficient_scope", scope="${scope}"` }
-          : {},
+        headers:
+          scopeFailure.challenge !== undefined
+            ? { 'www-authenticate': scopeFailure.challenge }
+            : bearer
+              ? { 'www-authenticate': `Bearer ${realm}, error="insufficient_scope", scope="${scope}"` }
+              : {},
       });
     }
     const headers: Record<string, string> = {};
-    if (bearer) {
+    if (lastFailure?.ok === false && lastFailure.challenge !== undefined) {
+      headers['www-authenticate'] = lastFailure.challenge;
+    } else if (bearer) {
       headers['www-authenticate'] = presented ? `Bearer ${realm}, error="invalid_token"` : `Bearer ${realm}`;
     }
     const reason = presented
