@@ -103,12 +103,27 @@ export const TEST_OPENAPI = {
   paths: {
     '/items': {
       get: { operationId: 'listItems', responses: { '200': { description: 'ok' } } },
-      post: { operationId: 'createItem', responses: { '201': { description: 'created' } } },
+      post: {
+        operationId: 'createItem',
+        requestBody: {
+          content: {
+            'application/json': { schema: { type: 'object', properties: { name: { type: 'string' } } } },
+          },
+        },
+        responses: { '200': { description: 'ok' }, '201': { description: 'created' } },
+      },
     },
     '/items/search': { get: { operationId: 'searchItems', responses: { '200': { description: 'ok' } } } },
     '/items/{id}': {
       parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'string' } }],
-      get: { operationId: 'getItem', responses: { '200': { description: 'ok' } } },
+      get: {
+        operationId: 'getItem',
+        parameters: [
+          { name: 'x', in: 'query', schema: { type: 'string' } },
+          { name: 'y', in: 'query', schema: { type: 'string' } },
+        ],
+        responses: { '200': { description: 'ok' } },
+      },
       delete: { operationId: 'deleteItem', responses: { '204': { description: 'gone' } } },
     },
     '/private': {

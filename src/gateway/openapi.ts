@@ -18,6 +18,11 @@ export interface OpenApiOperation {
   readonly operationId: string | undefined;
   /** Effective requirements: the operation's own, else the document's; [] means public. */
   readonly security: readonly SecurityRequirement[];
+  /**
+   * Effective parameters: the path item's, overridden by the operation's with the same name and
+   * location (dereferenced parameter objects).
+   */
+  readonly parameters: readonly Readonly<Record<string, unknown>>[];
   /** The dereferenced operation object, for stages that need more (validation, limits). */
   readonly definition: Readonly<Record<string, unknown>>;
 }
@@ -109,8 +114,18 @@ export async function parseOpenApi(text: string, file: string): Promise<OpenApiD
           }
         }
       }
+      const parameters = new Map<string, Record<string, unknown>>();
+      for (const list of [item.parameters, op.parameters]) {
+        if (list === undefined) continue;
+        if (!Array.isArray(list)) throw new OpenApiError(`${where}: parameters must be an array`);
+        for (const p of list as unknown[]) {
+          if (!isObject(p)) throw new OpenApiError(`${where}: each parameter must be an object`);
+          parameters.set(`${String(p.in)}:${String(p.name)}`, p);
+        }
+      }
       operations.push({
         method: method.toUpperCase(),
+        parameters: [...parameters.values()],
         path,
         operationId: typeof op.operationId === 'string' ? op.operationId : undefined,
         security,
