@@ -1,0 +1,184 @@
+/**
+ * `portcullis clients create|list|show|delete`: OAuth clients of the built-in authorization
+ * server. `create --json` prints exactly `{"client_id": …, "client_secret": …}` (the secret is
+ * shown this once and never stored); other output never contains a secret.
+ */
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import type { JWK } from 'jose';
+import {
+  CLIENT_AUTH_METHODS,
+  CLIENT_GRANTS,
+  createClient,
+  deleteClient,
+  getClient,
+  listClients,
+} from '../oauth/clients.ts';
+import type { ClientAuthMethod, ClientGrant, ClientRecord } from '../oauth/clients.ts';
+import { common, fail } from './common.ts';
+import type { CommonOptions } from './common.ts';
+import { openCliContext } from './context.ts';
+
+interface JsonOption extends CommonOptions {
+  json?: boolean;
+}
+
+interface CreateOptions extends JsonOption {
+  name: string;
+  grant: string[];
+  scope: string;
+  redirectUri: string[];
+  postLogoutRedirectUri: string[];
+  authMethod?: string;
+  native?: boolean;
+  jwks?: string;
+  tlsSubjectDn?: string;
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+/** The JSON shape of a client in list/show output: metadata, never a secret or its hash. */
+export function clientToJson(c: ClientRecord): Record<string, unknown> {
+  return { client_id: c.clientId, created_at: c.createdAt, has_secret: c.hasSecret, ...c.metadata };
+}
+
+function describe(c: ClientRecord): string {
+  const m = c.metadata;
+  return [
+    `client_id      ${c.clientId}`,
+    `name           ${m.client_name}`,
+    `grants         ${m.grant_types.join(', ')}`,
+    `scope          ${m.scope}`,
+    `auth method    ${m.token_endpoint_auth_method}`,
+    `application    ${m.application_type}`,
+    ...m.redirect_uris.map((u) => `redirect URI   ${u}`),
+    `created        ${c.createdAt}`,
+    '',
+  ].join('\n');
+}
+
+async function withContext<T>(
+  opts: CommonOptions,
+  fn: (ctx: Awaited<ReturnType<typeof openCliContext>>) => Promise<T>,
+) {
+  const ctx = await openCliContext(opts);
+  try {
+    return await fn(ctx);
+  } finally {
+    await ctx.close();
+  }
+}
+
+export function registerClientsCommands(program: Command): void {
+  const clients = program
+    .command('clients')
+    .description('OAuth clients of the built-in authorization server');
+
+  common(clients.command('create').description('register a client; its secret is shown once'))
+    .requiredOption('--name <name>', 'a name people recognise')
+    .option('--grant <grant>', `${CLIENT_GRANTS.join(' or ')} (repeatable)`, collect, [])
+    .requiredOption('--scope <scopes>', 'space-separated scopes the client may obtain')
+    .option(
+      '--redirect-uri <uri>',
+      'exact redirect URI (repeatable; https, or loopback http with --native)',
+      collect,
+      [],
+    )
+    .option('--post-logout-redirect-uri <uri>', 'exact post-logout redirect URI (repeatable)', collect, [])
+    .option('--auth-method <method>', `token endpoint authentication: ${CLIENT_AUTH_METHODS.join(', ')}`)
+    .option('--native', 'a native app (loopback redirects; may be public with --auth-method none)')
+    .option('--jwks <file>', 'private_key_jwt: a JSON file with the client’s public JWKS')
+    .option('--tls-subject-dn <dn>', 'tls_client_auth: the client certificate’s subject DN')
+    .option('--json', 'print {"client_id", "client_secret"} as JSON')
+    .action(async (opts: CreateOptions) => {
+      const json = opts.json === true;
+      try {
+        const grants = opts.grant.length > 0 ? opts.grant : ['client_credentials'];
+        const jwks =
+          opts.jwks === undefined
+            ? undefined
+            : (JSON.parse(await readFile(opts.jwks, 'utf8')) as { keys: JWK[] });
+        const created = await withContext(opts, (ctx) =>
+          createClient(ctx.store.db, ctx.keys, {
+            name: opts.name,
+            grantTypes: grants as ClientGrant[],
+            scope: opts.scope,
+            redirectUris: opts.redirectUri,
+            postLogoutRedirectUris: opts.postLogoutRedirectUri,
+            ...(opts.authMethod === undefined ? {} : { authMethod: opts.authMethod as ClientAuthMethod }),
+            applicationType: opts.native === true ? 'native' : 'web',
+            ...(jwks === undefined ? {} : { jwks }),
+            ...(opts.tlsSubjectDn === undefined ? {} : { tlsSubjectDn: opts.tlsSubjectDn }),
+          }),
+        );
+        const secret = created.clientSecret ?? null;
+        if (json) {
+          process.stdout.write(
+            JSON.stringify({ client_id: created.client.clientId, client_secret: secret }) + '\n',
+          );
+          return;
+        }
+        process.stdout.write(describe(created.client));
+        if (secret !== null) {
+          process.stdout.write(`client_secret  ${secret}\n`);
+          process.stderr.write('\nStore the secret now: it is not kept and cannot be shown again.\n');
+        }
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(clients.command('list').description('list the registered clients'))
+    .option('--json', 'machine-readable output')
+    .action(async (opts: JsonOption) => {
+      const json = opts.json === true;
+      try {
+        const all = await withContext(opts, (ctx) => listClients(ctx.store.db));
+        if (json) {
+          process.stdout.write(JSON.stringify({ clients: all.map(clientToJson) }, null, 2) + '\n');
+          return;
+        }
+        for (const c of all) {
+          process.stdout.write(
+            `${c.clientId}  ${c.metadata.grant_types.join(',')}  ${c.metadata.client_name}\n`,
+          );
+        }
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(clients.command('show').description('show one client').argument('<client_id>'))
+    .option('--json', 'machine-readable output')
+    .action(async (clientId: string, opts: JsonOption) => {
+      const json = opts.json === true;
+      try {
+        const c = await withContext(opts, (ctx) => getClient(ctx.store.db, clientId));
+        if (c === undefined) throw new Error('no such client');
+        process.stdout.write(json ? JSON.stringify(clientToJson(c), null, 2) + '\n' : describe(c));
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(
+    clients
+      .command('delete')
+      .description('delete a client; its tokens stop working at the token endpoint')
+      .argument('<client_id>'),
+  )
+    .option('--json', 'machine-readable output')
+    .action(async (clientId: string, opts: JsonOption) => {
+      const json = opts.json === true;
+      try {
+        const deleted = await withContext(opts, (ctx) => deleteClient(ctx.store.db, clientId));
+        if (!deleted) throw new Error('no such client');
+        if (json) process.stdout.write(JSON.stringify({ client_id: clientId, deleted: true }) + '\n');
+        else process.stderr.write(`deleted ${clientId}\n`);
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+}

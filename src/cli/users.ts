@@ -1,0 +1,154 @@
+/**
+ * `portcullis users create|disable`: end users of the authorization server. The password is read
+ * from stdin (without echo on a terminal, one line from a pipe), never from the command line; the
+ * TOTP provisioning URI is printed once, when `--totp` asks for a second factor.
+ */
+import type { Command } from 'commander';
+import { openKms } from '../keys/kms.ts';
+import { createUsers, kmsSecretWrapper } from '../oauth/users.ts';
+import type { UserInfo, Users } from '../oauth/users.ts';
+import { common, fail } from './common.ts';
+import type { CommonOptions } from './common.ts';
+import { openCliContext } from './context.ts';
+import type { CliContext } from './context.ts';
+
+interface UserOptions extends CommonOptions {
+  username: string;
+  json?: boolean;
+}
+
+interface CreateOptions extends UserOptions {
+  totp?: boolean;
+}
+
+/** Reads the password: hidden input on a TTY (asked twice), else the first line of stdin. */
+export async function readPassword(input: NodeJS.ReadStream = process.stdin): Promise<string> {
+  if (input.isTTY) {
+    const first = await promptHidden(input, 'Password: ');
+    const second = await promptHidden(input, 'Repeat password: ');
+    if (first !== second) throw new Error('the passwords do not match');
+    return first;
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of input) {
+    const b = Buffer.isBuffer(chunk) ? chunk : Buffer.from(String(chunk));
+    size += b.length;
+    if (size > 64 * 1024) throw new Error('password input is too long');
+    chunks.push(b);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  const line = text.split(/\r?\n/)[0] ?? '';
+  if (line.length === 0) throw new Error('no password on stdin');
+  return line;
+}
+
+function promptHidden(input: NodeJS.ReadStream, prompt: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    process.stderr.write(prompt);
+    let value = '';
+    input.setRawMode(true);
+    input.resume();
+    const done = (err?: Error) => {
+      input.setRawMode(false);
+      input.pause();
+      input.off('data', onData);
+      process.stderr.write('\n');
+      if (err) reject(err);
+      else resolve(value);
+    };
+    const onData = (data: Buffer) => {
+      for (const ch of data.toString('utf8')) {
+        if (ch === '\r' || ch === '\n') {
+          done();
+          return;
+        }
+        if (ch === '\u0003') {
+          done(new Error('cancelled'));
+          return;
+        }
+        if (ch === '\u007f' || ch === '\b') value = value.slice(0, -1);
+        else value += ch;
+      }
+    };
+    input.on('data', onData);
+  });
+}
+
+function usersOf(ctx: CliContext, dataDir: string): Users {
+  const { config } = ctx.loaded;
+  return createUsers({
+    db: ctx.store.db,
+    wrapper: kmsSecretWrapper(openKms(config.oauth.kms, dataDir).kms),
+    login: config.oauth.login,
+    issuerName: new URL(config.gateway.publicUrl).host,
+  });
+}
+
+function userJson(u: UserInfo) {
+  return { id: u.id, username: u.username, disabled: u.disabled, totp: u.hasTotp, createdAt: u.createdAt };
+}
+
+export function registerUsersCommands(program: Command): void {
+  const users = program.command('users').description('end users of the authorization server');
+
+  common(users.command('create').description('create a user; the password is read from stdin'))
+    .requiredOption('--username <name>', 'login name (letters, digits, . _ @ + -)')
+    .option('--totp', 'require a TOTP second factor (prints the provisioning URI once)')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: CreateOptions) => {
+      const json = opts.json === true;
+      try {
+        const password = await readPassword();
+        const ctx = await openCliContext(opts);
+        try {
+          const created = await usersOf(ctx, opts.dataDir).create({
+            username: opts.username,
+            password,
+            totp: opts.totp === true,
+          });
+          if (json) {
+            process.stdout.write(
+              JSON.stringify(
+                {
+                  ...userJson(created.user),
+                  ...(created.totpUri === undefined ? {} : { totpUri: created.totpUri }),
+                },
+                null,
+                2,
+              ) + '\n',
+            );
+          } else {
+            process.stderr.write(`created user ${created.user.username} (${created.user.id})\n`);
+            if (created.totpUri !== undefined) {
+              process.stderr.write('Add this to an authenticator app now; it is not shown again:\n');
+              process.stdout.write(`${created.totpUri}\n`);
+            }
+          }
+        } finally {
+          await ctx.close();
+        }
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(users.command('disable').description('disable a user (sign-in refused from now on)'))
+    .requiredOption('--username <name>', 'login name')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: UserOptions) => {
+      const json = opts.json === true;
+      try {
+        const ctx = await openCliContext(opts);
+        try {
+          const user = await usersOf(ctx, opts.dataDir).disable(opts.username);
+          if (json) process.stdout.write(JSON.stringify(userJson(user), null, 2) + '\n');
+          else process.stderr.write(`disabled user ${user.username}\n`);
+        } finally {
+          await ctx.close();
+        }
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+}

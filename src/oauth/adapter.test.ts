@@ -1,0 +1,114 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Store } from '../store/index.ts';
+import { createAdapterFactory, purgeExpired } from './adapter.ts';
+import { testBackends } from './test-backends.ts';
+
+const backends = testBackends();
+afterAll(() => backends.cleanup());
+
+describe.each(backends.names)('oidc-provider adapter on %s', (name) => {
+  let store: Store;
+  let clock = Date.parse('2030-01-01T00:00:00.000Z');
+  const now = () => clock;
+  beforeAll(async () => {
+    store = await backends.open(name);
+    return () => store.close();
+  });
+
+  it('stores, finds and replaces a payload', async () => {
+    const adapter = createAdapterFactory({ db: store.db, now })('AccessToken');
+    const payload = { jti: 'at-1', grantId: 'g-1', scope: 'read write', nested: { a: [1, 2] } };
+    await adapter.upsert('at-1', payload, 60);
+    expect(await adapter.find('at-1')).toEqual(payload);
+    await adapter.upsert('at-1', { ...payload, scope: 'read' }, 60);
+    expect(await adapter.find('at-1')).toEqual({ ...payload, scope: 'read' });
+    expect(await adapter.find('missing')).toBeUndefined();
+  });
+
+  it('keeps models apart: the same id under another model is another row', async () => {
+    const factory = createAdapterFactory({ db: store.db, now });
+    await factory('Session').upsert('same', { kind: 'Session', uid: 'u-same' }, 60);
+    await factory('Interaction').upsert('same', { kind: 'Interaction' }, 60);
+    expect(await factory('Session').find('same')).toEqual({ kind: 'Session', uid: 'u-same' });
+    expect(await factory('Interaction').find('same')).toEqual({ kind: 'Interaction' });
+  });
+
+  it('treats expired rows as absent and purges them', async () => {
+    const adapter = createAdapterFactory({ db: store.db, now })('AuthorizationCode');
+    await adapter.upsert('code-exp', { jti: 'code-exp' }, 30);
+    await adapter.upsert('code-forever', { jti: 'code-forever' });
+    clock += 29_000;
+    expect(await adapter.find('code-exp')).toEqual({ jti: 'code-exp' });
+    clock += 1_000;
+    expect(await adapter.find('code-exp')).toBeUndefined();
+    expect(await adapter.find('code-forever')).toEqual({ jti: 'code-forever' });
+    expect(await purgeExpired(store.db, clock)).toBeGreaterThanOrEqual(1);
+    const left = await store.db
+      .selectFrom('oauth_models')
+      .select('id')
+      .where('id', 'in', ['code-exp', 'code-forever'])
+      .execute();
+    expect(left.map((r) => r.id)).toEqual(['code-forever']);
+  });
+
+  it('consume marks a payload consumed (epoch seconds); upsert clears it', async () => {
+    const adapter = createAdapterFactory({ db: store.db, now })('RefreshToken');
+    await adapter.upsert('rt-1', { jti: 'rt-1' }, 600);
+    expect((await adapter.find('rt-1'))?.consumed).toBeUndefined();
+    await adapter.consume('rt-1');
+    expect((await adapter.find('rt-1'))?.consumed).toBe(Math.floor(clock / 1000));
+    await adapter.upsert('rt-1', { jti: 'rt-1' }, 600);
+    expect((await adapter.find('rt-1'))?.consumed).toBeUndefined();
+  });
+
+  it('finds sessions by uid and device codes by user code', async () => {
+    const factory = createAdapterFactory({ db: store.db, now });
+    await factory('Session').upsert('sess-1', { uid: 'uid-1', accountId: 'alice' }, 600);
+    await factory('DeviceCode').upsert('dc-1', { userCode: 'ABCD-EFGH' }, 600);
+    expect(await factory('Session').findByUid('uid-1')).toEqual({ uid: 'uid-1', accountId: 'alice' });
+    expect(await factory('Session').findByUid('uid-2')).toBeUndefined();
+    expect(await factory('DeviceCode').findByUserCode('ABCD-EFGH')).toEqual({ userCode: 'ABCD-EFGH' });
+    expect(await factory('DeviceCode').findByUserCode('ABCD-XXXX')).toBeUndefined();
+    clock += 601_000;
+    expect(await factory('Session').findByUid('uid-1')).toBeUndefined();
+  });
+
+  it('destroy removes one row', async () => {
+    const adapter = createAdapterFactory({ db: store.db, now })('Grant');
+    await adapter.upsert('grant-d', { jti: 'grant-d' }, 600);
+    await adapter.destroy('grant-d');
+    expect(await adapter.find('grant-d')).toBeUndefined();
+  });
+
+  it('revokeByGrantId removes the grant’s rows of that model only', async () => {
+    const factory = createAdapterFactory({ db: store.db, now });
+    await factory('AccessToken').upsert('at-g1', { grantId: 'grant-x' }, 600);
+    await factory('AccessToken').upsert('at-g2', { grantId: 'grant-y' }, 600);
+    await factory('RefreshToken').upsert('rt-g1', { grantId: 'grant-x' }, 600);
+    await factory('AccessToken').revokeByGrantId('grant-x');
+    expect(await factory('AccessToken').find('at-g1')).toBeUndefined();
+    expect(await factory('AccessToken').find('at-g2')).toEqual({ grantId: 'grant-y' });
+    expect(await factory('RefreshToken').find('rt-g1')).toEqual({ grantId: 'grant-x' });
+    await factory('RefreshToken').revokeByGrantId('grant-x');
+    expect(await factory('RefreshToken').find('rt-g1')).toBeUndefined();
+  });
+
+  it('serves the Client model from the lookup and refuses to write it', async () => {
+    const factory = createAdapterFactory({
+      db: store.db,
+      now,
+      clients: (id) => Promise.resolve(id === 'c1' ? { client_id: 'c1' } : undefined),
+    });
+    expect(await factory('Client').find('c1')).toEqual({ client_id: 'c1' });
+    expect(await factory('Client').find('c2')).toBeUndefined();
+    await expect(factory('Client').upsert('c3', {})).rejects.toThrow(/portcullis clients/);
+    expect(await createAdapterFactory({ db: store.db })('Client').find('c1')).toBeUndefined();
+  });
+
+  it('refuses empty and oversized keys', async () => {
+    const adapter = createAdapterFactory({ db: store.db, now })('Interaction');
+    await expect(adapter.upsert('', {})).rejects.toThrow(TypeError);
+    await expect(adapter.upsert('x'.repeat(401), {})).rejects.toThrow(TypeError);
+    expect(await adapter.find('x'.repeat(401))).toBeUndefined();
+  });
+});

@@ -1,0 +1,636 @@
+/**
+ * The embedded OAuth 2.1 / OpenID Connect authorization server, on oidc-provider v9.
+ *
+ * Policy (DESIGN.md "Secure defaults"; seeds 003 and 004):
+ * - response type `code` only; grants authorization_code, client_credentials, and refresh_token
+ *   only when `oauth.refreshTokens.enabled` (rotated on every use, reuse revokes the grant, an
+ *   absolute lifetime). Implicit, hybrid and password are not offered.
+ * - PKCE S256 required for every client. PAR, DPoP, mTLS (tls_client_auth and
+ *   certificate-bound tokens) on; dev interactions off; introspection needs client
+ *   authentication; revocation on, for JWT access tokens too ({@link RevocationList}).
+ * - Access tokens for a configured API are JWTs (RFC 9068, `typ: at+jwt`) audience-restricted to
+ *   it: every API is a resource (RFC 8707) whose scopes are the OAuth scopes its OpenAPI
+ *   document declares, intersected with the client's registered scope.
+ * - Only asymmetric JOSE algorithms (ES256, PS256, EdDSA); no client_secret_jwt; client
+ *   secrets are compared through the key manager's HMAC (clients.ts).
+ * - Signing keys come from the key manager; when they change (rotation here or on another
+ *   node) a new Provider instance is built and swapped in; requests in flight finish on the
+ *   instance they started with, and state lives in the store, shared by both.
+ */
+import { X509Certificate } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import { createLocalJWKSet, jwtVerify } from 'jose';
+import type { JWTPayload } from 'jose';
+import { Provider, errors } from 'oidc-provider';
+import type {
+  AnyRequest,
+  AnyResponse,
+  ClientInstance,
+  KoaContextWithOIDC,
+  OIDCProviderError,
+} from 'oidc-provider';
+import type { LoadedConfig } from '../config/load.ts';
+import { loadOpenApi } from '../gateway/openapi.ts';
+import type { OpenApiDocument } from '../gateway/openapi.ts';
+import type { KeyManager } from '../keys/types.ts';
+import type { Logger } from '../server/logging.ts';
+import { describeError } from '../server/logging.ts';
+import type { Store } from '../store/index.ts';
+import { createAdapterFactory, purgeExpired } from './adapter.ts';
+import { clientSecretMatches, providerClientMetadata } from './clients.ts';
+import { createRevocationList } from './revocation.ts';
+import type { RevocationList } from './revocation.ts';
+
+export type { AnyRequest, AnyResponse } from 'oidc-provider';
+export { Provider } from 'oidc-provider';
+
+/** Asymmetric signature algorithms allowed anywhere (issued tokens, client assertions, DPoP). */
+export const ALLOWED_ALGS = ['ES256', 'PS256', 'EdDSA'] as const;
+
+/**
+ * What the login/consent implementation (src/oauth/interactions) plugs in. The provider in
+ * force is passed per request, because it is rebuilt when signing keys change.
+ */
+export interface InteractionHooks {
+  /** Handles every request whose path starts with `/interaction/`. */
+  handle(
+    req: AnyRequest,
+    res: AnyResponse,
+    provider: Provider,
+    context?: { readonly clientIp?: string; readonly correlationId?: string },
+  ): Promise<void>;
+  /** oidc-provider's `findAccount`: the account for a subject, with a `claims()` function. */
+  findAccount?: (ctx: KoaContextWithOIDC, sub: string, token?: unknown) => Promise<unknown>;
+  /** oidc-provider's `claims` (scope → claim names), e.g. `{ profile: ['name'], email: [...] }`. */
+  claims?: Readonly<Record<string, readonly string[]>>;
+  /**
+   * Further oidc-provider options the interaction layer owns (e.g. `loadExistingGrant`,
+   * `interactions.policy`, `features.rpInitiatedLogout.logoutSource`). Merged last, except
+   * that security policy (grants, algorithms, PKCE, client authentication) cannot be set here.
+   */
+  providerOptions?: Readonly<Record<string, unknown>>;
+}
+
+export interface AuthorizationServerOptions {
+  readonly loaded: LoadedConfig;
+  readonly store: Store;
+  readonly keys: KeyManager;
+  readonly logger: Logger;
+  readonly interactions?: InteractionHooks;
+  /** How often expired rows are purged; default 10 minutes. */
+  readonly purgeIntervalMs?: number;
+}
+
+export interface AuthorizationServer {
+  /** Whether a request path (without query) belongs to the authorization server. */
+  handles(pathname: string): boolean;
+  /**
+   * Serves one request (the caller has set the security headers). `context` carries the client
+   * address after trusted-proxy processing (login throttling counts per it) and the correlation id.
+   */
+  handle(
+    req: AnyRequest,
+    res: AnyResponse,
+    context?: { readonly clientIp?: string; readonly correlationId?: string },
+  ): Promise<void>;
+  /** Applies a new configuration (APIs, scopes, TTLs); throws and keeps the old one on failure. */
+  reload(loaded: LoadedConfig): Promise<void>;
+  /** The provider in force. */
+  provider(): Provider;
+  /** Revoked JWT access tokens, for the gateway's token check. */
+  readonly revocations: RevocationList;
+  /** Whether a JWT access token's jti was revoked. */
+  isRevoked(jti: string): Promise<boolean>;
+  /** Stops timers and listeners (the store and key manager belong to the caller). */
+  close(): Promise<void>;
+}
+
+/** Paths oidc-provider serves with its default routes. */
+const EXACT_PATHS: ReadonlySet<string> = new Set([
+  '/.well-known/openid-configuration',
+  '/.well-known/oauth-authorization-server',
+  '/jwks',
+  '/auth',
+  '/token',
+  '/token/introspection',
+  '/token/revocation',
+  '/request',
+  '/me',
+  '/session/end',
+  '/session/end/confirm',
+  '/session/end/success',
+]);
+const PREFIXES = ['/auth/', '/interaction/'];
+
+/** True for the paths the authorization server answers (discovery, endpoints, interactions). */
+export function isAuthorizationServerPath(pathname: string): boolean {
+  return (
+    EXACT_PATHS.has(pathname) || PREFIXES.some((p) => pathname.startsWith(p) && pathname.length > p.length)
+  );
+}
+
+interface ResourceInfo {
+  readonly audience: string;
+  readonly scopes: ReadonlySet<string>;
+}
+
+interface Settings {
+  readonly issuer: string;
+  readonly resources: ReadonlyMap<string, ResourceInfo>;
+  /** The audience of the only API, when there is exactly one. */
+  readonly defaultResource: string | undefined;
+  readonly loaded: LoadedConfig;
+}
+
+/** OAuth scopes an OpenAPI document declares in its oauth2 security schemes. */
+export function declaredScopes(document: OpenApiDocument): Set<string> {
+  const scopes = new Set<string>();
+  for (const scheme of Object.values(document.securitySchemes)) {
+    if (scheme.type !== 'oauth2') continue;
+    const flows = scheme.flows;
+    if (typeof flows !== 'object' || flows === null) continue;
+    for (const flow of Object.values(flows as Record<string, unknown>)) {
+      const declared = (flow as { scopes?: unknown } | null)?.scopes;
+      if (typeof declared === 'object' && declared !== null) {
+        for (const s of Object.keys(declared)) scopes.add(s);
+      }
+    }
+  }
+  return scopes;
+}
+
+async function buildSettings(loaded: LoadedConfig): Promise<Settings> {
+  const { config } = loaded;
+  const issuer = config.gateway.publicUrl;
+  const resources = new Map<string, ResourceInfo>();
+  for (const api of config.apis) {
+    const document = await loadOpenApi(loaded.resolvePath(api.openapi));
+    const audience = api.audience ?? `${issuer}${api.basePath}`;
+    resources.set(audience, { audience, scopes: declaredScopes(document) });
+  }
+  const only = resources.size === 1 ? [...resources.keys()][0] : undefined;
+  return { issuer, resources, defaultResource: only, loaded };
+}
+
+const GENERIC_ERROR_PAGE =
+  '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Request not completed</title></head>' +
+  '<body><h1>The request could not be completed</h1>' +
+  '<p>Return to the application and try again.</p></body></html>';
+
+const LOGOUT_PAGE = (form: string) =>
+  '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Sign out</title></head>' +
+  `<body><h1>Sign out?</h1>${form}` +
+  '<button type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button> ' +
+  '<button type="submit" form="op.logoutForm">No, stay signed in</button></body></html>';
+
+const LOGGED_OUT_PAGE =
+  '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Signed out</title></head>' +
+  '<body><h1>You are signed out</h1></body></html>';
+
+function peerSocket(ctx: KoaContextWithOIDC): TLSSocket | undefined {
+  const socket = ctx.req.socket as Partial<TLSSocket> | undefined;
+  return typeof socket?.getPeerCertificate === 'function' ? (socket as TLSSocket) : undefined;
+}
+
+function peerCertificate(ctx: KoaContextWithOIDC): X509Certificate | undefined {
+  const raw = peerSocket(ctx)?.getPeerCertificate(false).raw;
+  return raw instanceof Buffer && raw.length > 0 ? new X509Certificate(raw) : undefined;
+}
+
+/** RFC 4514-ish normalisation for comparing a registered DN with a certificate's subject. */
+function normalizeDn(dn: string): string {
+  return dn
+    .split(/[,\n]/)
+    .map((part) => {
+      const i = part.indexOf('=');
+      return i < 0 ? part.trim() : `${part.slice(0, i).trim().toUpperCase()}=${part.slice(i + 1).trim()}`;
+    })
+    .filter((p) => p.length > 0)
+    .sort()
+    .join(',');
+}
+
+function subjectMatches(ctx: KoaContextWithOIDC, property: string, expected: string): boolean {
+  const cert = peerCertificate(ctx);
+  if (cert === undefined) return false;
+  if (property === 'tls_client_auth_subject_dn') return normalizeDn(cert.subject) === normalizeDn(expected);
+  const prefix = {
+    tls_client_auth_san_dns: 'DNS:',
+    tls_client_auth_san_uri: 'URI:',
+    tls_client_auth_san_ip: 'IP Address:',
+    tls_client_auth_san_email: 'email:',
+  }[property];
+  if (prefix === undefined) return false;
+  const names = (cert.subjectAltName ?? '').split(', ');
+  return names.some((n) => n.startsWith(prefix) && n.slice(prefix.length) === expected);
+}
+
+function errorOf(err: unknown): { error: string; description: string | undefined } {
+  const e = err as Partial<OIDCProviderError> | undefined;
+  return {
+    error: typeof e?.error === 'string' ? e.error : 'server_error',
+    description: typeof e?.error_description === 'string' ? e.error_description : undefined,
+  };
+}
+
+function paramOf(ctx: KoaContextWithOIDC, name: string): string | undefined {
+  const value = ctx.oidc?.params?.[name];
+  return typeof value === 'string' ? value : undefined;
+}
+
+interface Instance {
+  readonly provider: Provider;
+  readonly callback: (req: AnyRequest, res: AnyResponse) => Promise<void>;
+}
+
+/**
+ * Creates the authorization server. Serve it by routing {@link AuthorizationServer.handles}
+ * paths to {@link AuthorizationServer.handle}.
+ *
+ * @example
+ * ```ts
+ * const as = await createAuthorizationServer({ loaded, store, keys, logger });
+ * if (as.handles(pathname)) await as.handle(req, res);
+ * ```
+ */
+export async function createAuthorizationServer(
+  options: AuthorizationServerOptions,
+): Promise<AuthorizationServer> {
+  const { store, keys, logger, interactions } = options;
+  const log = logger.child({ component: 'oauth' });
+  const revocations = createRevocationList({ db: store.db });
+  let settings = await buildSettings(options.loaded);
+
+  const build = (s: Settings): Instance => {
+    const { config } = s.loaded;
+    const oauth = config.oauth;
+    const refresh = oauth.refreshTokens.enabled;
+    const alg = keys.current().alg;
+    const jwks = keys.signingJwks();
+    const signingAlgs = ALLOWED_ALGS.filter((a) => jwks.keys.some((k) => k.alg === a));
+    const asymmetric = [...ALLOWED_ALGS];
+    const cookieKey = keys.hmac('client-secret', 'portcullis/oidc-provider/cookie-signing/v1');
+    const claims: Record<string, readonly string[] | null> = { ...(interactions?.claims ?? {}) };
+    // Every scope an API declares, plus OpenID Connect's own: the only values a client may hold.
+    const scopes = new Set(refresh ? ['openid', 'offline_access'] : ['openid']);
+    for (const name of Object.keys(claims)) scopes.add(name);
+    for (const r of s.resources.values()) for (const x of r.scopes) scopes.add(x);
+    const adapter = createAdapterFactory({
+      db: store.db,
+      clients: async (id) => {
+        const metadata = await providerClientMetadata(store.db, id, {
+          refreshTokens: refresh,
+          idTokenAlg: alg,
+        });
+        if (metadata === undefined) return undefined;
+        // A scope no API declares any more is dropped rather than invalidating the client.
+        const held = typeof metadata.scope === 'string' ? metadata.scope.split(' ') : [];
+        return { ...metadata, scope: held.filter((x) => scopes.has(x)).join(' ') || 'openid' };
+      },
+    });
+    const theirFeatures = (interactions?.providerOptions?.features ?? {}) as Record<string, unknown>;
+    const configuration: Record<string, unknown> = {
+      ...(interactions?.providerOptions ?? {}),
+      adapter,
+      jwks,
+      findAccount: interactions?.findAccount ?? (() => Promise.resolve(undefined)),
+      claims: { ...claims, openid: ['sub'] },
+      scopes: [...scopes],
+      responseTypes: ['code'],
+      pkce: { required: () => true },
+      clientAuthMethods: [
+        'client_secret_basic',
+        'client_secret_post',
+        'private_key_jwt',
+        'tls_client_auth',
+        'none',
+      ],
+      clientDefaults: {
+        grant_types: ['authorization_code'],
+        response_types: ['code'],
+        token_endpoint_auth_method: 'client_secret_basic',
+        id_token_signed_response_alg: alg,
+      },
+      clientBasedCORS: () => false,
+      enabledJWA: {
+        clientAuthSigningAlgValues: asymmetric,
+        idTokenSigningAlgValues: signingAlgs,
+        requestObjectSigningAlgValues: asymmetric,
+        userinfoSigningAlgValues: signingAlgs,
+        introspectionSigningAlgValues: signingAlgs,
+        authorizationSigningAlgValues: signingAlgs,
+        dPoPSigningAlgValues: asymmetric,
+        idTokenEncryptionAlgValues: [],
+        requestObjectEncryptionAlgValues: [],
+        userinfoEncryptionAlgValues: [],
+        introspectionEncryptionAlgValues: [],
+        authorizationEncryptionAlgValues: [],
+        idTokenEncryptionEncValues: [],
+        requestObjectEncryptionEncValues: [],
+        userinfoEncryptionEncValues: [],
+        introspectionEncryptionEncValues: [],
+        authorizationEncryptionEncValues: [],
+      },
+      cookies: {
+        keys: [cookieKey],
+        long: { httpOnly: true, sameSite: 'lax', secure: true },
+        short: { httpOnly: true, sameSite: 'lax', secure: true },
+      },
+      features: {
+        ...theirFeatures,
+        devInteractions: { enabled: false },
+        introspection: {
+          enabled: true,
+          // Public clients cannot introspect: introspection needs real client authentication.
+          allowedPolicy: (_ctx: unknown, client: ClientInstance) =>
+            Promise.resolve(client.clientAuthMethod !== 'none'),
+        },
+        revocation: { enabled: true },
+        clientCredentials: { enabled: true },
+        pushedAuthorizationRequests: {
+          enabled: true,
+          requirePushedAuthorizationRequests: false,
+          allowUnregisteredRedirectUris: false,
+        },
+        dPoP: { enabled: true, allowReplay: false },
+        mTLS: {
+          enabled: true,
+          certificateBoundAccessTokens: true,
+          tlsClientAuth: true,
+          selfSignedTlsClientAuth: false,
+          getCertificate: peerCertificate,
+          certificateAuthorized: (ctx: KoaContextWithOIDC) => peerSocket(ctx)?.authorized === true,
+          certificateSubjectMatches: subjectMatches,
+        },
+        resourceIndicators: {
+          enabled: true,
+          defaultResource: (_ctx: unknown, _client: unknown, oneOf?: string[]) =>
+            Promise.resolve(oneOf ?? s.defaultResource),
+          useGrantedResource: () => Promise.resolve(true),
+          getResourceServerInfo: (_ctx: unknown, indicator: string, client: ClientInstance) => {
+            const resource = s.resources.get(indicator);
+            if (resource === undefined) return Promise.reject(new errors.InvalidTarget());
+            const allowed = new Set((client.scope ?? '').split(' '));
+            return Promise.resolve({
+              scope: [...resource.scopes].filter((x) => allowed.has(x)).join(' '),
+              audience: resource.audience,
+              accessTokenTTL: oauth.accessTokenTtlSeconds,
+              accessTokenFormat: 'jwt',
+              jwt: { sign: { alg } },
+            });
+          },
+        },
+        userinfo: { enabled: true },
+        rpInitiatedLogout: {
+          enabled: true,
+          logoutSource: (ctx: KoaContextWithOIDC, form: string) => {
+            ctx.type = 'html';
+            ctx.body = LOGOUT_PAGE(form);
+            return Promise.resolve();
+          },
+          postLogoutSuccessSource: (ctx: KoaContextWithOIDC) => {
+            ctx.type = 'html';
+            ctx.body = LOGGED_OUT_PAGE;
+            return Promise.resolve();
+          },
+          ...(theirFeatures.rpInitiatedLogout as Record<string, unknown> | undefined),
+        },
+        registration: { enabled: false },
+        claimsParameter: { enabled: false },
+        requestObjects: { enabled: false },
+        encryption: { enabled: false },
+      },
+      ...(refresh
+        ? {
+            issueRefreshToken: (_ctx: unknown, client: ClientInstance) =>
+              Promise.resolve(client.grantTypeAllowed('refresh_token')),
+            rotateRefreshToken: () => true,
+          }
+        : {}),
+      ttl: {
+        AccessToken: () => oauth.accessTokenTtlSeconds,
+        ClientCredentials: () => oauth.accessTokenTtlSeconds,
+        AuthorizationCode: () => oauth.authorizationCodeTtlSeconds,
+        IdToken: () => oauth.idTokenTtlSeconds,
+        // The chain's absolute lifetime: a rotated token inherits what is left of its parent's.
+        RefreshToken: (ctx: KoaContextWithOIDC | undefined) => {
+          const rotated = ctx?.oidc?.entities.RotatedRefreshToken as { remainingTTL?: number } | undefined;
+          const left = rotated?.remainingTTL;
+          return typeof left === 'number' && left > 0 ? left : oauth.refreshTokens.absoluteTtlSeconds;
+        },
+        Grant: () => Math.max(oauth.refreshTokens.absoluteTtlSeconds, oauth.session.maxAgeSeconds),
+        Session: () => oauth.session.maxAgeSeconds,
+        Interaction: () => 900,
+      },
+      renderError: (ctx: KoaContextWithOIDC) => {
+        ctx.type = 'html';
+        ctx.body = GENERIC_ERROR_PAGE;
+        return Promise.resolve();
+      },
+    };
+    const provider = new Provider(s.issuer, configuration);
+    const Client = provider.Client;
+    Client.prototype.compareClientSecret = function compareClientSecret(
+      this: ClientInstance,
+      actual: string,
+    ) {
+      return clientSecretMatches(keys, this.clientSecret, actual);
+    };
+    provider.use((ctx, next) => structuredTokens(ctx, next, s));
+    observe(provider);
+    return { provider, callback: provider.callback() };
+  };
+
+  /**
+   * Revocation and introspection of JWT access tokens, which oidc-provider refuses with
+   * unsupported_token_type after it authenticated the client.
+   */
+  const structuredTokens = async (ctx: KoaContextWithOIDC, next: () => Promise<void>, s: Settings) => {
+    await next();
+    const route = ctx.oidc?.route;
+    if (route !== 'revocation' && route !== 'introspection') return;
+    const body = ctx.body as { error?: unknown } | undefined;
+    const client = ctx.oidc?.client;
+    const token = paramOf(ctx, 'token');
+    if (ctx.status !== 400 || body?.error !== 'unsupported_token_type' || !client || token === undefined)
+      return;
+    let payload: JWTPayload | undefined;
+    try {
+      ({ payload } = await jwtVerify(token, createLocalJWKSet(keys.publicJwks()), {
+        issuer: s.issuer,
+        algorithms: [...ALLOWED_ALGS],
+        typ: 'at+jwt',
+      }));
+    } catch {
+      payload = undefined; // invalid, expired or not ours: nothing to revoke, inactive
+    }
+    const jti = typeof payload?.jti === 'string' ? payload.jti : undefined;
+    const exp = typeof payload?.exp === 'number' ? payload.exp : undefined;
+    const owner = typeof payload?.client_id === 'string' ? payload.client_id : undefined;
+    if (route === 'introspection') {
+      ctx.status = 200;
+      ctx.set('cache-control', 'no-store');
+      if (client.clientAuthMethod === 'none' || payload === undefined || jti === undefined) {
+        ctx.body = { active: false };
+        return;
+      }
+      if (await revocations.isRevoked(jti)) {
+        ctx.body = { active: false };
+        return;
+      }
+      const cnf = payload.cnf as Record<string, unknown> | undefined;
+      ctx.body = {
+        active: true,
+        client_id: owner,
+        scope: payload.scope,
+        sub: payload.sub,
+        aud: payload.aud,
+        iss: payload.iss,
+        exp,
+        iat: payload.iat,
+        jti,
+        token_type: cnf?.jkt === undefined ? 'Bearer' : 'DPoP',
+        ...(cnf === undefined ? {} : { cnf }),
+      };
+      return;
+    }
+    if (payload !== undefined && jti !== undefined && exp !== undefined) {
+      if (owner !== client.clientId) {
+        log.info(
+          { event: 'oauth-revocation-refused', clientId: client.clientId, reason: 'not-token-owner' },
+          'token revocation refused',
+        );
+        if (client.clientAuthMethod !== 'none') {
+          ctx.status = 400;
+          ctx.body = {
+            error: 'invalid_request',
+            error_description: 'client is not authorized to revoke the presented token',
+          };
+          return;
+        }
+      } else {
+        await revocations.revoke(jti, client.clientId, exp);
+        log.info({ event: 'oauth-token-revoked', clientId: client.clientId, jti }, 'access token revoked');
+      }
+    }
+    ctx.status = 200;
+    ctx.body = '';
+  };
+
+  const observe = (provider: Provider) => {
+    provider.on('grant.success', (ctx: KoaContextWithOIDC) => {
+      log.info(
+        {
+          event: 'oauth-token-issued',
+          clientId: ctx.oidc?.client?.clientId,
+          grantType: paramOf(ctx, 'grant_type'),
+          resource: paramOf(ctx, 'resource'),
+        },
+        'token issued',
+      );
+    });
+    provider.on('authorization.success', (ctx: KoaContextWithOIDC) => {
+      log.info(
+        { event: 'oauth-code-issued', clientId: ctx.oidc?.client?.clientId },
+        'authorization code issued',
+      );
+    });
+    provider.on('grant.revoked', (_ctx: KoaContextWithOIDC, grantId: string) => {
+      log.info({ event: 'oauth-grant-revoked', grantId }, 'grant revoked');
+    });
+    for (const name of [
+      'grant.error',
+      'authorization.error',
+      'pushed_authorization_request.error',
+      'introspection.error',
+      'revocation.error',
+      'userinfo.error',
+      'end_session.error',
+      'discovery.error',
+      'jwks.error',
+    ]) {
+      provider.on(name, (ctx: KoaContextWithOIDC, err: unknown) => {
+        const { error, description } = errorOf(err);
+        // A refused JWT revocation/introspection is answered by structuredTokens above.
+        if (error === 'unsupported_token_type') return;
+        log.info(
+          {
+            event: 'oauth-request-refused',
+            endpoint: name.slice(0, name.indexOf('.')),
+            clientId: ctx.oidc?.client?.clientId,
+            grantType: name === 'grant.error' ? paramOf(ctx, 'grant_type') : undefined,
+            error,
+            description,
+          },
+          'authorization server refused a request',
+        );
+      });
+    }
+    provider.on('server_error', (_ctx: KoaContextWithOIDC, err: unknown) => {
+      log.error({ event: 'oauth-server-error', error: describeError(err) }, 'authorization server error');
+    });
+  };
+
+  let current = build(settings);
+  const rebuild = (why: string) => {
+    try {
+      current = build(settings);
+      log.info(
+        { event: 'oauth-provider-rebuilt', reason: why, kid: keys.current().kid },
+        'authorization server updated',
+      );
+    } catch (err) {
+      log.error(
+        { event: 'oauth-provider-rebuild-failed', reason: why, error: describeError(err) },
+        'authorization server kept its previous keys and settings',
+      );
+    }
+  };
+  const unsubscribe = keys.onChange(() => {
+    rebuild('keys-changed');
+  });
+  const purge = setInterval(
+    () => {
+      purgeExpired(store.db).catch((err: unknown) => {
+        log.warn({ event: 'oauth-purge-failed', error: describeError(err) }, 'could not purge expired rows');
+      });
+    },
+    options.purgeIntervalMs ?? 10 * 60_000,
+  );
+  purge.unref();
+
+  return {
+    handles: isAuthorizationServerPath,
+    async handle(req, res, context) {
+      const instance = current;
+      const url = req.url ?? '/';
+      const q = url.indexOf('?');
+      const path = q < 0 ? url : url.slice(0, q);
+      if (path.startsWith('/interaction/')) {
+        if (interactions === undefined) {
+          res.statusCode = 404;
+          res.setHeader('content-type', 'text/html; charset=utf-8');
+          res.end(GENERIC_ERROR_PAGE);
+          return;
+        }
+        await interactions.handle(req, res, instance.provider, context);
+        return;
+      }
+      await instance.callback(req, res);
+    },
+    async reload(loaded) {
+      const next = await buildSettings(loaded);
+      const built = build(next);
+      settings = next;
+      current = built;
+    },
+    provider: () => current.provider,
+    revocations,
+    isRevoked: (jti) => revocations.isRevoked(jti),
+    close() {
+      clearInterval(purge);
+      unsubscribe();
+      return Promise.resolve();
+    },
+  };
+}
