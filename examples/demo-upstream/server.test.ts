@@ -472,7 +472,16 @@ describe('openapi.yaml', () => {
     expect(Object.keys(get(flows, 'authorizationCode', 'scopes') as JsonObject)).toEqual([
       'patients:read',
       'patients:write',
+      'patients:admin',
     ]);
+    // The owner-bound record: the gateway lets a caller reach only its own patient id.
+    for (const op of ['get', 'patch']) {
+      expect(get(spec, 'paths', '/patients/{patientId}', op, 'x-portcullis-owner')).toEqual({
+        parameter: 'patientId',
+        claim: 'sub',
+        bypassScopes: ['patients:admin'],
+      });
+    }
   });
 
   it('bounds every schema and declares a schema for every response', () => {

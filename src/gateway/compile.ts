@@ -19,7 +19,13 @@ import { compileAuthenticate, isPublic } from './stages/authenticate/index.ts';
 import type { SchemeVerifier } from './stages/authenticate/index.ts';
 import { compileCors, refuseCrossOrigin } from './stages/cors/index.ts';
 import type { CompiledCors } from './stages/cors/index.ts';
+import type { JSONWebKeySet } from 'jose';
+import { createAccessTokenVerifier } from '../tokens/access-token.ts';
+import { oauthSchemeVerifier } from '../tokens/oauth-verifier.ts';
 import { compileProxy, Upstream } from './stages/proxy/index.ts';
+import { compileRequestValidation, SchemaError } from './stages/validate/index.ts';
+import { compileResponseEnforcement } from './stages/filter-response/index.ts';
+import { compileOwnerCheck, OwnerBindingError, readOwnerBinding } from './stages/authorize/index.ts';
 
 export interface CompiledApi {
   readonly name: string;
@@ -57,8 +63,35 @@ export interface Runtime {
 }
 
 export interface CompileOptions {
-  /** Verifiers by security scheme name, per API name (filled by the access-control stages). */
+  /** Verifiers by security scheme name, per API name; they take precedence over built-in ones. */
   readonly verifiers?: Readonly<Record<string, Readonly<Record<string, SchemeVerifier>>>>;
+  /**
+   * The token issuer whose JWT access tokens the gateway accepts (the built-in authorization
+   * server). Without it, OAuth-protected operations cannot be satisfied (401).
+   */
+  readonly tokens?: TokenSource;
+}
+
+export interface TokenSource {
+  readonly issuer: string;
+  readonly keys: () => JSONWebKeySet;
+  readonly isRevoked: (jti: string) => boolean | Promise<boolean>;
+}
+
+/** Scheme types whose credential is a bearer (or DPoP) access token. */
+function isTokenScheme(scheme: Readonly<Record<string, unknown>>): boolean {
+  if (scheme.type === 'oauth2' || scheme.type === 'openIdConnect') return true;
+  return (
+    scheme.type === 'http' && typeof scheme.scheme === 'string' && scheme.scheme.toLowerCase() === 'bearer'
+  );
+}
+
+/** The audience (RFC 8707 resource) of an API: configured, or the public URL plus base path. */
+export function apiAudience(
+  publicUrl: string,
+  api: { audience?: string | undefined; basePath: string },
+): string {
+  return api.audience ?? publicUrl + api.basePath;
 }
 
 function configError(loaded: LoadedConfig, path: ConfigPath, message: string): ConfigError {
@@ -127,6 +160,21 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
       for (const [name, scheme] of Object.entries(document.securitySchemes)) {
         schemeTypes[name] = typeof scheme.type === 'string' ? scheme.type : '';
       }
+      const verifiers: Record<string, SchemeVerifier> = {};
+      if (options.tokens !== undefined) {
+        const tokenSchemes = Object.entries(document.securitySchemes).filter(([, s]) => isTokenScheme(s));
+        if (tokenSchemes.length > 0) {
+          // One verifier (and one cache of verified tokens) per API audience.
+          const verify = createAccessTokenVerifier({
+            issuer: options.tokens.issuer,
+            audience: apiAudience(config.gateway.publicUrl, api),
+            keys: options.tokens.keys,
+            isRevoked: options.tokens.isRevoked,
+          });
+          for (const [name] of tokenSchemes) verifiers[name] = oauthSchemeVerifier(name, verify);
+        }
+      }
+      Object.assign(verifiers, options.verifiers?.[api.name] ?? {});
       const proxy = compileProxy(upstream, {
         basePath: api.basePath,
         correlationHeader: config.gateway.correlationHeader,
@@ -138,12 +186,32 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
           apiName: api.name,
           security: op.security,
           schemeTypes,
-          verifiers: options.verifiers?.[api.name] ?? {},
+          verifiers,
         });
+        const template = api.basePath + (op.path === '/' ? '' : op.path);
         const stages: Stage[] = [compiled.cors?.stage ?? refuseCrossOrigin];
         if (authenticate) stages.push(authenticate);
+        let owner;
+        try {
+          owner = readOwnerBinding(op.definition, template, !isPublic(op.security));
+        } catch (err) {
+          if (err instanceof OwnerBindingError)
+            throw configError(loaded, ['apis', i, 'openapi'], err.message);
+          throw err;
+        }
+        if (owner) stages.push(compileOwnerCheck(owner));
+        const responseStages: ResponseStage[] = [];
+        try {
+          const validate = compileRequestValidation(op, document);
+          if (validate) stages.push(validate);
+          const enforce = compileResponseEnforcement(op, document);
+          if (enforce) responseStages.push(enforce);
+        } catch (err) {
+          if (err instanceof SchemaError)
+            throw configError(loaded, ['apis', i, 'openapi'], `${op.method} ${op.path}: ${err.message}`);
+          throw err;
+        }
         stages.push(proxy);
-        const template = api.basePath + (op.path === '/' ? '' : op.path);
         apiRoutes.push({
           method: op.method,
           template: template === '' ? '/' : template,
@@ -155,7 +223,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
             security: op.security,
             protected: !isPublic(op.security),
             chain: stages,
-            responseStages: [],
+            responseStages,
           },
         });
       }

@@ -213,7 +213,7 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
       });
     }
     try {
-      await as.handle(raw, res);
+      await as.handle(raw, res, { clientIp: state.clientIp, correlationId: state.correlationId });
     } catch (err) {
       logger.warn(
         {

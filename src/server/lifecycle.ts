@@ -19,7 +19,14 @@ import { isDeepStrictEqual } from 'node:util';
 import { ConfigError, formatIssue, loadConfig } from '../config/load.ts';
 import type { LoadedConfig } from '../config/load.ts';
 import { compileRuntime } from '../gateway/compile.ts';
+import type { TokenSource } from '../gateway/compile.ts';
+import { createRevocationList } from '../oauth/revocation.ts';
+import { createServerInteractions } from '../oauth/interactions/hooks.ts';
 import type { Runtime } from '../gateway/compile.ts';
+import { openKeyManager } from '../keys/index.ts';
+import type { StoreKeyManager } from '../keys/index.ts';
+import { createAuthorizationServer } from '../oauth/provider.ts';
+import type { AuthorizationServer } from '../oauth/provider.ts';
 import { openStore, recordConfigVersion } from '../store/index.ts';
 import type { Store } from '../store/index.ts';
 import { createAdminServer } from './admin-server.ts';
@@ -42,6 +49,11 @@ export interface StartOptions {
   readonly signals?: boolean;
   /** Watch the configuration and its OpenAPI files for changes. */
   readonly watch?: boolean;
+  /**
+   * What this process serves: `all` (default), `gateway` (APIs only) or `authorization-server`
+   * (only the OAuth/OIDC paths; `oauth.enabled` must be on).
+   */
+  readonly role?: 'all' | 'gateway' | 'authorization-server';
 }
 
 export interface ReloadResult {
@@ -58,6 +70,9 @@ export interface Portcullis {
   readonly tls: TlsMaterial;
   readonly logger: Logger;
   readonly store: Store;
+  /** The key manager and authorization server, when this process serves OAuth. */
+  readonly keys: StoreKeyManager | undefined;
+  readonly authorizationServer: AuthorizationServer | undefined;
   runtime(): Runtime;
   reload(trigger?: string): Promise<ReloadResult>;
   close(): Promise<void>;
@@ -130,15 +145,56 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     for (const fn of cleanups.reverse()) await fn().catch(() => undefined);
   };
   try {
-    const first = await compileRuntime(loaded);
+    const { config } = loaded;
+    /** The configuration in force, for parts that read it per request (login pages). */
+    let currentLoaded: LoadedConfig = loaded;
+    const role = options.role ?? 'all';
+    if (role === 'authorization-server' && !config.oauth.enabled) {
+      throw new Error('--role authorization-server needs oauth.enabled in the configuration');
+    }
+    let keys: StoreKeyManager | undefined;
+    let authorizationServer: AuthorizationServer | undefined;
+    let tokens: TokenSource | undefined;
+    // Replaced by the authorization server's list below when it runs in this process, so that
+    // its revocations apply here at once.
+    let revocations: { isRevoked(jti: string): Promise<boolean> } = createRevocationList({ db: store.db });
+    if (config.oauth.enabled) {
+      // The gateway verifies the built-in server's tokens in every role; keys live in the store.
+      const openedKeys = await openKeyManager({ store, dataDir, config: config.oauth, logger });
+      keys = openedKeys;
+      cleanups.push(async () => {
+        openedKeys.close();
+      });
+      tokens = {
+        issuer: config.gateway.publicUrl,
+        keys: () => openedKeys.publicJwks(),
+        isRevoked: (jti) => revocations.isRevoked(jti),
+      };
+    }
+
+    const first = await compileRuntime(loaded, { tokens });
     cleanups.push(() => first.close());
+    // Created after the first compile, so that a broken contract is reported with its key and line.
+    if (keys !== undefined && role !== 'gateway') {
+      const interactions = createServerInteractions({
+        loaded: () => currentLoaded,
+        store,
+        keys: keys,
+        dataDir,
+        logger,
+      });
+      const as = await createAuthorizationServer({ loaded, store, keys: keys, logger, interactions });
+      authorizationServer = as;
+      revocations = as.revocations; // this process's revocations apply at once
+      cleanups.push(() => as.close());
+    }
+
     await recordConfigVersion(store.db, {
       sha256: first.version,
       source: configFile,
       summary: summarize(first),
     });
     const holder: RuntimeHolder = { current: first };
-    const { config } = loaded;
 
     let demoUpstreamUrl: string | undefined;
     if (config.demoUpstream) {
@@ -168,6 +224,8 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       http2: config.gateway.http2,
       timeouts: config.gateway.timeouts,
       accessLog: config.logging.accessLog,
+      authorizationServer,
+      role,
     });
     await gateway.ready();
     await listen(gateway.server, config.gateway.port, config.gateway.host);
@@ -208,7 +266,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       let next: Runtime;
       try {
         const nextLoaded = await loadConfig(configFile);
-        next = await compileRuntime(nextLoaded);
+        next = await compileRuntime(nextLoaded, { tokens });
         for (const w of nextLoaded.warnings)
           logger.warn({ event: 'config-warning' }, formatIssue(nextLoaded.file, w));
       } catch (err) {
@@ -234,7 +292,16 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         );
       }
       holder.current = next;
+      currentLoaded = next.loaded;
       retire(current);
+      if (authorizationServer !== undefined) {
+        await authorizationServer.reload(next.loaded).catch((err: unknown) => {
+          logger.error(
+            { event: 'oauth-reload-failed', error: describeError(err) },
+            'the authorization server keeps its previous settings',
+          );
+        });
+      }
       try {
         await recordConfigVersion(store.db, {
           sha256: next.version,
@@ -342,6 +409,8 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       tls,
       logger,
       store,
+      keys,
+      authorizationServer,
       runtime: () => holder.current,
       reload,
       close,

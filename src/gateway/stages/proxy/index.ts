@@ -171,7 +171,10 @@ export function compileProxy(upstream: Upstream, options: ProxyOptions): Stage {
       headers,
       body: stream,
       onDone: () => {
-        if (!stream.readableEnded) stream.destroy();
+        if (!stream.readableEnded) {
+          stream.on('error', () => undefined);
+          stream.destroy();
+        }
       },
     };
   };
