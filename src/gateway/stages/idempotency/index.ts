@@ -1,0 +1,71 @@
+/**
+ * Idempotency for unsafe operations that declare `x-portcullis-idempotency` (see ./config.ts):
+ * the first response to an `Idempotency-Key` is stored and replayed for retries, a reused key
+ * with a different request is 422 and a concurrent duplicate is 409, so that it never reaches
+ * the upstream twice. Records live in memory (per process, bounded) or in Redis
+ * (`idempotency.backend: redis`), shared by every gateway; a Redis outage refuses keyed
+ * requests with 503 rather than risking a duplicate.
+ *
+ * @example
+ * ```ts
+ * const idem = await compileIdempotency(loaded, backends);
+ * const stage = idem.wrap(api.name, op, template, proxy); // proxy itself when not declared
+ * ```
+ */
+import type { LoadedConfig } from '../../../config/load.ts';
+import type { Stage } from '../../chain.ts';
+import type { OpenApiOperation } from '../../openapi.ts';
+import type { LimitBackends } from '../rate-limit/backend.ts';
+import { readDeclaration } from './config.ts';
+import { idempotencyStage } from './stage.ts';
+import { createMemoryIdempotencyStore, createRedisIdempotencyStore } from './store.ts';
+import type { IdempotencyStore } from './store.ts';
+
+export { EXTENSION, IdempotencyDeclarationError } from './config.ts';
+export type { IdempotencyDeclaration } from './config.ts';
+export { createMemoryIdempotencyStore, createRedisIdempotencyStore } from './store.ts';
+export type { IdempotencyStore, StoredResponse } from './store.ts';
+export { parseIdempotencyKey } from './stage.ts';
+
+export interface CompiledIdempotency {
+  /**
+   * `next` wrapped with idempotency when the operation declares it, else `next` itself.
+   * Throws IdempotencyDeclarationError for an unusable declaration.
+   */
+  wrap(apiName: string, op: OpenApiOperation, template: string, next: Stage): Promise<Stage>;
+}
+
+export function compileIdempotency(loaded: LoadedConfig, backends: LimitBackends): CompiledIdempotency {
+  const config = loaded.config.idempotency;
+  let opening: Promise<IdempotencyStore> | undefined;
+  // Opened at the first declaring operation, so an unused Redis is never dialled.
+  const openStore = async (): Promise<IdempotencyStore> => {
+    if (config.backend === 'memory') {
+      return backends.memo(`idempotency:memory:${String(config.memoryMaxBytes)}`, () =>
+        createMemoryIdempotencyStore({ maxBytes: config.memoryMaxBytes }),
+      );
+    }
+    const redis = loaded.config.redis;
+    if (redis === undefined) throw new TypeError('idempotency.backend redis needs redis.url');
+    return createRedisIdempotencyStore(await backends.redis.get(redis.url), redis.keyPrefix);
+  };
+  return {
+    async wrap(apiName, op, template, next) {
+      const declaration = readDeclaration(op.method, op.definition, config);
+      if (declaration === null) return next;
+      opening ??= openStore();
+      const store = await opening;
+      return idempotencyStage(
+        {
+          declaration,
+          scope: `${apiName}\0${op.operationId ?? `${op.method} ${template}`}`,
+          store,
+          lockMs: config.lockSeconds * 1000,
+          maxResponseBytes: config.maxResponseBytes,
+          logger: backends.logger,
+        },
+        next,
+      );
+    },
+  };
+}

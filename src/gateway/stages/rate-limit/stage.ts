@@ -1,0 +1,204 @@
+/**
+ * The per-request work of rate limiting: consume one point from the burst and the sustained
+ * window of a dimension, and on the request that first crosses a limit count a violation and
+ * block the key for a time that doubles with each violation in the tarpit window (capped).
+ * Requests while blocked are refused without counting further violations.
+ */
+import { createHash } from 'node:crypto';
+import { isIP } from 'node:net';
+import { RateLimiterRes } from 'rate-limiter-flexible';
+import { Denial } from '../../problems.ts';
+import type { GatewayRequest } from '../../chain.ts';
+import type { Logger } from '../../../server/logging.ts';
+import { emitLimited } from './backend.ts';
+import type { Limiter } from './backend.ts';
+import type { Dimension, DimensionPolicy } from './config.ts';
+import { policyItems } from './config.ts';
+
+export interface Tarpit {
+  readonly violations: Limiter;
+  readonly baseSeconds: number;
+  readonly maxSeconds: number;
+}
+
+export interface CompiledDimension {
+  readonly dimension: Dimension;
+  readonly policy: DimensionPolicy;
+  readonly burst: Limiter;
+  readonly sustained: Limiter;
+  /** The `RateLimit-Policy` items of this dimension, precomputed. */
+  readonly policyHeader: string;
+  readonly tarpit: Tarpit | null;
+}
+
+export interface CheckContext {
+  readonly enforce: boolean;
+  readonly logger: Logger | undefined;
+  readonly correlationId: string;
+}
+
+export function compileDimension(
+  dimension: Dimension,
+  policy: DimensionPolicy,
+  burst: Limiter,
+  sustained: Limiter,
+  tarpit: Tarpit | null,
+): CompiledDimension {
+  return { dimension, policy, burst, sustained, tarpit, policyHeader: policyItems(dimension, policy) };
+}
+
+/**
+ * The key an address is counted under: IPv4 as is, IPv6 by its /64 (one subscriber's prefix),
+ * so that rotating through a prefix's addresses does not multiply the budget.
+ */
+export function ipKey(ip: string): string {
+  if (isIP(ip) !== 6) return ip;
+  const [head = '', tail = ''] = ip.split('::', 2);
+  const left = head === '' ? [] : head.split(':');
+  const right = tail === '' ? [] : tail.split(':');
+  const groups = ip.includes('::')
+    ? [...left, ...Array<string>(Math.max(0, 8 - left.length - right.length)).fill('0'), ...right]
+    : left;
+  return `${groups
+    .slice(0, 4)
+    .map((g) => (g.replace(/^0+/, '') || '0').toLowerCase())
+    .join(':')}::/64`;
+}
+
+/** Keys from credentials are bounded: long ones are hashed. */
+export function boundedKey(value: string): string {
+  return value.length <= 128 ? value : createHash('sha256').update(value).digest('base64url');
+}
+
+interface WindowState {
+  readonly remaining: number;
+  readonly resetMs: number;
+}
+
+const windowState = (res: RateLimiterRes): WindowState => ({
+  remaining: res.remainingPoints,
+  resetMs: res.msBeforeNext,
+});
+
+/** Header items describing where the key stands after this request. */
+function stateItems(name: Dimension, burst: WindowState, sustained: WindowState, policy: DimensionPolicy) {
+  const item = (suffix: string, w: WindowState, points: number) =>
+    `"${name}-${suffix}";r=${String(Math.max(0, Math.min(points, w.remaining)))};t=${String(Math.max(0, Math.ceil(w.resetMs / 1000)))}`;
+  return `${item('burst', burst, policy.burst.points)}, ${item('sustained', sustained, policy.sustained.points)}`;
+}
+
+function settle(result: PromiseSettledResult<RateLimiterRes>): { res: RateLimiterRes; over: boolean } {
+  if (result.status === 'fulfilled') return { res: result.value, over: false };
+  const reason: unknown = result.reason;
+  if (reason instanceof RateLimiterRes) return { res: reason, over: true };
+  // Only a store limiter without insurance rejects with an error; ours all have insurance.
+  throw reason instanceof Error ? reason : new Error('rate limiter failed');
+}
+
+/** Adds one dimension's headers to what a response (or refusal) will carry. */
+function appendHeaders(headers: Record<string, string>, policy: string, state: string): void {
+  headers['ratelimit-policy'] =
+    headers['ratelimit-policy'] === undefined ? policy : `${headers['ratelimit-policy']}, ${policy}`;
+  headers.ratelimit = headers.ratelimit === undefined ? state : `${headers.ratelimit}, ${state}`;
+}
+
+/**
+ * Counts one request of `key` against `dim`. Adds the RateLimit headers to `out`; throws a 429
+ * {@link Denial} (with `Retry-After` and the headers gathered so far) when over a limit and
+ * enforcing.
+ */
+export async function checkDimension(
+  dim: CompiledDimension,
+  key: string,
+  out: Record<string, string>,
+  ctx: CheckContext,
+): Promise<void> {
+  const [b, s] = await Promise.allSettled([dim.burst.consume(key), dim.sustained.consume(key)]);
+  const burst = settle(b);
+  const sustained = settle(s);
+  if (!burst.over && !sustained.over) {
+    appendHeaders(
+      out,
+      dim.policyHeader,
+      stateItems(dim.dimension, windowState(burst.res), windowState(sustained.res), dim.policy),
+    );
+    return;
+  }
+  // The request that first crosses a window's limit is the violation; later ones in the same
+  // window (or while blocked) are refused without counting again.
+  const crossed =
+    (burst.over && burst.res.consumedPoints === dim.policy.burst.points + 1) ||
+    (sustained.over && sustained.res.consumedPoints === dim.policy.sustained.points + 1);
+  let waitMs = Math.max(
+    burst.over ? burst.res.msBeforeNext : 0,
+    sustained.over ? sustained.res.msBeforeNext : 0,
+  );
+  let blockSeconds: number | undefined;
+  let violations: number | undefined;
+  if (crossed && dim.tarpit !== null && ctx.enforce) {
+    const counted = await dim.tarpit.violations.consume(key);
+    violations = counted.consumedPoints;
+    blockSeconds = Math.min(
+      dim.tarpit.maxSeconds,
+      dim.tarpit.baseSeconds * 2 ** Math.min(violations - 1, 30),
+    );
+    if (blockSeconds * 1000 > waitMs) {
+      // Blocking the burst window holds every request of the key until it expires.
+      await dim.burst.block(key, blockSeconds);
+      waitMs = blockSeconds * 1000;
+    }
+    ctx.logger?.info(
+      {
+        event: 'rate-limit-block',
+        correlationId: ctx.correlationId,
+        dimension: dim.dimension,
+        violations,
+        blockSeconds,
+      },
+      'rate limit exceeded; key blocked',
+    );
+  }
+  const retryAfter = Math.max(1, Math.ceil(waitMs / 1000));
+  const state = stateItems(
+    dim.dimension,
+    burst.over ? { remaining: 0, resetMs: waitMs } : windowState(burst.res),
+    sustained.over
+      ? { remaining: 0, resetMs: Math.max(waitMs, sustained.res.msBeforeNext) }
+      : windowState(sustained.res),
+    dim.policy,
+  );
+  emitLimited({
+    dimension: dim.dimension,
+    outcome: ctx.enforce ? 'enforced' : 'shadow',
+    ...(blockSeconds === undefined ? {} : { blockSeconds }),
+    ...(violations === undefined ? {} : { violations }),
+  });
+  if (!ctx.enforce) {
+    if (crossed) {
+      ctx.logger?.info(
+        { event: 'rate-limit-shadow', correlationId: ctx.correlationId, dimension: dim.dimension },
+        'rate limit exceeded (shadow mode: not enforced)',
+      );
+    }
+    appendHeaders(out, dim.policyHeader, state);
+    return;
+  }
+  const headers = { ...out };
+  appendHeaders(headers, dim.policyHeader, state);
+  headers['retry-after'] = String(retryAfter);
+  throw new Denial('too-many-requests', `rate-limit-${dim.dimension}`, { headers });
+}
+
+/** The request's principal key for a dimension, or undefined when it does not apply. */
+export function principalKeys(
+  req: GatewayRequest,
+  apiKeySchemes: ReadonlySet<string>,
+): { client?: string; apiKey?: string; user?: string } {
+  const p = req.principal;
+  if (p === undefined) return {};
+  if (apiKeySchemes.has(p.scheme)) return { apiKey: boundedKey(p.subject) };
+  const out: { client?: string; user?: string } = {};
+  if (p.clientId !== '') out.client = boundedKey(p.clientId);
+  if (p.subject !== '' && p.subject !== p.clientId) out.user = boundedKey(p.subject);
+  return out;
+}
