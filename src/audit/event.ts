@@ -184,6 +184,16 @@ export const AUDIT_FIELDS = {
     kind: 'id',
     description: 'Audit events about the audit trail: how many events a spool overflow dropped.',
   },
+  'portcullis.alert.rule': {
+    type: 'string',
+    kind: 'id',
+    description: 'Alert events (`audit` / `alert-fired`): the id of the alert rule.',
+  },
+  'portcullis.alert.severity': {
+    type: 'string',
+    kind: 'id',
+    description: 'Alert events: the rule severity (low, medium, high, critical).',
+  },
   'portcullis.redacted': {
     type: 'string[]',
     kind: 'id',

@@ -12,6 +12,7 @@ import type { AuditRecord, VerifyResult } from '../audit/chain.ts';
 import { AUDIT_CATEGORIES, AUDIT_OUTCOMES } from '../audit/event.ts';
 import type { AuditCategory, AuditOutcome } from '../audit/event.ts';
 import { fileCheckpointVerifier } from '../audit/signer.ts';
+import { AuditQueryError, parseQueryDate, parseQueryOneOf, recordView } from '../audit/query.ts';
 import { readFileLog } from '../audit/sinks/file.ts';
 import { MAX_QUERY_LIMIT, queryStoreLog, readStoreLog } from '../audit/sinks/store.ts';
 import type { AuditQuery } from '../audit/sinks/store.ts';
@@ -61,18 +62,22 @@ function int(max: number) {
   };
 }
 
-function date(v: string): string {
-  const d = new Date(v);
-  if (Number.isNaN(d.getTime())) throw new InvalidArgumentError('expected an ISO-8601 date or date-time');
-  return d.toISOString();
+/** The admin API's filter checks (src/audit/query.ts), as commander argument parsers. */
+function cliArg<T>(parse: (v: string) => T) {
+  return (v: string): T => {
+    try {
+      return parse(v);
+    } catch (err) {
+      if (err instanceof AuditQueryError) throw new InvalidArgumentError(err.message);
+      throw err;
+    }
+  };
 }
 
+const date = cliArg((v) => parseQueryDate('time', v));
+
 function oneOf<T extends string>(values: readonly T[]) {
-  return (v: string): T => {
-    if (!(values as readonly string[]).includes(v))
-      throw new InvalidArgumentError(`expected one of ${values.join(', ')}`);
-    return v as T;
-  };
+  return cliArg((v) => parseQueryOneOf('value', v, values));
 }
 
 /** One human-readable line per record. */
@@ -92,9 +97,7 @@ export function formatRecord(r: AuditRecord): string {
 }
 
 function print(records: readonly AuditRecord[], json: boolean): void {
-  const text = records.map((r) =>
-    json ? JSON.stringify({ seq: r.seq, hash: r.hash, ...r.event }) : formatRecord(r),
-  );
+  const text = records.map((r) => (json ? JSON.stringify(recordView(r)) : formatRecord(r)));
   if (text.length > 0) process.stdout.write(text.join('\n') + '\n');
 }
 

@@ -148,6 +148,8 @@ export interface AuditQuery {
   readonly limit?: number;
   /** Only records after this seq (for `tail --follow`). */
   readonly afterSeq?: number;
+  /** Only records before this seq (the admin API's page cursor). */
+  readonly beforeSeq?: number;
 }
 
 export const MAX_QUERY_LIMIT = 10_000;
@@ -163,6 +165,7 @@ export async function queryStoreLog(db: Kysely<Database>, q: AuditQuery): Promis
   if (q.clientId !== undefined) query = query.where('client_id', '=', q.clientId);
   if (q.correlationId !== undefined) query = query.where('trace_id', '=', q.correlationId);
   if (q.afterSeq !== undefined) query = query.where('seq', '>', q.afterSeq);
+  if (q.beforeSeq !== undefined) query = query.where('seq', '<', q.beforeSeq);
   const rows = await query.orderBy('seq', 'desc').limit(limit).execute();
   return rows.reverse().map(rowToRecord);
 }
