@@ -16,6 +16,8 @@ declare module 'autocannon' {
     timeout?: number;
     method?: string;
     headers?: Record<string, string>;
+    /** Request body, sent with every request. */
+    body?: string;
     servername?: string;
     tlsOptions?: ConnectionOptions;
   }

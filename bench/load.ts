@@ -15,6 +15,10 @@ export interface LoadTarget {
   /** For https: SNI name and the CA to trust. */
   servername?: string;
   ca?: string;
+  /** Default GET without a body. */
+  method?: 'GET' | 'POST';
+  headers?: Record<string, string>;
+  body?: string;
 }
 
 export interface LoadOptions {
@@ -63,6 +67,9 @@ export function measure(target: LoadTarget, options: LoadOptions): Promise<Measu
         pipelining: 1,
         duration: options.durationS,
         timeout: 10,
+        ...(target.method === undefined ? {} : { method: target.method }),
+        ...(target.headers === undefined ? {} : { headers: target.headers }),
+        ...(target.body === undefined ? {} : { body: target.body }),
         // autocannon 8 passes tlsOptions to tls.connect but forces rejectUnauthorized: false
         // (lib/httpClient.js), so run.ts verifies the certificate against the CA once beforehand.
         ...(https ? { servername: target.servername, tlsOptions: { ca: target.ca } } : {}),

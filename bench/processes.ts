@@ -182,6 +182,8 @@ export interface GatewayOptions {
   upstreamUrl: string;
   logLevel: 'warn' | 'info';
   accessLog: boolean;
+  /** Further top-level configuration sections (e.g. `rateLimits`). */
+  extraConfig?: Record<string, unknown>;
 }
 
 export interface GatewayProcess {
@@ -198,6 +200,9 @@ export interface GatewayProcess {
   exe: string;
   /** Where the gateway's stdout (its JSON logs) goes. */
   logFile: string;
+  /** The configuration file and data directory it was started with (for CLI commands). */
+  configFile: string;
+  dataDir: string;
 }
 
 /** Starts `portcullis start` as a child process and waits until its admin /readyz answers 200. */
@@ -236,6 +241,7 @@ async function startGatewayOnce(
     admin: { host: '127.0.0.1', port: adminPort },
     logging: { level: options.logLevel, accessLog: options.accessLog },
     apis: [{ name: 'patients', openapi: OPENAPI, basePath: '/v1', upstream: { url: options.upstreamUrl } }],
+    ...options.extraConfig,
   };
   const configFile = join(dir, 'portcullis.yaml');
   await writeFile(configFile, stringify(config));
@@ -293,6 +299,8 @@ async function startGatewayOnce(
           pid,
           exe,
           logFile,
+          configFile,
+          dataDir,
         };
       }
     }

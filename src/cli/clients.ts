@@ -33,6 +33,7 @@ interface CreateOptions extends JsonOption {
   native?: boolean;
   jwks?: string;
   tlsSubjectDn?: string;
+  requirePar?: boolean;
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -54,6 +55,7 @@ function describe(c: ClientRecord): string {
     `auth method    ${m.token_endpoint_auth_method}`,
     `application    ${m.application_type}`,
     ...m.redirect_uris.map((u) => `redirect URI   ${u}`),
+    ...(m.require_pushed_authorization_requests === true ? ['PAR            required'] : []),
     `created        ${c.createdAt}`,
     '',
   ].join('\n');
@@ -91,6 +93,7 @@ export function registerClientsCommands(program: Command): void {
     .option('--native', 'a native app (loopback redirects; may be public with --auth-method none)')
     .option('--jwks <file>', 'private_key_jwt: a JSON file with the client’s public JWKS')
     .option('--tls-subject-dn <dn>', 'tls_client_auth: the client certificate’s subject DN')
+    .option('--require-par', 'authorization requests must be pushed first (RFC 9126 PAR)')
     .option('--json', 'print {"client_id", "client_secret"} as JSON')
     .action(async (opts: CreateOptions) => {
       const json = opts.json === true;
@@ -111,6 +114,7 @@ export function registerClientsCommands(program: Command): void {
             applicationType: opts.native === true ? 'native' : 'web',
             ...(jwks === undefined ? {} : { jwks }),
             ...(opts.tlsSubjectDn === undefined ? {} : { tlsSubjectDn: opts.tlsSubjectDn }),
+            ...(opts.requirePar === true ? { requirePushedAuthorizationRequests: true } : {}),
           }),
         );
         const secret = created.clientSecret ?? null;

@@ -93,6 +93,32 @@ describe.each(backends.names)('oidc-provider adapter on %s', (name) => {
     expect(await factory('RefreshToken').find('rt-g1')).toBeUndefined();
   });
 
+  it('consume is atomic: of concurrent consumers one wins, the others get the alreadyConsumed error', async () => {
+    const lost: [string, string | undefined][] = [];
+    const adapter = createAdapterFactory({
+      db: store.db,
+      now,
+      alreadyConsumed: (model, grantId) => {
+        lost.push([model, grantId]);
+        return Promise.resolve(new Error('already used'));
+      },
+    })('RefreshToken');
+    await adapter.upsert('rt-race', { jti: 'rt-race', grantId: 'grant-race' }, 600);
+    const results = await Promise.allSettled(Array.from({ length: 5 }, () => adapter.consume('rt-race')));
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+    expect(results.filter((r) => r.status === 'rejected')).toHaveLength(4);
+    expect(lost).toEqual(Array.from({ length: 4 }, () => ['RefreshToken', 'grant-race']));
+    // Sequentially, too; a missing row is not a race.
+    await expect(adapter.consume('rt-race')).rejects.toThrow('already used');
+    await adapter.consume('rt-missing');
+    // Without the hook, consuming again is a no-op (the first consumption time stays).
+    const plain = createAdapterFactory({ db: store.db, now })('RefreshToken');
+    const first = (await plain.find('rt-race'))?.consumed;
+    clock += 5_000;
+    await plain.consume('rt-race');
+    expect((await plain.find('rt-race'))?.consumed).toBe(first);
+  });
+
   it('serves the Client model from the lookup and refuses to write it', async () => {
     const factory = createAdapterFactory({
       db: store.db,

@@ -31,6 +31,12 @@ export interface AdapterOptions {
   readonly clients?: ClientLookup;
   /** The clock (tests); defaults to Date.now. */
   readonly now?: () => number;
+  /**
+   * Called when `consume` finds the row already consumed: two requests raced with the same
+   * single-use artifact (code, refresh token, pushed request) and this one lost. The error it
+   * returns is thrown, so the loser is refused instead of being served a second time.
+   */
+  readonly alreadyConsumed?: (model: string, grantId: string | undefined) => Promise<Error>;
 }
 
 /** The longest id, uid or user code stored (the columns' bound); longer ones are refused. */
@@ -64,11 +70,18 @@ class StoreAdapter implements OidcAdapter {
   readonly #db: Kysely<Database>;
   readonly #model: string;
   readonly #now: () => number;
+  readonly #alreadyConsumed: AdapterOptions['alreadyConsumed'];
 
-  constructor(model: string, db: Kysely<Database>, now: () => number) {
+  constructor(
+    model: string,
+    db: Kysely<Database>,
+    now: () => number,
+    alreadyConsumed?: AdapterOptions['alreadyConsumed'],
+  ) {
     this.#model = model;
     this.#db = db;
     this.#now = now;
+    this.#alreadyConsumed = alreadyConsumed;
   }
 
   async upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
@@ -125,14 +138,25 @@ class StoreAdapter implements OidcAdapter {
     return toPayload(await this.#live().where('user_code', '=', userCode).executeTakeFirst());
   }
 
+  /** Marks the row consumed, atomically: of concurrent calls only one finds it unconsumed. */
   async consume(id: string): Promise<void> {
     if (!usableKey(id)) return;
-    await this.#db
+    const result = await this.#db
       .updateTable('oauth_models')
       .set({ consumed_at: iso(this.#now()) })
       .where('model', '=', this.#model)
       .where('id', '=', id)
-      .execute();
+      .where('consumed_at', 'is', null)
+      .executeTakeFirst();
+    if (Number(result.numUpdatedRows) > 0 || this.#alreadyConsumed === undefined) return;
+    const row = await this.#db
+      .selectFrom('oauth_models')
+      .select(['grant_id', 'consumed_at'])
+      .where('model', '=', this.#model)
+      .where('id', '=', id)
+      .executeTakeFirst();
+    if (row?.consumed_at === undefined || row.consumed_at === null) return; // no such row
+    throw await this.#alreadyConsumed(this.#model, row.grant_id ?? undefined);
   }
 
   async destroy(id: string): Promise<void> {
@@ -199,7 +223,9 @@ class ClientAdapter implements OidcAdapter {
 export function createAdapterFactory(options: AdapterOptions): (model: string) => OidcAdapter {
   const now = options.now ?? Date.now;
   return (model: string) =>
-    model === 'Client' ? new ClientAdapter(options.clients) : new StoreAdapter(model, options.db, now);
+    model === 'Client'
+      ? new ClientAdapter(options.clients)
+      : new StoreAdapter(model, options.db, now, options.alreadyConsumed);
 }
 
 /** Deletes expired model rows and revoked-token entries; returns how many rows went. */

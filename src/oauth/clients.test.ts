@@ -107,6 +107,26 @@ describe('registration policy', () => {
     });
     expect(tls.tls_client_auth_subject_dn).toBe('CN=billing,O=Example');
   });
+
+  it('registers a private_key_jwt client with its public JWKS; a JWKS for other methods is refused', () => {
+    const pub = { kty: 'EC', crv: 'P-256', x: 'x', y: 'y', alg: 'ES256' };
+    const m = buildClientMetadata({ ...base, authMethod: 'private_key_jwt', jwks: { keys: [pub] } });
+    expect(m.token_endpoint_auth_method).toBe('private_key_jwt');
+    expect(m.jwks).toEqual({ keys: [pub] });
+    expect(refused({ jwks: { keys: [pub] } })).toThrow(/private_key_jwt only/);
+  });
+
+  it('can require pushed authorization requests, for authorization-code clients', () => {
+    const web = {
+      ...base,
+      grantTypes: ['authorization_code'] as const,
+      redirectUris: ['https://app.example/cb'],
+    };
+    expect(buildClientMetadata(web).require_pushed_authorization_requests).toBeUndefined();
+    const par = buildClientMetadata({ ...web, requirePushedAuthorizationRequests: true });
+    expect(par.require_pushed_authorization_requests).toBe(true);
+    expect(refused({ requirePushedAuthorizationRequests: true })).toThrow(/authorization_code/);
+  });
 });
 
 describe.each(backends.names)('client registry on %s', (name) => {

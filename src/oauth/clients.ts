@@ -54,6 +54,11 @@ export interface NewClient {
   readonly jwks?: { readonly keys: readonly JWK[] };
   /** tls_client_auth: the certificate subject DN (RFC 4514), e.g. `CN=billing,O=Example`. */
   readonly tlsSubjectDn?: string;
+  /**
+   * Authorization requests must be pushed first (RFC 9126 PAR, `/request`); a plain
+   * authorization request from this client is refused. Authorization-code clients only.
+   */
+  readonly requirePushedAuthorizationRequests?: boolean;
 }
 
 /** Registered metadata, RFC 7591 names. Never contains a secret. */
@@ -69,6 +74,7 @@ export interface ClientMetadata {
   readonly token_endpoint_auth_method: ClientAuthMethod;
   readonly jwks?: { readonly keys: readonly JWK[] };
   readonly tls_client_auth_subject_dn?: string;
+  readonly require_pushed_authorization_requests?: boolean;
 }
 
 export interface ClientRecord {
@@ -196,6 +202,8 @@ export function buildClientMetadata(input: NewClient): ClientMetadata {
     fail(`at most ${String(MAX_REDIRECT_URIS)} redirect URIs`);
   }
   for (const uri of [...redirectUris, ...postLogout]) validateRedirectUri(uri, applicationType);
+  const requirePar = input.requirePushedAuthorizationRequests === true;
+  if (requirePar && !code) fail('requiring pushed authorization requests applies to authorization_code');
   const metadata: ClientMetadata = {
     client_name: name,
     application_type: applicationType,
@@ -207,6 +215,7 @@ export function buildClientMetadata(input: NewClient): ClientMetadata {
     scope: validateScope(input.scope),
     token_endpoint_auth_method: method,
     ...(method === 'private_key_jwt' ? { jwks: validateJwks(input.jwks) } : {}),
+    ...(requirePar ? { require_pushed_authorization_requests: true } : {}),
   };
   if (method === 'tls_client_auth') {
     const dn = input.tlsSubjectDn?.trim() ?? '';
@@ -215,7 +224,8 @@ export function buildClientMetadata(input: NewClient): ClientMetadata {
     }
     return { ...metadata, tls_client_auth_subject_dn: dn };
   }
-  if (input.jwks !== undefined) fail('a JWKS applies to private_key_jwt only');
+  if (input.jwks !== undefined && method !== 'private_key_jwt')
+    fail('a JWKS applies to private_key_jwt only');
   if (input.tlsSubjectDn !== undefined) fail('a subject DN applies to tls_client_auth only');
   return metadata;
 }

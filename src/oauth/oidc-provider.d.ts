@@ -131,6 +131,9 @@ declare module 'oidc-provider' {
     class InvalidGrant extends OIDCProviderError {
       constructor(description?: string);
     }
+    class InvalidRequestUri extends OIDCProviderError {
+      constructor(description?: string);
+    }
     class UnsupportedTokenType extends OIDCProviderError {
       constructor(description?: string);
     }

@@ -37,7 +37,9 @@ import type { Logger } from '../server/logging.ts';
 import { describeError } from '../server/logging.ts';
 import type { Store } from '../store/index.ts';
 import { createAdapterFactory, purgeExpired } from './adapter.ts';
+import type { OidcAdapter } from './adapter.ts';
 import { clientSecretMatches, providerClientMetadata } from './clients.ts';
+import { createGrantTokenTracker, refreshTokenTtl } from './grant-tokens.ts';
 import { createRevocationList } from './revocation.ts';
 import type { RevocationList } from './revocation.ts';
 
@@ -79,6 +81,28 @@ export interface AuthorizationServerOptions {
   readonly interactions?: InteractionHooks;
   /** How often expired rows are purged; default 10 minutes. */
   readonly purgeIntervalMs?: number;
+  /** Issuance, revocation and refusals, for the audit trail and metrics (never tokens). */
+  readonly onEvent?: (event: AuthorizationServerEvent, context: RequestContext) => void;
+}
+
+export interface AuthorizationServerEvent {
+  readonly type: 'token-issued' | 'code-issued' | 'grant-revoked' | 'refused';
+  readonly clientId?: string | undefined;
+  readonly grantType?: string | undefined;
+  readonly endpoint?: string | undefined;
+  readonly error?: string | undefined;
+}
+
+export interface RequestContext {
+  readonly clientIp?: string | undefined;
+  readonly correlationId?: string | undefined;
+}
+
+/** The gateway's view of each request (client IP after trusted proxies, correlation id). */
+const requestContexts = new WeakMap<object, RequestContext>();
+function contextOf(ctx: KoaContextWithOIDC | undefined): RequestContext {
+  const req = (ctx as { req?: object } | undefined)?.req;
+  return (req === undefined ? undefined : requestContexts.get(req)) ?? {};
 }
 
 export interface AuthorizationServer {
@@ -259,6 +283,40 @@ export async function createAuthorizationServer(
   const { store, keys, logger, interactions } = options;
   const log = logger.child({ component: 'oauth' });
   const revocations = createRevocationList({ db: store.db });
+  // JWT access tokens issued under a grant, revoked with it (grant-tokens.ts).
+  const grantTokens = createGrantTokenTracker({ db: store.db, revocations });
+  const revokeGrantTokens = async (grantId: string) => {
+    const count = await grantTokens.revokeGrant(grantId);
+    if (count > 0) {
+      log.info(
+        { event: 'oauth-grant-tokens-revoked', grantId, count },
+        'access tokens of a revoked grant revoked',
+      );
+    }
+  };
+  /**
+   * A single-use artifact was presented twice at the same time and this request lost the race
+   * (oidc-provider's own reuse check runs before consume, so both requests passed it). Treated as
+   * the reuse it is: a code or refresh token revokes its grant, as on sequential reuse.
+   */
+  const lostConsumeRace = async (
+    models: (model: string) => OidcAdapter,
+    model: string,
+    grantId: string | undefined,
+  ): Promise<Error> => {
+    if (model === 'PushedAuthorizationRequest') {
+      return new errors.InvalidRequestUri('request_uri is invalid, expired, or was already used');
+    }
+    if (grantId !== undefined) {
+      for (const m of ['AccessToken', 'AuthorizationCode', 'RefreshToken', 'DeviceCode']) {
+        await models(m).revokeByGrantId(grantId);
+      }
+      await models('Grant').destroy(grantId);
+      await revokeGrantTokens(grantId);
+      log.info({ event: 'oauth-grant-revoked', grantId, reason: 'concurrent-reuse' }, 'grant revoked');
+    }
+    return new errors.InvalidGrant(`${model === 'RefreshToken' ? 'refresh token' : 'grant'} already used`);
+  };
   let settings = await buildSettings(options.loaded);
 
   const build = (s: Settings): Instance => {
@@ -275,8 +333,9 @@ export async function createAuthorizationServer(
     const scopes = new Set(refresh ? ['openid', 'offline_access'] : ['openid']);
     for (const name of Object.keys(claims)) scopes.add(name);
     for (const r of s.resources.values()) for (const x of r.scopes) scopes.add(x);
-    const adapter = createAdapterFactory({
+    const storeAdapter = createAdapterFactory({
       db: store.db,
+      alreadyConsumed: (model, grantId) => lostConsumeRace(storeAdapter, model, grantId),
       clients: async (id) => {
         const metadata = await providerClientMetadata(store.db, id, {
           refreshTokens: refresh,
@@ -288,6 +347,24 @@ export async function createAuthorizationServer(
         return { ...metadata, scope: held.filter((x) => scopes.has(x)).join(' ') || 'openid' };
       },
     });
+    // oidc-provider revokes a grant through AccessToken.revokeByGrantId (and the other models);
+    // JWT access tokens are not stored, so their recorded jtis go on the revocation list there.
+    const adapter = (model: string): OidcAdapter => {
+      const inner = storeAdapter(model);
+      if (model !== 'AccessToken') return inner;
+      return {
+        upsert: (id, payload, expiresIn) => inner.upsert(id, payload, expiresIn),
+        find: (id) => inner.find(id),
+        findByUid: (uid) => inner.findByUid(uid),
+        findByUserCode: (code) => inner.findByUserCode(code),
+        consume: (id) => inner.consume(id),
+        destroy: (id) => inner.destroy(id),
+        revokeByGrantId: async (grantId) => {
+          await inner.revokeByGrantId(grantId);
+          await revokeGrantTokens(grantId);
+        },
+      };
+    };
     const theirFeatures = (interactions?.providerOptions?.features ?? {}) as Record<string, unknown>;
     const configuration: Record<string, unknown> = {
       ...(interactions?.providerOptions ?? {}),
@@ -330,6 +407,26 @@ export async function createAuthorizationServer(
         userinfoEncryptionEncValues: [],
         introspectionEncryptionEncValues: [],
         authorizationEncryptionEncValues: [],
+      },
+      formats: {
+        customizers: {
+          // Remember which grant each JWT access token belongs to, so revoking the grant revokes it.
+          jwt: async (
+            _ctx: unknown,
+            token: { grantId?: unknown },
+            structured: { payload: Record<string, unknown> },
+          ) => {
+            const { jti, exp, client_id: clientId } = structured.payload;
+            if (typeof token.grantId !== 'string' || typeof jti !== 'string' || typeof exp !== 'number')
+              return;
+            await grantTokens.record({
+              grantId: token.grantId,
+              jti,
+              exp,
+              clientId: typeof clientId === 'string' ? clientId : '',
+            });
+          },
+        },
       },
       cookies: {
         keys: [cookieKey],
@@ -412,12 +509,13 @@ export async function createAuthorizationServer(
         ClientCredentials: () => oauth.accessTokenTtlSeconds,
         AuthorizationCode: () => oauth.authorizationCodeTtlSeconds,
         IdToken: () => oauth.idTokenTtlSeconds,
-        // The chain's absolute lifetime: a rotated token inherits what is left of its parent's.
-        RefreshToken: (ctx: KoaContextWithOIDC | undefined) => {
-          const rotated = ctx?.oidc?.entities.RotatedRefreshToken as { remainingTTL?: number } | undefined;
-          const left = rotated?.remainingTTL;
-          return typeof left === 'number' && left > 0 ? left : oauth.refreshTokens.absoluteTtlSeconds;
-        },
+        // The chain's absolute lifetime, counted from its first token (iiat survives rotation).
+        RefreshToken: (_ctx: unknown, token: { iiat?: unknown } | undefined) =>
+          refreshTokenTtl(
+            typeof token?.iiat === 'number' ? token.iiat : undefined,
+            Math.floor(Date.now() / 1000),
+            oauth.refreshTokens.absoluteTtlSeconds,
+          ),
         Grant: () => Math.max(oauth.refreshTokens.absoluteTtlSeconds, oauth.session.maxAgeSeconds),
         Session: () => oauth.session.maxAgeSeconds,
         Interaction: () => 900,
@@ -519,6 +617,10 @@ export async function createAuthorizationServer(
 
   const observe = (provider: Provider) => {
     provider.on('grant.success', (ctx: KoaContextWithOIDC) => {
+      options.onEvent?.(
+        { type: 'token-issued', clientId: ctx.oidc?.client?.clientId, grantType: paramOf(ctx, 'grant_type') },
+        contextOf(ctx),
+      );
       log.info(
         {
           event: 'oauth-token-issued',
@@ -530,12 +632,14 @@ export async function createAuthorizationServer(
       );
     });
     provider.on('authorization.success', (ctx: KoaContextWithOIDC) => {
+      options.onEvent?.({ type: 'code-issued', clientId: ctx.oidc?.client?.clientId }, contextOf(ctx));
       log.info(
         { event: 'oauth-code-issued', clientId: ctx.oidc?.client?.clientId },
         'authorization code issued',
       );
     });
-    provider.on('grant.revoked', (_ctx: KoaContextWithOIDC, grantId: string) => {
+    provider.on('grant.revoked', (ctx: KoaContextWithOIDC, grantId: string) => {
+      options.onEvent?.({ type: 'grant-revoked', clientId: ctx.oidc?.client?.clientId }, contextOf(ctx));
       log.info({ event: 'oauth-grant-revoked', grantId }, 'grant revoked');
     });
     for (const name of [
@@ -553,6 +657,16 @@ export async function createAuthorizationServer(
         const { error, description } = errorOf(err);
         // A refused JWT revocation/introspection is answered by structuredTokens above.
         if (error === 'unsupported_token_type') return;
+        options.onEvent?.(
+          {
+            type: 'refused',
+            endpoint: name.slice(0, name.indexOf('.')),
+            clientId: ctx.oidc?.client?.clientId,
+            grantType: name === 'grant.error' ? paramOf(ctx, 'grant_type') : undefined,
+            error,
+          },
+          contextOf(ctx),
+        );
         log.info(
           {
             event: 'oauth-request-refused',
@@ -602,6 +716,7 @@ export async function createAuthorizationServer(
   return {
     handles: isAuthorizationServerPath,
     async handle(req, res, context) {
+      if (context !== undefined) requestContexts.set(req, context);
       const instance = current;
       const url = req.url ?? '/';
       const q = url.indexOf('?');

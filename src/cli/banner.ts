@@ -1,0 +1,113 @@
+/**
+ * The "how to get a token" part of the `portcullis start` banner (DESIGN.md, quickstart
+ * contract): the exact commands a new user copies, built from the configuration in force, so that
+ * each one works as printed (test/quickstart.test.ts runs the same sequence).
+ */
+import { isAbsolute, relative } from 'node:path';
+import type { Runtime } from '../gateway/compile.ts';
+
+export interface TokenHowToInput {
+  readonly runtime: Runtime;
+  /** What this process serves. */
+  readonly role: 'all' | 'gateway' | 'authorization-server';
+  /** The `--config` and `--data-dir` values as given (defaults are left out of the commands). */
+  readonly configArg: string;
+  readonly dataDirArg: string;
+  /** The development CA file, when the listener uses the development certificate. */
+  readonly caFile: string | undefined;
+  /** Working directory the commands are meant for (default `process.cwd()`). */
+  readonly cwd?: string;
+}
+
+interface Example {
+  readonly path: string;
+  readonly scopes: readonly string[];
+  /** The API's audience, when the token request must name it (more than one API). */
+  readonly resource: string | undefined;
+}
+
+const DEFAULT_CONFIG = 'portcullis.yaml';
+const DEFAULT_DATA_DIR = '.portcullis';
+
+/** POSIX shell quoting, only where needed. */
+export function shellQuote(value: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(value) ? value : `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+/** A path relative to `cwd` when it lies inside it, else absolute. */
+function displayPath(cwd: string, file: string): string {
+  const rel = relative(cwd, file);
+  return rel === '' || rel.startsWith('..') || isAbsolute(rel) ? file : rel;
+}
+
+/** The first parameterless GET protected by OAuth scopes: the call a token is for. */
+function example(runtime: Runtime): Example | undefined {
+  const { config } = runtime.loaded;
+  for (const [i, api] of runtime.apis.entries()) {
+    const oauthSchemes = new Set(
+      Object.entries(api.document.securitySchemes)
+        .filter(([, scheme]) => scheme.type === 'oauth2')
+        .map(([name]) => name),
+    );
+    for (const op of api.document.operations) {
+      if (op.method !== 'GET' || op.path.includes('{')) continue;
+      for (const requirement of op.security) {
+        const names = Object.keys(requirement);
+        if (names.length !== 1 || !oauthSchemes.has(names[0] ?? '')) continue;
+        const scopes = requirement[names[0] ?? ''] ?? [];
+        const declared = config.apis[i];
+        const audience = declared?.audience ?? `${config.gateway.publicUrl}${api.basePath}`;
+        return {
+          path: `${api.basePath}${op.path}`,
+          scopes,
+          resource: runtime.apis.length > 1 ? audience : undefined,
+        };
+      }
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Lines for the banner: register a client, get a token at `/token`, call the API with it. Empty
+ * when this process does not issue tokens or no API operation takes an OAuth token.
+ */
+export function tokenHowTo(input: TokenHowToInput): string[] {
+  const { runtime, role } = input;
+  const { config } = runtime.loaded;
+  if (!config.oauth.enabled || role === 'gateway') return [];
+  const ex = example(runtime);
+  if (ex === undefined) return [];
+  const cwd = input.cwd ?? process.cwd();
+  const origin = config.gateway.publicUrl;
+  const common = [
+    ...(input.configArg === DEFAULT_CONFIG ? [] : ['--config', shellQuote(input.configArg)]),
+    ...(input.dataDirArg === DEFAULT_DATA_DIR ? [] : ['--data-dir', shellQuote(input.dataDirArg)]),
+  ];
+  const scope = ex.scopes.join(' ');
+  const create = [
+    'npx portcullis clients create --name demo --grant client_credentials',
+    `--scope ${JSON.stringify(scope)}`,
+    '--json',
+    ...common,
+  ].join(' ');
+  const ca = input.caFile === undefined ? '' : `--cacert ${shellQuote(displayPath(cwd, input.caFile))} `;
+  const tokenCall = [
+    `curl ${ca}-u "$CLIENT_ID:$CLIENT_SECRET"`,
+    '-d grant_type=client_credentials',
+    ...(scope === '' ? [] : [`-d scope=${shellQuote(scope)}`]),
+    ...(ex.resource === undefined ? [] : [`-d resource=${shellQuote(ex.resource)}`]),
+    `${origin}/token`,
+  ].join(' ');
+  const apiCall = `curl ${ca}-H "Authorization: Bearer $TOKEN" ${origin}${ex.path}`;
+  return [
+    '  Get a token and call the API:',
+    `    1. ${create}`,
+    '       prints {"client_id": …, "client_secret": …}; the secret is shown only this once.',
+    '       Set CLIENT_ID and CLIENT_SECRET from it.',
+    `    2. ${tokenCall}`,
+    '       prints {"access_token": …}; set TOKEN to it.',
+    `    3. ${apiCall}`,
+    '',
+  ];
+}
