@@ -132,6 +132,7 @@ function request(
     params: {},
     body: undefined,
     credentialPresented: false,
+    peerCertificate: () => undefined,
     responseHeaders: {},
   };
 }

@@ -288,6 +288,7 @@ function request(headers: Record<string, string>, method = 'GET'): GatewayReques
     headers,
     peerIp: '127.0.0.1',
     clientIp: '127.0.0.1',
+    peerCertificate: () => undefined,
     operation: { api: { name: 'patients' }, operationId: 'getPatient' } as unknown as CompiledOperation,
     params: {},
     body: undefined,

@@ -17,6 +17,8 @@ import * as x509 from '@peculiar/x509';
 import { exportJWK, SignJWT } from 'jose';
 import type { JWTPayload } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ca, DAY, EC, leaf, SIG } from '../../test/pki.ts';
+import type { Issued } from '../../test/pki.ts';
 import type { GatewayRequest } from '../gateway/chain.ts';
 import type { CompiledOperation } from '../gateway/compile.ts';
 import { createAccessTokenVerifier } from './access-token.ts';
@@ -29,91 +31,8 @@ import {
 import type { ClientCertPolicy, ClientCertRejection } from './mtls.ts';
 import { oauthSchemeVerifier } from './oauth-verifier.ts';
 
-x509.cryptoProvider.set(webcrypto as ReturnType<x509.CryptoProvider['get']>);
-
-const EC = { name: 'ECDSA', namedCurve: 'P-256' } as const;
-const SIG = { name: 'ECDSA', hash: 'SHA-256' } as const;
-const DAY = 24 * 3600 * 1000;
 const dir = mkdtempSync(join(tmpdir(), 'portcullis-mtls-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-interface Issued {
-  cert: x509.X509Certificate;
-  pem: string;
-  keyPem: string;
-  keys: webcrypto.CryptoKeyPair;
-}
-
-const serial = () => '01' + randomBytes(15).toString('hex');
-
-async function pkcs8(key: webcrypto.CryptoKey): Promise<string> {
-  return x509.PemConverter.encode(await webcrypto.subtle.exportKey('pkcs8', key), 'PRIVATE KEY');
-}
-
-async function ca(name: string, options: { issuer?: Issued; pathLength?: number } = {}): Promise<Issued> {
-  const keys = await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify']);
-  const extensions = [
-    new x509.BasicConstraintsExtension(true, options.pathLength, true),
-    new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
-    await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-  ];
-  const common = {
-    serialNumber: serial(),
-    notBefore: new Date(Date.now() - DAY),
-    notAfter: new Date(Date.now() + 365 * DAY),
-    signingAlgorithm: SIG,
-    extensions,
-  };
-  const cert =
-    options.issuer === undefined
-      ? await x509.X509CertificateGenerator.createSelfSigned({ ...common, name, keys })
-      : await x509.X509CertificateGenerator.create({
-          ...common,
-          subject: name,
-          issuer: options.issuer.cert.subject,
-          publicKey: keys.publicKey,
-          signingKey: options.issuer.keys.privateKey,
-        });
-  return { cert, pem: cert.toString('pem'), keyPem: await pkcs8(keys.privateKey), keys };
-}
-
-async function leaf(
-  issuer: Issued,
-  cn: string,
-  options: {
-    eku?: string[] | null;
-    notBefore?: Date;
-    notAfter?: Date;
-    keyUsage?: x509.KeyUsageFlags;
-    ca?: boolean;
-    critical?: boolean;
-  } = {},
-): Promise<Issued> {
-  const keys = await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify']);
-  const extensions: x509.Extension[] = [
-    new x509.BasicConstraintsExtension(options.ca ?? false, undefined, true),
-    new x509.KeyUsagesExtension(options.keyUsage ?? x509.KeyUsageFlags.digitalSignature, true),
-  ];
-  if (options.eku !== null) {
-    extensions.push(new x509.ExtendedKeyUsageExtension(options.eku ?? [x509.ExtendedKeyUsage.clientAuth]));
-  }
-  if (options.critical === true) {
-    // An unknown extension (a private OID) marked critical.
-    extensions.push(new x509.Extension('1.3.6.1.4.1.99999.1', true, new Uint8Array([5, 0]).buffer));
-  }
-  const cert = await x509.X509CertificateGenerator.create({
-    serialNumber: serial(),
-    subject: `CN=${cn}, O=Example`,
-    issuer: issuer.cert.subject,
-    notBefore: options.notBefore ?? new Date(Date.now() - DAY),
-    notAfter: options.notAfter ?? new Date(Date.now() + 30 * DAY),
-    publicKey: keys.publicKey,
-    signingKey: issuer.keys.privateKey,
-    signingAlgorithm: SIG,
-    extensions,
-  });
-  return { cert, pem: cert.toString('pem'), keyPem: await pkcs8(keys.privateKey), keys };
-}
 
 async function crl(
   issuer: Issued,
