@@ -136,6 +136,18 @@ export const TEST_OPENAPI = {
   },
 };
 
+const GENEROUS = { burst: { points: 100_000, seconds: 1 }, sustained: { points: 1_000_000, seconds: 60 } };
+
+/** Limits high enough that functional tests never meet them (still enforced, never off). */
+export const FUNCTIONAL_TEST_LIMITS = {
+  ip: GENEROUS,
+  client: GENEROUS,
+  apiKey: GENEROUS,
+  user: GENEROUS,
+  token: GENEROUS,
+  login: GENEROUS,
+};
+
 export interface TestGateway {
   p: Portcullis;
   dir: string;
@@ -169,7 +181,11 @@ export async function startTestGateway(
   const full = {
     gateway: { port: 0, ...(config.gateway as object | undefined) },
     admin: { port: 0, ...(config.admin as object | undefined) },
-    ...Object.fromEntries(Object.entries(config).filter(([k]) => k !== 'gateway' && k !== 'admin')),
+    // Functional tests send bursts from one address; the rate-limit tests set their own limits.
+    rateLimits: { ...FUNCTIONAL_TEST_LIMITS, ...(config.rateLimits as object | undefined) },
+    ...Object.fromEntries(
+      Object.entries(config).filter(([k]) => k !== 'gateway' && k !== 'admin' && k !== 'rateLimits'),
+    ),
   };
   await writeFile(configFile, stringify(full));
   let captured = '';

@@ -15,6 +15,7 @@ import { registerKeysCommands } from './keys.ts';
 import { registerAuditCommands } from './audit.ts';
 import { registerApiKeysCommands } from './apikeys.ts';
 import { registerUsersCommands } from './users.ts';
+import { tokenHowTo } from './banner.ts';
 
 const program = new Command('portcullis')
   .description('Security-first API gateway with a built-in OAuth 2.1 / OpenID Connect authorization server')
@@ -55,6 +56,13 @@ common(program.command('start').description('start the gateway (and the listener
               '',
             ]
           : []),
+        ...tokenHowTo({
+          runtime: p.runtime(),
+          role: opts.role,
+          configArg: opts.config,
+          dataDirArg: opts.dataDir,
+          caFile: p.tls.source === 'development' ? p.tls.caCertFile : undefined,
+        }),
         '  Reload: edit the configuration (or send SIGHUP). Stop: Ctrl-C.',
         '',
       ];

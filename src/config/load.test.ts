@@ -74,8 +74,17 @@ describe('parseConfig: secure defaults', () => {
       trustedProxies: [],
       correlationHeader: 'x-request-id',
       shutdownGraceMs: 10_000,
+      loadShedding: {
+        maxEventLoopDelayMs: 1000,
+        maxHeapUsedPercent: 90,
+        maxRssBytes: 0,
+        retryAfterSeconds: 10,
+      },
+      apiKeys: { environment: 'live' },
+      identity: { header: 'x-portcullis-identity', ttlSeconds: 30 },
     });
     expect(config.gateway.redirectHttp).toBeUndefined();
+    expect(config.gateway.mtls).toBeUndefined();
     expect(config.admin).toEqual({ enabled: true, host: '127.0.0.1', port: 9443 });
     expect(config.store).toEqual({ url: 'sqlite:portcullis.db' });
     expect(config.logging).toEqual({ level: 'info', accessLog: true });
@@ -94,6 +103,13 @@ describe('parseConfig: secure defaults', () => {
       url: 'https://up.example',
       timeouts: { connectMs: 2_000, headersMs: 10_000, bodyMs: 30_000 },
       connections: 128,
+      circuitBreaker: {
+        errorThresholdPercentage: 50,
+        volumeThreshold: 20,
+        windowMs: 10_000,
+        resetMs: 30_000,
+      },
+      retries: { max: 2, baseDelayMs: 50, maxDelayMs: 1000 },
     });
     expect(config.apis[0]?.cors).toBeUndefined();
   });

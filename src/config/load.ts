@@ -346,6 +346,15 @@ export function parseConfig(text: string, file: string, now: Date = new Date()):
       needs('cors-credentials', ['apis', i, 'cors', 'allowCredentials'], 'credentialed CORS');
     }
   });
+  if (config.rateLimits.mode !== 'enforce') {
+    needs('rate-limits', ['rateLimits', 'mode'], `rate limits in ${config.rateLimits.mode} mode`);
+  }
+  if (
+    config.redis === undefined &&
+    (config.rateLimits.backend === 'redis' || config.idempotency.backend === 'redis')
+  ) {
+    issue(['redis'], 'a redis backend is configured: set redis.url');
+  }
   if (config.oauth.accessTokenTtlSeconds > 1800) {
     needs('token-lifetime', ['oauth', 'accessTokenTtlSeconds'], 'an access-token lifetime above 30 minutes');
   }

@@ -107,4 +107,5 @@ const CONTROL_TEXT: Record<(typeof CONTROLS)[number], string> = {
   'upstream-plaintext': 'an `http://` upstream on a host other than loopback',
   'cors-credentials': '`apis[].cors.allowCredentials: true`',
   'token-lifetime': '`oauth.accessTokenTtlSeconds` above 1800 (30 minutes)',
+  'rate-limits': '`rateLimits.mode` `shadow` or `off`',
 };

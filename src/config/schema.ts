@@ -33,6 +33,7 @@ export const CONTROLS = [
   'upstream-plaintext',
   'cors-credentials',
   'token-lifetime',
+  'rate-limits',
 ] as const;
 export type Control = (typeof CONTROLS)[number];
 
@@ -106,6 +107,76 @@ const Gateway = Section(
       ),
     ),
     shutdownGraceMs: Milliseconds(10_000, 0, 120_000, 'how long in-flight requests may drain on shutdown'),
+    loadShedding: Section(
+      {
+        maxEventLoopDelayMs: Milliseconds(
+          1_000,
+          10,
+          60_000,
+          'event-loop delay (p99 over 0.5 s) above which requests are shed',
+        ),
+        maxHeapUsedPercent: Type.Integer({
+          minimum: 1,
+          maximum: 100,
+          default: 90,
+          description: 'share of the V8 heap limit in use above which requests are shed',
+        }),
+        maxRssBytes: Type.Integer({
+          minimum: 0,
+          maximum: 1024 * 1024 * MiB,
+          default: 0,
+          description: 'resident memory above which requests are shed; 0: no bound',
+        }),
+        retryAfterSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 3600,
+          default: 10,
+          description: 'Retry-After on 503',
+        }),
+      },
+      'while the process is saturated, new requests get 503 with Retry-After',
+    ),
+    mtls: Type.Optional(
+      Type.Object(
+        {
+          caFiles: Type.Array(Type.String({ minLength: 1 }), {
+            minItems: 1,
+            maxItems: 20,
+            description: 'PEM CA certificates client certificates must chain to',
+          }),
+          crlFiles: Type.Array(Type.String({ minLength: 1 }), {
+            default: [],
+            maxItems: 50,
+            description: 'CRLs from those CAs; when set, a certificate whose status is unknown is refused',
+          }),
+        },
+        {
+          additionalProperties: false,
+          description:
+            'request client certificates (never required at the handshake); operations declaring a mutualTLS scheme, and certificate-bound tokens, verify them',
+        },
+      ),
+    ),
+    apiKeys: Section(
+      {
+        environment: Type.Union(
+          ['live', 'test'].map((e) => Type.Literal(e)),
+          { default: 'live', description: 'only API keys issued for this environment are accepted' },
+        ),
+      },
+      'API keys (portcullis apikeys)',
+    ),
+    identity: Section(
+      {
+        header: Type.String({
+          pattern: '^[a-z][a-z0-9-]{0,63}$',
+          default: 'x-portcullis-identity',
+          description: 'request header carrying the signed caller assertion to upstreams',
+        }),
+        ttlSeconds: Type.Integer({ default: 30, minimum: 5, maximum: 60, description: 'assertion lifetime' }),
+      },
+      'the short-lived assertion of the verified caller sent to upstreams instead of the credential',
+    ),
   },
   'the public HTTPS listener',
 );
@@ -166,7 +237,56 @@ const Upstream = Type.Object(
     ),
     connections: Type.Integer({ minimum: 1, maximum: 4096, default: 128, description: 'pool size' }),
     caFile: Type.Optional(Type.String({ minLength: 1, description: 'CA bundle for an https upstream' })),
+    circuitBreaker: Section(
+      {
+        errorThresholdPercentage: Type.Integer({
+          minimum: 1,
+          maximum: 100,
+          default: 50,
+          description: 'open the circuit when more than this share of attempts in the window failed',
+        }),
+        volumeThreshold: Type.Integer({
+          minimum: 1,
+          maximum: 100_000,
+          default: 20,
+          description: 'fewest attempts in the window before the circuit may open',
+        }),
+        windowMs: Milliseconds(10_000, 1_000, 600_000, 'rolling window over which failures are counted'),
+        resetMs: Milliseconds(
+          30_000,
+          100,
+          600_000,
+          'time open (failing fast with 503) before a half-open probe',
+        ),
+      },
+      'per-upstream circuit breaker: connection errors, time-outs and 5xx count as failures',
+    ),
+    retries: Section(
+      {
+        max: Type.Integer({
+          minimum: 0,
+          maximum: 2,
+          default: 2,
+          description: 'retries of idempotent methods after a connection error or 502/503/504',
+        }),
+        baseDelayMs: Milliseconds(50, 1, 10_000, 'backoff base; each wait is random up to base·2^attempt'),
+        maxDelayMs: Milliseconds(1_000, 1, 30_000, 'longest wait between attempts'),
+      },
+      'bounded, jittered retries; POST and PATCH are never retried',
+    ),
   },
+  { additionalProperties: false },
+);
+
+const RateOverride = Type.Object(
+  {
+    points: Type.Integer({ minimum: 1, maximum: 1_000_000_000 }),
+    seconds: Type.Integer({ minimum: 1, maximum: 86_400 }),
+  },
+  { additionalProperties: false },
+);
+const DimensionOverride = Type.Object(
+  { burst: Type.Optional(RateOverride), sustained: Type.Optional(RateOverride) },
   { additionalProperties: false },
 );
 
@@ -192,6 +312,48 @@ const Api = Type.Object(
     }),
     upstream: Upstream,
     cors: Type.Optional(Cors),
+    deprecation: Type.Optional(
+      Type.Object(
+        {
+          deprecatedAt: Type.String({
+            pattern: '^\\d{4}-\\d{2}-\\d{2}(T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?(Z|[+-]\\d{2}:\\d{2}))?$',
+            description: 'YYYY-MM-DD (UTC midnight) or RFC 3339 date-time; sent as Deprecation (RFC 9745)',
+          }),
+          sunsetAt: Type.Optional(
+            Type.String({
+              pattern: '^\\d{4}-\\d{2}-\\d{2}(T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?(Z|[+-]\\d{2}:\\d{2}))?$',
+              description: 'sent as Sunset (RFC 8594); from then on every operation answers 410',
+            }),
+          ),
+          link: Type.String({
+            pattern: '^https://[^\\s<>]+$',
+            maxLength: 2000,
+            description: 'migration notes, sent as Link rel="deprecation" (and rel="sunset")',
+          }),
+        },
+        { additionalProperties: false, description: 'this API version is deprecated' },
+      ),
+    ),
+    rateLimits: Type.Optional(
+      Type.Object(
+        {
+          operations: Type.Record(
+            Type.String({ pattern: '^[A-Za-z0-9._-]{1,128}$' }),
+            Type.Object(
+              {
+                ip: Type.Optional(DimensionOverride),
+                client: Type.Optional(DimensionOverride),
+                apiKey: Type.Optional(DimensionOverride),
+                user: Type.Optional(DimensionOverride),
+              },
+              { additionalProperties: false },
+            ),
+            { description: 'limits for one operation by operationId; replace the global ones for it' },
+          ),
+        },
+        { additionalProperties: false, description: 'per-operation rate limits' },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -424,6 +586,226 @@ const Audit = Section(
   'the audit trail: hash-chained, signed checkpoints, sinks',
 );
 
+/** A limit: `points` requests per `seconds`. */
+const Rate = (points: number, seconds: number, description: string) =>
+  Type.Object(
+    {
+      points: Type.Integer({ minimum: 1, maximum: 1_000_000_000, default: points }),
+      seconds: Type.Integer({ minimum: 1, maximum: 86_400, default: seconds }),
+    },
+    { additionalProperties: false, default: {}, description },
+  );
+
+/** A rate-limit dimension: a short burst window and a longer sustained window, both enforced. */
+const RateDimension = (burst: [number, number], sustained: [number, number], description: string) =>
+  Section(
+    {
+      burst: Rate(burst[0], burst[1], 'short window: absorbs spikes'),
+      sustained: Rate(sustained[0], sustained[1], 'long window: caps the steady rate'),
+    },
+    description,
+  );
+
+const RateLimits = Section(
+  {
+    mode: Type.Union(
+      ['enforce', 'shadow', 'off'].map((m) => Type.Literal(m)),
+      {
+        default: 'enforce',
+        description:
+          'shadow: count and log would-be refusals but let requests pass; shadow and off need a rate-limits exception',
+      },
+    ),
+    backend: Type.Union([Type.Literal('memory'), Type.Literal('redis')], {
+      default: 'memory',
+      description:
+        'memory: per process; redis: shared by every gateway on `redis.url`, falling back to per-process limits while Redis is unreachable',
+    }),
+    ip: RateDimension([50, 1], [1000, 60], 'per client IP (IPv6 per /64), checked before authentication'),
+    client: RateDimension([100, 1], [3000, 60], 'per OAuth client id'),
+    apiKey: RateDimension([100, 1], [3000, 60], 'per API key'),
+    user: RateDimension([20, 1], [600, 60], 'per end user (token subject other than the client)'),
+    tarpit: Section(
+      {
+        enabled: Type.Boolean({ default: true }),
+        baseSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 3_600,
+          default: 1,
+          description: 'block after the first violation; doubles with each further one',
+        }),
+        maxSeconds: Type.Integer({ minimum: 1, maximum: 86_400, default: 900, description: 'longest block' }),
+        windowSeconds: Type.Integer({
+          minimum: 60,
+          maximum: 86_400,
+          default: 3_600,
+          description: 'violations within this window count as repeated',
+        }),
+      },
+      'repeat offenders: each violation blocks the key for twice as long as the previous one',
+    ),
+    token: RateDimension([10, 1], [300, 60], 'authorization server token endpoint, per client IP'),
+    login: RateDimension([5, 10], [30, 900], 'login form submissions, per client IP'),
+  },
+  'rate limits per client, API key, user and IP, each with a burst and a sustained window',
+);
+
+const Idempotency = Section(
+  {
+    backend: Type.Union([Type.Literal('memory'), Type.Literal('redis')], {
+      default: 'memory',
+      description: 'where idempotency records live; redis: shared by every gateway on `redis.url`',
+    }),
+    defaultTtlSeconds: Seconds(
+      86_400,
+      60,
+      604_800,
+      'how long a stored response is replayed, unless the operation says',
+    ),
+    maxTtlSeconds: Seconds(604_800, 60, 2_592_000, "upper bound for an operation's ttlSeconds"),
+    lockSeconds: Seconds(60, 5, 600, 'how long a request in flight holds its key'),
+    maxResponseBytes: Type.Integer({
+      minimum: 0,
+      maximum: 16 * MiB,
+      default: MiB,
+      description: 'larger responses are not stored (a retry then reaches the upstream again)',
+    }),
+    memoryMaxBytes: Type.Integer({
+      minimum: MiB,
+      maximum: 4096 * MiB,
+      default: 64 * MiB,
+      description: 'memory backend: most bytes of records kept per process; the oldest are dropped first',
+    }),
+  },
+  'Idempotency-Key handling for operations declaring x-portcullis-idempotency',
+);
+
+const RedisSection = Type.Optional(
+  Type.Object(
+    {
+      url: Type.String({
+        pattern: '^rediss?://',
+        maxLength: 2000,
+        description: 'redis://[user:password@]host:port[/db], or rediss:// for TLS',
+      }),
+      keyPrefix: Type.String({
+        pattern: '^[A-Za-z0-9:._-]{1,64}$',
+        default: 'portcullis:',
+        description: 'prefix of every key Portcullis writes',
+      }),
+    },
+    { additionalProperties: false, description: 'shared counters and records for several gateway processes' },
+  ),
+);
+
+const AlertRule = Type.Object(
+  {
+    id: Type.String({ pattern: '^[a-z][a-z0-9]*(-[a-z0-9]+)*$', maxLength: 64 }),
+    when: Type.Object(
+      {
+        category: Type.Union(
+          [
+            'authentication',
+            'authorization',
+            'rate-limit',
+            'validation',
+            'upstream',
+            'configuration',
+            'admin',
+            'key-lifecycle',
+            'credential-lifecycle',
+            'audit',
+          ].map((c) => Type.Literal(c)),
+        ),
+        action: Type.Optional(Type.String({ pattern: '^[a-z][a-z0-9]*(-[a-z0-9]+)*$', maxLength: 64 })),
+        outcome: Type.Optional(Type.Union(['success', 'failure', 'unknown'].map((o) => Type.Literal(o)))),
+      },
+      { additionalProperties: false, description: 'which audit events count' },
+    ),
+    groupBy: Type.Union(
+      [
+        ...['client.ip', 'portcullis.client_id', 'portcullis.api_key_id'].map((g) => Type.Literal(g)),
+        Type.Null(),
+      ],
+      {
+        default: null,
+        description:
+          'count per value of this event field (client.ip, portcullis.client_id, portcullis.api_key_id); null: all together',
+      },
+    ),
+    threshold: Type.Integer({
+      minimum: 1,
+      maximum: 1_000_000,
+      description: 'events within the window that fire the rule',
+    }),
+    windowSeconds: Type.Integer({
+      minimum: 1,
+      maximum: 86_400,
+      description: 'sliding window; the rule fires at most once per window per group',
+    }),
+    severity: Type.Union(['low', 'medium', 'high', 'critical'].map((l) => Type.Literal(l))),
+    ackTarget: Type.String({ minLength: 1, maxLength: 200, description: 'who must acknowledge the alert' }),
+  },
+  { additionalProperties: false },
+);
+
+const Alerts = Section(
+  {
+    defaults: Type.Boolean({
+      default: true,
+      description:
+        'the built-in rules: authentication failures per source, rate-limit offenders, API-key anomalies, configuration and key changes, audit sink outage (see docs/audit.md)',
+    }),
+    ackTarget: Type.String({
+      minLength: 1,
+      maxLength: 200,
+      default: 'security-operations',
+      description: 'who acknowledges alerts of the built-in rules',
+    }),
+    rules: Type.Array(AlertRule, {
+      default: [],
+      maxItems: 200,
+      description: "more rules; one with a built-in rule's id replaces it",
+    }),
+    webhook: Type.Optional(
+      Type.Object(
+        {
+          url: Type.String({
+            pattern: '^https://[^\\s]+$',
+            maxLength: 2000,
+            description: 'the receiver (https only)',
+          }),
+          secretEnv: Type.Optional(
+            Type.String({
+              pattern: '^[A-Z_][A-Z0-9_]{0,127}$',
+              description: 'environment variable holding the HMAC secret (at least 32 bytes)',
+            }),
+          ),
+          secret: Type.Optional(
+            Type.String({
+              minLength: 32,
+              maxLength: 1024,
+              description: 'the HMAC secret inline (prefer secretEnv)',
+            }),
+          ),
+          caFile: Type.Optional(
+            Type.String({
+              minLength: 1,
+              description: 'PEM CA bundle for the receiver (default: system CAs)',
+            }),
+          ),
+        },
+        {
+          additionalProperties: false,
+          description:
+            'POST each alert as JSON signed with HMAC-SHA-256 (X-Portcullis-Signature: t=<unix>,v1=<hex>); exactly one of secretEnv and secret',
+        },
+      ),
+    ),
+  },
+  'alert rules over the audit event stream, delivered to a signed webhook',
+);
+
 export const ConfigSchema = Type.Object(
   {
     version: Type.Literal(1, { default: 1 }),
@@ -451,7 +833,11 @@ export const ConfigSchema = Type.Object(
     ),
     oauth: OAuth,
     audit: Audit,
+    alerts: Alerts,
     apis: Type.Array(Api, { default: [], maxItems: 1000 }),
+    rateLimits: RateLimits,
+    idempotency: Idempotency,
+    redis: RedisSection,
     exceptions: Type.Array(Exception, { default: [], maxItems: 200 }),
     demoUpstream: Type.Optional(
       Type.Object(
@@ -473,5 +859,9 @@ export type CorsConfig = NonNullable<ApiConfig['cors']>;
 export type LimitsConfig = Config['gateway']['limits'];
 export type OAuthConfig = Config['oauth'];
 export type AuditConfig = Config['audit'];
+export type AlertsConfig = Config['alerts'];
+export type RateLimitsConfig = Config['rateLimits'];
+export type IdempotencyConfig = Config['idempotency'];
+export type RedisConfig = NonNullable<Config['redis']>;
 
 export const DEFAULT_LIMITS = { bodyBytes: MiB, headerBytes: 16 * KiB, urlBytes: 8 * KiB } as const;

@@ -8,6 +8,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
+import type { DetailedPeerCertificate } from 'node:tls';
 import type { NormalizedTarget } from './path.ts';
 import type { CompiledOperation } from './compile.ts';
 import type { Principal } from './stages/authenticate/index.ts';
@@ -30,6 +31,8 @@ export interface GatewayRequest {
   credentialPresented: boolean;
   /** The verified caller, set by the authenticate stage on protected operations. */
   principal?: Principal;
+  /** The TLS client certificate of this connection (with its chain), if one was presented. */
+  peerCertificate(): DetailedPeerCertificate | undefined;
   /** Headers that stages add to whatever response is sent (e.g. CORS). */
   readonly responseHeaders: Record<string, string>;
 }

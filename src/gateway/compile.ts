@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { ConfigError, pathToString } from '../config/load.ts';
 import type { ConfigIssue, ConfigPath, LoadedConfig } from '../config/load.ts';
 import type { LimitsConfig } from '../config/schema.ts';
-import type { Chain, ResponseStage, Stage } from './chain.ts';
+import type { Chain, GatewayRequest, ResponseStage, Stage } from './chain.ts';
 import { loadOpenApi, OpenApiError } from './openapi.ts';
 import type { OpenApiDocument, SecurityRequirement } from './openapi.ts';
 import { buildRouteTable } from './routes.ts';
@@ -22,10 +22,26 @@ import type { CompiledCors } from './stages/cors/index.ts';
 import type { JSONWebKeySet } from 'jose';
 import { createAccessTokenVerifier } from '../tokens/access-token.ts';
 import { oauthSchemeVerifier } from '../tokens/oauth-verifier.ts';
+import { apiKeySchemeVerifier } from '../tokens/api-keys.ts';
+import type { ApiKeyAuthority } from '../tokens/api-keys.ts';
+import type { ReplayCache } from '../tokens/dpop.ts';
+import type { IdentitySigner } from '../tokens/identity.ts';
+import { compileClientCertPolicy, mtlsSchemeVerifier } from '../tokens/mtls.ts';
+import type { ClientCertPolicy } from '../tokens/mtls.ts';
 import { compileProxy, Upstream } from './stages/proxy/index.ts';
 import { compileRequestValidation, SchemaError } from './stages/validate/index.ts';
 import { compileResponseEnforcement } from './stages/filter-response/index.ts';
 import { compileOwnerCheck, OwnerBindingError, readOwnerBinding } from './stages/authorize/index.ts';
+import { compileRateLimits, createLimitBackends } from './stages/rate-limit/index.ts';
+import type { CompiledRateLimits, LimitBackends } from './stages/rate-limit/index.ts';
+import { compileIdempotency, IdempotencyDeclarationError } from './stages/idempotency/index.ts';
+import {
+  compileApiPolicies,
+  compileOperationPolicies,
+  PolicyError,
+  resilienceOptions,
+} from './api-policies.ts';
+import type { CircuitStateChange } from './resilience/guard.ts';
 
 export interface CompiledApi {
   readonly name: string;
@@ -47,6 +63,8 @@ export interface CompiledOperation {
   readonly chain: Chain;
   /** Stages applied to the answer, in order (response validation, filtering…). */
   readonly responseStages: readonly ResponseStage[];
+  /** Declared `x-portcullis-websocket: true`: accepts an upgrade (websocket.ts). */
+  readonly websocket: boolean;
 }
 
 export interface Runtime {
@@ -57,6 +75,8 @@ export interface Runtime {
   readonly apis: readonly CompiledApi[];
   readonly trusted: TrustedProxies;
   readonly limits: LimitsConfig;
+  /** Rate limits, including the authorization server's (gateway-server.ts calls them). */
+  readonly rateLimits: CompiledRateLimits;
   readonly correlationHeader: string;
   /** Closes upstream pools, after in-flight requests finished with them. */
   close(): Promise<void>;
@@ -70,6 +90,73 @@ export interface CompileOptions {
    * server). Without it, OAuth-protected operations cannot be satisfied (401).
    */
   readonly tokens?: TokenSource;
+  /** Counters, Redis connections and idempotency records kept across reloads (one per process). */
+  readonly backends?: LimitBackends;
+  /** Told when an upstream's circuit breaker opens, half-opens or closes. */
+  readonly onCircuitStateChange?: (change: CircuitStateChange) => void;
+  /** Verifies API keys for `apiKey` schemes; without it, such schemes cannot be satisfied. */
+  readonly apiKeys?: ApiKeyAuthority;
+  /** The DPoP proof `jti` replay cache shared by every verifier of this process. */
+  readonly dpopReplay?: ReplayCache;
+  /** Signs the caller assertion sent upstream instead of the client's credential. */
+  readonly identity?: IdentitySigner;
+}
+
+/** The verifiers for every scheme of one API's document that this gateway can check. */
+function buildVerifiers(
+  apiName: string,
+  audience: string,
+  document: OpenApiDocument,
+  options: CompileOptions & {
+    readonly publicUrl: string;
+    readonly clientCerts: ClientCertPolicy | undefined;
+  },
+): Record<string, SchemeVerifier> {
+  const verifiers: Record<string, SchemeVerifier> = {};
+  const certificate = (req: GatewayRequest) => req.peerCertificate();
+  const schemes = Object.entries(document.securitySchemes);
+  const tokenSchemes = schemes.filter(([, s]) => isTokenScheme(s));
+  if (options.tokens !== undefined && tokenSchemes.length > 0) {
+    // One verifier (and one cache of verified tokens) per API audience. Key-bound tokens are
+    // accepted with their proof: a DPoP proof, or the certificate of this TLS connection.
+    const verify = createAccessTokenVerifier({
+      issuer: options.tokens.issuer,
+      audience,
+      keys: options.tokens.keys,
+      isRevoked: options.tokens.isRevoked,
+      allowBoundTokens: options.dpopReplay !== undefined,
+    });
+    const dpopReplay = options.dpopReplay;
+    for (const [name] of tokenSchemes) {
+      verifiers[name] = oauthSchemeVerifier(name, verify, {
+        realm: apiName,
+        ...(dpopReplay === undefined
+          ? {}
+          : {
+              dpop: {
+                replay: dpopReplay,
+                requestUrl: (req: GatewayRequest) => options.publicUrl + req.target.path,
+              },
+              mtls: { certificate },
+            }),
+      });
+    }
+  }
+  for (const [name, scheme] of schemes) {
+    if (scheme.type === 'apiKey' && options.apiKeys !== undefined) {
+      const where = scheme.in;
+      if (
+        (where === 'header' || where === 'query' || where === 'cookie') &&
+        typeof scheme.name === 'string'
+      ) {
+        verifiers[name] = apiKeySchemeVerifier(name, { in: where, name: scheme.name }, options.apiKeys);
+      }
+    }
+    if (scheme.type === 'mutualTLS' && options.clientCerts !== undefined) {
+      verifiers[name] = mtlsSchemeVerifier(name, options.clientCerts, { certificate });
+    }
+  }
+  return verifiers;
 }
 
 export interface TokenSource {
@@ -117,9 +204,24 @@ export function runtimeVersion(
 export async function compileRuntime(loaded: LoadedConfig, options: CompileOptions = {}): Promise<Runtime> {
   const { config } = loaded;
   const publicHost = new URL(config.gateway.publicUrl).host;
+  let clientCerts: ClientCertPolicy | undefined;
+  const mtls = config.gateway.mtls;
+  if (mtls !== undefined) {
+    try {
+      clientCerts = await compileClientCertPolicy({
+        caFiles: mtls.caFiles.map((f) => loaded.resolvePath(f)),
+        crlFiles: mtls.crlFiles.map((f) => loaded.resolvePath(f)),
+      });
+    } catch (err) {
+      throw configError(loaded, ['gateway', 'mtls'], (err as Error).message);
+    }
+  }
   const apis: CompiledApi[] = [];
   const routes: { method: string; template: string; data: CompiledOperation }[] = [];
+  const backends = options.backends ?? createLimitBackends();
   try {
+    const rateLimits = await compileRateLimits(loaded, backends);
+    const idempotency = compileIdempotency(loaded, backends);
     for (const [i, api] of config.apis.entries()) {
       let document: OpenApiDocument;
       try {
@@ -140,6 +242,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
           url: api.upstream.url,
           connections: api.upstream.connections,
           caFile,
+          resilience: resilienceOptions(api, options.onCircuitStateChange),
         });
       } catch (err) {
         throw configError(
@@ -156,29 +259,43 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
         upstream,
       };
       apis.push(compiled);
+      let policies;
+      try {
+        policies = compileApiPolicies(api, config.gateway.publicUrl);
+      } catch (err) {
+        if (err instanceof PolicyError) throw configError(loaded, ['apis', i, err.key], err.message);
+        throw err;
+      }
       const schemeTypes: Record<string, string> = {};
       for (const [name, scheme] of Object.entries(document.securitySchemes)) {
         schemeTypes[name] = typeof scheme.type === 'string' ? scheme.type : '';
       }
-      const verifiers: Record<string, SchemeVerifier> = {};
-      if (options.tokens !== undefined) {
-        const tokenSchemes = Object.entries(document.securitySchemes).filter(([, s]) => isTokenScheme(s));
-        if (tokenSchemes.length > 0) {
-          // One verifier (and one cache of verified tokens) per API audience.
-          const verify = createAccessTokenVerifier({
-            issuer: options.tokens.issuer,
-            audience: apiAudience(config.gateway.publicUrl, api),
-            keys: options.tokens.keys,
-            isRevoked: options.tokens.isRevoked,
-          });
-          for (const [name] of tokenSchemes) verifiers[name] = oauthSchemeVerifier(name, verify);
-        }
-      }
+      const verifiers = buildVerifiers(api.name, apiAudience(config.gateway.publicUrl, api), document, {
+        ...options,
+        publicUrl: config.gateway.publicUrl,
+        clientCerts,
+      });
       Object.assign(verifiers, options.verifiers?.[api.name] ?? {});
+      const limitsFor = await rateLimits.forApi(i, document);
+      const identitySigner = options.identity;
       const proxy = compileProxy(upstream, {
         basePath: api.basePath,
         correlationHeader: config.gateway.correlationHeader,
         publicHost,
+        credentialHeaders: new Set(
+          Object.values(document.securitySchemes)
+            .filter((s) => s.type === 'apiKey' && s.in === 'header' && typeof s.name === 'string')
+            .map((s) => String(s.name).toLowerCase()),
+        ),
+        ...(identitySigner === undefined
+          ? {}
+          : {
+              identity: {
+                header: config.gateway.identity.header,
+                audience: upstream.origin,
+                sign: identitySigner,
+              },
+            }),
       });
       const apiRoutes: typeof routes = [];
       for (const op of document.operations) {
@@ -189,8 +306,22 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
           verifiers,
         });
         const template = api.basePath + (op.path === '/' ? '' : op.path);
-        const stages: Stage[] = [compiled.cors?.stage ?? refuseCrossOrigin];
+        let extra;
+        try {
+          extra = compileOperationPolicies(op, document, policies);
+        } catch (err) {
+          if (err instanceof PolicyError) throw configError(loaded, ['apis', i, err.key], err.message);
+          throw err;
+        }
+        const stages: Stage[] = [
+          ...extra.first,
+          compiled.cors?.stage ?? refuseCrossOrigin,
+          ...extra.afterCors,
+        ];
+        const limit = limitsFor(op.operationId, !isPublic(op.security));
+        if (limit.beforeAuth) stages.push(limit.beforeAuth);
         if (authenticate) stages.push(authenticate);
+        if (limit.afterAuth) stages.push(limit.afterAuth);
         let owner;
         try {
           owner = readOwnerBinding(op.definition, template, !isPublic(op.security));
@@ -211,7 +342,16 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
             throw configError(loaded, ['apis', i, 'openapi'], `${op.method} ${op.path}: ${err.message}`);
           throw err;
         }
-        stages.push(proxy);
+        responseStages.push(...extra.responseStages);
+        let upstreamStage: Stage;
+        try {
+          upstreamStage = await idempotency.wrap(api.name, op, template, proxy);
+        } catch (err) {
+          if (err instanceof IdempotencyDeclarationError)
+            throw configError(loaded, ['apis', i, 'openapi'], `${op.method} ${op.path}: ${err.message}`);
+          throw err;
+        }
+        stages.push(upstreamStage); // last: websocket.ts runs the stages before it for an upgrade
         apiRoutes.push({
           method: op.method,
           template: template === '' ? '/' : template,
@@ -224,6 +364,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
             protected: !isPublic(op.security),
             chain: stages,
             responseStages,
+            websocket: extra.websocket,
           },
         });
       }
@@ -250,13 +391,16 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
       apis,
       trusted: compileTrustedProxies(config.gateway.trustedProxies),
       limits: config.gateway.limits,
+      rateLimits,
       correlationHeader: config.gateway.correlationHeader,
       close: async () => {
         await Promise.all(apis.map((a) => a.upstream.close()));
+        if (options.backends === undefined) await backends.close();
       },
     };
   } catch (err) {
     await Promise.allSettled(apis.map((a) => a.upstream.close()));
+    if (options.backends === undefined) await backends.close();
     throw err;
   }
 }

@@ -1,15 +1,21 @@
 /**
- * The admin listener: HTTPS (HTTP/1.1), loopback by default. For now it serves health:
- * `/healthz` (the process is alive) and `/readyz` (configuration compiled and the store
- * answering). The admin API and metrics join it with the audit and console work.
+ * The admin listener: HTTPS (HTTP/1.1), loopback by default. It serves `/healthz`, `/readyz`
+ * (each dependency `ok | degraded | failed`), `/metrics` (Prometheus) and `/audit/events` (see
+ * src/admin/routes.ts). It has NO authentication yet: it must stay on loopback (a non-loopback
+ * `admin.host` needs a documented admin-loopback exception).
  */
 import { randomUUID } from 'node:crypto';
 import type { Server } from 'node:https';
 import { fastify } from 'fastify';
 import type { FastifyInstance } from 'fastify';
-import { sql } from 'kysely';
 import { Denial, isDenial, problemBody } from '../gateway/problems.ts';
 import { applySecurityHeaders } from '../gateway/stages/headers/index.ts';
+import type { AuditEventInput } from '../audit/event.ts';
+import { auditCheck, circuitsCheck, configCheck, storeCheck } from '../admin/health.ts';
+import type { AuditHealthSource, HealthCheck } from '../admin/health.ts';
+import { createMetrics } from '../admin/metrics.ts';
+import type { Metrics } from '../admin/metrics.ts';
+import { registerAdminRoutes } from '../admin/routes.ts';
 import type { Store } from '../store/index.ts';
 import type { RuntimeHolder } from './gateway-server.ts';
 import type { Logger } from './logging.ts';
@@ -21,6 +27,12 @@ export interface AdminServerOptions {
   readonly store: Store;
   readonly logger: Logger;
   readonly tls: { certPem: string; keyPem: string };
+  /** The process metrics (default: a registry of the admin server's own). */
+  readonly metrics?: Metrics | undefined;
+  /** The audit log: its sinks join `/readyz`, and `/audit/events` reads are audited. */
+  readonly audit?: (AuditHealthSource & { emitDurable(input: AuditEventInput): Promise<void> }) | undefined;
+  /** More readiness checks (Redis, …) beside config, store, audit and upstream circuits. */
+  readonly checks?: readonly HealthCheck[] | undefined;
 }
 
 export type AdminApp = FastifyInstance<Server>;
@@ -38,25 +50,27 @@ export function createAdminServer(options: AdminServerOptions): AdminApp {
   });
   hardenTlsServer(app.server);
 
-  app.get('/healthz', async () => ({ status: 'ok' }));
-
-  app.get('/readyz', async (_request, reply) => {
-    const checks: Record<string, { status: 'ok' | 'failed'; detail?: string }> = {
-      config: { status: 'ok', detail: options.holder.current.version.slice(0, 12) },
-    };
-    try {
-      await sql`select 1`.execute(options.store.db);
-      checks.store = { status: 'ok', detail: options.store.kind };
-    } catch (err) {
+  const metrics = options.metrics ?? createMetrics();
+  const checks: HealthCheck[] = [
+    configCheck(() => options.holder.current.version),
+    storeCheck(options.store),
+    ...(options.audit === undefined ? [] : [auditCheck(options.audit)]),
+    circuitsCheck(metrics),
+    ...(options.checks ?? []),
+  ];
+  registerAdminRoutes(app, {
+    metrics,
+    checks: () => checks,
+    store: options.store,
+    auditInStore: () => options.holder.current.loaded.config.audit.store.enabled,
+    audit: options.audit,
+    onNotReady: (result) => {
+      const problems = Object.entries(result.checks).filter(([, c]) => c.status !== 'ok');
       options.logger.warn(
-        { event: 'readiness', check: 'store', error: describeError(err) },
-        'store not ready',
+        { event: 'readiness', status: result.status, checks: Object.fromEntries(problems) },
+        'not fully ready',
       );
-      checks.store = { status: 'failed', detail: options.store.kind };
-    }
-    const ready = Object.values(checks).every((c) => c.status === 'ok');
-    reply.code(ready ? 200 : 503);
-    return { status: ready ? 'ready' : 'degraded', checks };
+    },
   });
 
   app.setNotFoundHandler(async () => {
@@ -67,7 +81,7 @@ export function createAdminServer(options: AdminServerOptions): AdminApp {
     if (!isDenial(err))
       options.logger.error({ event: 'admin-error', error: describeError(err) }, 'admin error');
     reply.code(denial.status).header('content-type', 'application/problem+json');
-    return reply.send(JSON.stringify(problemBody(denial.code, randomUUID())));
+    return reply.send(JSON.stringify(problemBody(denial.code, randomUUID(), denial.errors)));
   });
   app.addHook('onSend', async (_request, reply, payload) => {
     applySecurityHeaders(

@@ -12,6 +12,7 @@ import { randomUUID } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import type { Http2SecureServer, Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import type { Socket } from 'node:net';
+import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import type { Readable } from 'node:stream';
 import { fastify } from 'fastify';
 import type {
@@ -30,8 +31,12 @@ import { Denial, isDenial, problemBody } from '../gateway/problems.ts';
 import { applySecurityHeaders, securityHeaderObject } from '../gateway/stages/headers/index.ts';
 import type { AuthorizationServer } from '../oauth/provider.ts';
 import type { Logger } from './logging.ts';
+import type { Observer } from './observe.ts';
 import { describeError } from './logging.ts';
 import { hardenTlsServer, secureContextOptions } from './tls.ts';
+import { createPressureMonitor } from '../gateway/resilience/load-shedding.ts';
+import { createWebSocketProxy } from '../gateway/websocket.ts';
+import type { WebSocketProxy } from '../gateway/websocket.ts';
 
 /** Holds the runtime in force; a reload swaps `current` in one assignment. */
 export interface RuntimeHolder {
@@ -47,6 +52,13 @@ export interface GatewayServerOptions {
   readonly http2: boolean;
   readonly timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
   readonly accessLog: boolean;
+  /** Audit events and metrics for every request (src/server/observe.ts). */
+  readonly observer?: Observer | undefined;
+  /**
+   * CA certificates (PEM) to request client certificates for. The handshake never requires
+   * one: operations that need mTLS refuse without it, with a problem response.
+   */
+  readonly clientCertificateCas?: readonly string[];
   /** The embedded authorization server: its paths are served before the API route table. */
   readonly authorizationServer?: AuthorizationServer;
   /** `authorization-server`: serve only the authorization server's paths. Default `all`. */
@@ -61,6 +73,8 @@ interface RequestState {
   runtime: Runtime;
   gw: GatewayRequest | undefined;
   denial: Denial | undefined;
+  /** Served by the authorization server (it logs and observes its own responses). */
+  hijacked?: boolean;
 }
 
 declare module 'fastify' {
@@ -109,6 +123,14 @@ function toDenial(err: unknown): Denial {
   }
   if (fe.statusCode === 400) return new Denial('bad-request', 'malformed-request', { cause: err });
   return new Denial('internal', 'unexpected-error', { cause: err });
+}
+
+/** The client certificate of the request's TLS connection (HTTP/1.1 or HTTP/2), if any. */
+function peerCertificateOf(raw: Http2ServerRequest): DetailedPeerCertificate | undefined {
+  const socket = (raw.httpVersionMajor === 2 ? raw.stream.session?.socket : raw.socket) as
+    TLSSocket | undefined;
+  const cert = socket?.getPeerCertificate(true);
+  return cert === undefined || Object.keys(cert).length === 0 ? undefined : cert;
 }
 
 /** Reads the body up to `limit` bytes; more is a 413 before it is all in memory. */
@@ -194,6 +216,17 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
     }
     res.setHeader(correlationHeader, state.correlationId);
     if (holder.closing === true && raw.httpVersionMajor === 1) res.setHeader('connection', 'close');
+    const observer = options.observer;
+    if (observer !== undefined) {
+      res.once('close', () => {
+        observer.authorizationServerRequest({
+          method: raw.method,
+          path: pathOf(raw.url),
+          status: res.statusCode,
+          durationMs: Number(process.hrtime.bigint() - state.started) / 1e6,
+        });
+      });
+    }
     if (options.accessLog) {
       res.once('close', () => {
         logger.info(
@@ -270,6 +303,9 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
     https: {
       ...tls,
       allowHTTP1: true,
+      ...(options.clientCertificateCas === undefined
+        ? {}
+        : { requestCert: true, rejectUnauthorized: false, ca: [...options.clientCertificateCas] }),
       // The configured header limit is enforced exactly in onRequest; these only bound the parser.
       settings: { maxHeaderListSize: 64 * 1024 },
       maxSessionMemory: 10,
@@ -303,6 +339,22 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
   });
   const server = app.server;
   hardenTlsServer(server);
+  // Load shedding (gateway/resilience/load-shedding.ts) and WebSocket upgrades (gateway/websocket.ts).
+  const pressure = createPressureMonitor();
+  const shed = () => {
+    pressure.check(holder.current.loaded.config.gateway.loadShedding);
+  };
+  const websockets = createWebSocketProxy({
+    runtime: () => holder.current,
+    logger,
+    accessLog: options.accessLog,
+    closing: () => holder.closing === true,
+    pressure: shed,
+  });
+  // Only WebSocket upgrades leave the normal request path (Node 24 `shouldUpgradeCallback`).
+  const upgradable = server as unknown as { shouldUpgradeCallback: WebSocketProxy['isWebSocketUpgrade'] };
+  upgradable.shouldUpgradeCallback = websockets.isWebSocketUpgrade;
+  server.on('upgrade', websockets.handleUpgrade);
   // Slow clients: the http/1.1 fallback honours these on the HTTP/2 server object.
   const http1 = server as unknown as {
     headersTimeout: number;
@@ -316,6 +368,12 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
   http1.maxHeaderSize = 64 * 1024;
 
   app.decorateRequest('portcullis', null);
+  app.addHook('preClose', async () => {
+    websockets.closeAll();
+  });
+  app.addHook('onClose', async () => {
+    pressure.stop();
+  });
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (request: GwRequest, payload: Readable) => {
     const state = request.portcullis;
@@ -337,13 +395,23 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
       denial: undefined,
     };
     request.portcullis = state;
+    shed();
 
     if (headerBytes(raw.rawHeaders) > runtime.limits.headerBytes) {
       throw new Denial('headers-too-large', 'header-block-too-large');
     }
     const as = options.authorizationServer;
     if (as !== undefined && as.handles(pathOf(raw.url))) {
+      // The token endpoint and login form have their own strict per-IP limits (429 is thrown).
+      const limited = await runtime.rateLimits.authorizationServer(
+        raw.method,
+        pathOf(raw.url),
+        state.clientIp,
+        correlationId,
+      );
       reply.hijack();
+      state.hijacked = true;
+      for (const [name, value] of Object.entries(limited)) reply.raw.setHeader(name, value);
       await serveAuthorizationServer(as, raw, reply.raw, state);
       return reply;
     }
@@ -388,6 +456,7 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
       params: match.params,
       body: undefined,
       credentialPresented: raw.headers.authorization !== undefined || raw.headers.cookie !== undefined,
+      peerCertificate: () => peerCertificateOf(raw),
       responseHeaders: {},
     };
     return undefined;
@@ -442,10 +511,29 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
     return payload;
   });
 
+  const observer = options.observer;
+  if (observer !== undefined) {
+    app.addHook('onResponse', async (request, reply) => {
+      const state = request.portcullis;
+      if (!state || state.hijacked === true) return;
+      const body = state.gw?.body;
+      observer.request({
+        correlationId: state.correlationId,
+        clientIp: state.clientIp,
+        method: request.raw.method,
+        status: reply.statusCode,
+        durationMs: Number(process.hrtime.bigint() - state.started) / 1e6,
+        operation: state.gw?.operation,
+        principal: state.gw?.principal,
+        denial: state.denial,
+        bytesIn: body?.length,
+      });
+    });
+  }
   if (options.accessLog) {
     app.addHook('onResponse', async (request, reply) => {
       const state = request.portcullis;
-      if (!state) return;
+      if (!state || state.hijacked === true) return;
       const op = state.gw?.operation;
       logger.info(
         {

@@ -10,7 +10,7 @@
  * `gateway.shutdownGraceMs`, then remaining connections are closed.
  */
 import { mkdir } from 'node:fs/promises';
-import { watch } from 'node:fs';
+import { readFileSync, watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { basename, dirname, resolve } from 'node:path';
@@ -19,9 +19,23 @@ import { isDeepStrictEqual } from 'node:util';
 import { ConfigError, formatIssue, loadConfig } from '../config/load.ts';
 import type { LoadedConfig } from '../config/load.ts';
 import { compileRuntime } from '../gateway/compile.ts';
+import { logCircuitStateChanges } from '../gateway/resilience/guard.ts';
+import { createLimitBackends } from '../gateway/stages/rate-limit/index.ts';
 import type { TokenSource } from '../gateway/compile.ts';
 import { createRevocationList } from '../oauth/revocation.ts';
 import { createServerInteractions } from '../oauth/interactions/hooks.ts';
+import { createApiKeyAuthority } from '../tokens/api-keys.ts';
+import { createMemoryReplayCache } from '../tokens/dpop.ts';
+import { createIdentitySigner } from '../tokens/identity.ts';
+import { createMetrics } from '../admin/metrics.ts';
+import { openAuditLog } from '../audit/index.ts';
+import type { AuditLog } from '../audit/index.ts';
+import type { Metrics } from '../admin/metrics.ts';
+import { startAlerting } from '../audit/alerts.ts';
+import type { AlertEngine } from '../audit/alerts.ts';
+import type { CircuitStateChange } from '../gateway/resilience/guard.ts';
+import { onDegraded, onLimited } from '../gateway/stages/rate-limit/index.ts';
+import { createObserver } from './observe.ts';
 import type { Runtime } from '../gateway/compile.ts';
 import { openKeyManager } from '../keys/index.ts';
 import type { StoreKeyManager } from '../keys/index.ts';
@@ -72,6 +86,8 @@ export interface Portcullis {
   readonly store: Store;
   /** The key manager and authorization server, when this process serves OAuth. */
   readonly keys: StoreKeyManager | undefined;
+  readonly audit: AuditLog;
+  readonly metrics: Metrics;
   readonly authorizationServer: AuthorizationServer | undefined;
   runtime(): Runtime;
   reload(trigger?: string): Promise<ReloadResult>;
@@ -88,6 +104,8 @@ function listenerSettings(loaded: LoadedConfig): unknown {
     tls: gateway.tls,
     timeouts: gateway.timeouts,
     redirectHttp: gateway.redirectHttp,
+    mtls: gateway.mtls?.caFiles,
+    apiKeys: gateway.apiKeys,
     admin,
     store,
     demoUpstream,
@@ -152,38 +170,153 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     if (role === 'authorization-server' && !config.oauth.enabled) {
       throw new Error('--role authorization-server needs oauth.enabled in the configuration');
     }
-    let keys: StoreKeyManager | undefined;
     let authorizationServer: AuthorizationServer | undefined;
     let tokens: TokenSource | undefined;
     // Replaced by the authorization server's list below when it runs in this process, so that
     // its revocations apply here at once.
     let revocations: { isRevoked(jti: string): Promise<boolean> } = createRevocationList({ db: store.db });
+    // The key manager signs tokens and caller assertions and holds the peppers of keyed hashes
+    // (API keys); its keys live in the store, shared by every process.
+    const openedKeys = await openKeyManager({ store, dataDir, config: config.oauth, logger });
+    const keys: StoreKeyManager = openedKeys;
+    cleanups.push(async () => {
+      openedKeys.close();
+    });
     if (config.oauth.enabled) {
-      // The gateway verifies the built-in server's tokens in every role; keys live in the store.
-      const openedKeys = await openKeyManager({ store, dataDir, config: config.oauth, logger });
-      keys = openedKeys;
-      cleanups.push(async () => {
-        openedKeys.close();
-      });
+      // The gateway verifies the built-in server's tokens in every role.
       tokens = {
         issuer: config.gateway.publicUrl,
         keys: () => openedKeys.publicJwks(),
         isRevoked: (jti) => revocations.isRevoked(jti),
       };
     }
+    // Observation: one metrics registry, the audit log (durable before control-plane changes
+    // report success), alert rules over its stream, and the observer that feeds both.
+    const metrics = createMetrics();
+    // Assigned once alerting starts; the audit log reports sink errors to it from then on.
+    let alerts: AlertEngine | undefined = undefined;
+    const audit = await openAuditLog({
+      config: config.audit,
+      dataDir,
+      store,
+      registry: metrics.registry,
+      onError: (err, sink) => {
+        alerts?.sinkError(sink);
+        logger.warn({ event: 'audit-sink-error', sink, error: describeError(err) }, 'audit sink error');
+      },
+    });
+    cleanups.push(() => audit.close());
+    alerts = startAlerting({
+      config: config.alerts,
+      audit,
+      registry: metrics.registry,
+      resolvePath: (f) => loaded.resolvePath(f),
+      onError: (err, what) =>
+        logger.warn({ event: 'alert-error', what, error: describeError(err) }, 'alert delivery problem'),
+    });
+    const alertEngine = alerts;
+    cleanups.push(async () => {
+      await alertEngine.close();
+    });
+    const observer = createObserver(audit, metrics, logger);
+    const unsubscribe = [
+      onLimited((e) => {
+        metrics.rateLimited(e.dimension);
+      }),
+      onDegraded((e) => {
+        observer.event({
+          'event.category': 'rate-limit',
+          'event.action': 'limiter-degraded',
+          'event.outcome': 'failure',
+          'event.reason': `redis unavailable (${e.error}); local limits apply`,
+          'portcullis.listener': 'gateway',
+        });
+      }),
+      openedKeys.onChange(() => {
+        void observer
+          .durable({
+            'event.category': 'key-lifecycle',
+            'event.action': 'key-set-changed',
+            'event.outcome': 'success',
+            'portcullis.key.kid': openedKeys.current().kid,
+            'portcullis.listener': 'gateway',
+          })
+          .catch(() => undefined);
+      }),
+    ];
+    cleanups.push(async () => {
+      for (const off of unsubscribe) off();
+    });
+    await observer.durable({
+      'event.category': 'configuration',
+      'event.action': 'config-load',
+      'event.outcome': 'success',
+      'portcullis.listener': 'gateway',
+      'portcullis.config.summary': `started as ${role}`,
+    });
 
-    const first = await compileRuntime(loaded, { tokens });
+    const apiKeys = createApiKeyAuthority(store, openedKeys, {
+      environment: config.gateway.apiKeys.environment === 'test' ? 'test' : 'live',
+      onAnomaly: (event) => {
+        logger.warn({ event: 'api-key-anomaly', anomaly: event }, 'API key anomaly');
+        observer.event({
+          'event.category': 'authentication',
+          'event.action': `api-key-${event.type}`.replace(/[^a-z0-9-]+/g, '-'),
+          'event.outcome': 'unknown',
+          'portcullis.api_key_id': event.keyId,
+          'portcullis.listener': 'gateway',
+        });
+      },
+      onError: (err) =>
+        logger.warn({ event: 'api-key-usage-error', error: describeError(err) }, 'API key usage'),
+    });
+    cleanups.push(() => apiKeys.close());
+    // Rate-limit counters, Redis connections and idempotency records outlive each reload.
+    const backends = createLimitBackends({ logger });
+    const logCircuit = logCircuitStateChanges(logger);
+    cleanups.push(() => backends.close());
+    const compileOptions = {
+      backends,
+      onCircuitStateChange: (change: CircuitStateChange) => {
+        logCircuit(change);
+        metrics.circuitState(change.upstream, change.to);
+        observer.event({
+          'event.category': 'upstream',
+          'event.action': `circuit-${change.to}`,
+          'event.outcome': change.to === 'closed' ? 'success' : 'failure',
+          'portcullis.api': change.api,
+          'portcullis.listener': 'gateway',
+        });
+      },
+      tokens,
+      apiKeys,
+      dpopReplay: createMemoryReplayCache(),
+      identity: createIdentitySigner({
+        issuer: config.gateway.publicUrl,
+        signingJwks: () => openedKeys.signingJwks(),
+        ttlSeconds: config.gateway.identity.ttlSeconds,
+      }),
+    };
+
+    const first = await compileRuntime(loaded, compileOptions);
     cleanups.push(() => first.close());
     // Created after the first compile, so that a broken contract is reported with its key and line.
-    if (keys !== undefined && role !== 'gateway') {
+    if (config.oauth.enabled && role !== 'gateway') {
       const interactions = createServerInteractions({
         loaded: () => currentLoaded,
         store,
-        keys: keys,
+        keys: openedKeys,
         dataDir,
         logger,
       });
-      const as = await createAuthorizationServer({ loaded, store, keys: keys, logger, interactions });
+      const as = await createAuthorizationServer({
+        loaded,
+        store,
+        keys: openedKeys,
+        logger,
+        interactions,
+        onEvent: (event, context) => observer.oauth(event, context),
+      });
       authorizationServer = as;
       revocations = as.revocations; // this process's revocations apply at once
       cleanups.push(() => as.close());
@@ -224,6 +357,14 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       http2: config.gateway.http2,
       timeouts: config.gateway.timeouts,
       accessLog: config.logging.accessLog,
+      observer,
+      ...(config.gateway.mtls === undefined
+        ? {}
+        : {
+            clientCertificateCas: config.gateway.mtls.caFiles.map((f) =>
+              readFileSync(loaded.resolvePath(f), 'utf8'),
+            ),
+          }),
       authorizationServer,
       role,
     });
@@ -234,7 +375,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
 
     let adminUrl: string | undefined;
     if (config.admin.enabled) {
-      const admin = createAdminServer({ holder, store, logger, tls });
+      const admin = createAdminServer({ holder, store, logger, tls, metrics, audit });
       await admin.ready();
       await listen(admin.server, config.admin.port, config.admin.host);
       cleanups.push(() => admin.close());
@@ -266,7 +407,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       let next: Runtime;
       try {
         const nextLoaded = await loadConfig(configFile);
-        next = await compileRuntime(nextLoaded, { tokens });
+        next = await compileRuntime(nextLoaded, compileOptions);
         for (const w of nextLoaded.warnings)
           logger.warn({ event: 'config-warning' }, formatIssue(nextLoaded.file, w));
       } catch (err) {
@@ -278,6 +419,14 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
           { event: 'config-reload-refused', trigger, issues, keptVersion: current.version },
           'configuration refused; the previous configuration keeps serving',
         );
+        observer.event({
+          'event.category': 'configuration',
+          'event.action': 'config-reload',
+          'event.outcome': 'failure',
+          'event.reason': `refused: ${String(issues.length)} issue(s); see the server log`,
+          'portcullis.config.version': current.version,
+          'portcullis.listener': 'gateway',
+        });
         return { status: 'refused', version: current.version, issues };
       }
       // The version covers the configuration text and every OpenAPI document it names.
@@ -290,6 +439,25 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
           { event: 'config-restart-needed' },
           'listener, TLS, store or logging settings changed; they apply at the next restart',
         );
+      }
+      // The change is on the audit trail, durably, before it takes effect.
+      try {
+        await observer.durable({
+          'event.category': 'configuration',
+          'event.action': 'config-reload',
+          'event.outcome': 'success',
+          'event.reason': trigger,
+          'portcullis.config.version': next.version,
+          'portcullis.config.summary': summarize(next),
+          'portcullis.listener': 'gateway',
+        });
+      } catch (err) {
+        await next.close();
+        logger.error(
+          { event: 'config-reload-refused', trigger, error: describeError(err) },
+          'the change could not be audited; the previous configuration keeps serving',
+        );
+        return { status: 'refused', version: current.version, issues: ['the audit trail is unavailable'] };
       }
       holder.current = next;
       currentLoaded = next.loaded;
@@ -410,6 +578,8 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       logger,
       store,
       keys,
+      audit,
+      metrics,
       authorizationServer,
       runtime: () => holder.current,
       reload,

@@ -13,6 +13,9 @@ import { Pool, errors as undiciErrors } from 'undici';
 import { Denial } from '../../problems.ts';
 import type { Stage, StageResponse } from '../../chain.ts';
 import { HOP_BY_HOP, connectionTokens } from './hop-by-hop.ts';
+import type { IdentitySigner } from '../../../tokens/identity.ts';
+import { UpstreamGuard } from '../../resilience/guard.ts';
+import type { GuardOptions } from '../../resilience/guard.ts';
 
 export interface UpstreamOptions {
   readonly url: string;
@@ -22,6 +25,8 @@ export interface UpstreamOptions {
   readonly connections: number;
   /** CA bundle file for an https upstream (else the system roots). */
   readonly caFile?: string | undefined;
+  /** Circuit breaker, retries and state-change hook (see resilience/guard.ts); defaults apply. */
+  readonly resilience?: Omit<GuardOptions, 'upstream'> | undefined;
 }
 
 export interface ProxyOptions {
@@ -30,6 +35,13 @@ export interface ProxyOptions {
   readonly correlationHeader: string;
   /** Host the client used (from the configured public URL, never from the request). */
   readonly publicHost: string;
+  /**
+   * The signed caller assertion sent upstream for authenticated requests, in `header`; a header
+   * of that name from the client is always dropped, and one from the upstream never returned.
+   */
+  readonly identity?: { readonly header: string; readonly audience: string; readonly sign: IdentitySigner };
+  /** Lower-case request headers that carry this API's credentials (API-key headers): never forwarded. */
+  readonly credentialHeaders?: ReadonlySet<string>;
 }
 
 /** Upstream bodies up to this size (with a declared length) are read whole before answering. */
@@ -39,6 +51,7 @@ export const BUFFER_LIMIT = 64 * 1024;
 const STRIPPED_REQUEST = new Set([
   'host',
   'authorization', // the client's credential stays at the gateway
+  'dpop', // its proof of possession too
   'forwarded',
   'x-forwarded-for',
   'x-forwarded-host',
@@ -62,6 +75,10 @@ export class Upstream {
   readonly prefix: string;
   readonly pool: Pool;
   readonly options: UpstreamOptions;
+  /** The CA bundle text for an https upstream (also used by WebSocket proxying). */
+  readonly ca: string | undefined;
+  /** Circuit breaker and retries for every request to this upstream. */
+  readonly guard: UpstreamGuard;
 
   constructor(options: UpstreamOptions) {
     const url = new URL(options.url);
@@ -69,6 +86,8 @@ export class Upstream {
     this.origin = url.origin;
     this.prefix = url.pathname.replace(/\/+$/, '');
     const ca = options.caFile === undefined ? undefined : readFileSync(options.caFile, 'utf8');
+    this.ca = ca;
+    this.guard = new UpstreamGuard({ api: '', ...options.resilience, upstream: this.origin });
     this.pool = new Pool(this.origin, {
       connections: options.connections,
       connectTimeout: options.connectMs,
@@ -80,11 +99,12 @@ export class Upstream {
   }
 
   async close(): Promise<void> {
+    this.guard.shutdown();
     await this.pool.close();
   }
 }
 
-function upstreamHeaders(
+export function upstreamHeaders(
   incoming: IncomingHttpHeaders,
   clientIp: string,
   correlationId: string,
@@ -96,7 +116,8 @@ function upstreamHeaders(
   for (const [name, value] of Object.entries(incoming)) {
     if (value === undefined || name.startsWith(':')) continue;
     if (HOP_BY_HOP.has(name) || STRIPPED_REQUEST.has(name) || dropped.has(name)) continue;
-    if (name === options.correlationHeader) continue;
+    if (name === options.correlationHeader || name === options.identity?.header) continue;
+    if (options.credentialHeaders?.has(name) === true) continue;
     out[name] = value;
   }
   out['x-forwarded-for'] = clientIp;
@@ -107,8 +128,12 @@ function upstreamHeaders(
   return out;
 }
 
-function responseHeaders(headers: IncomingHttpHeaders): Record<string, string | string[]> {
+function responseHeaders(
+  headers: IncomingHttpHeaders,
+  identityHeader: string | undefined,
+): Record<string, string | string[]> {
   const dropped = connectionTokens(headers.connection);
+  if (identityHeader !== undefined) dropped.add(identityHeader);
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || HOP_BY_HOP.has(name) || dropped.has(name)) continue;
@@ -136,14 +161,26 @@ export function compileProxy(upstream: Upstream, options: ProxyOptions): Stage {
     const path =
       upstream.prefix + (rest === '' ? '/' : rest) + (req.target.query === '' ? '' : `?${req.target.query}`);
     const body = req.body;
+    const outgoing = upstreamHeaders(req.headers, req.clientIp, req.correlationId, options, body?.length);
+    const identity = options.identity;
+    if (identity !== undefined && req.principal !== undefined) {
+      outgoing[identity.header] = await identity.sign({
+        audience: identity.audience,
+        principal: req.principal,
+        correlationId: req.correlationId,
+      });
+    }
     let res;
     try {
-      res = await upstream.pool.request({
-        method: req.method,
-        path,
-        headers: upstreamHeaders(req.headers, req.clientIp, req.correlationId, options, body?.length),
-        body: body ?? null,
-      });
+      // Through the circuit breaker, with bounded retries for idempotent methods (resilience/).
+      res = await upstream.guard.send(req.method, () =>
+        upstream.pool.request({
+          method: req.method,
+          path,
+          headers: outgoing,
+          body: body ?? null,
+        }),
+      );
     } catch (err) {
       throw classify(err);
     }
@@ -153,7 +190,7 @@ export function compileProxy(upstream: Upstream, options: ProxyOptions): Stage {
       throw new Denial('bad-gateway', `upstream-status-${res.statusCode}`);
     }
     const stream = res.body;
-    const headers = responseHeaders(res.headers);
+    const headers = responseHeaders(res.headers, options.identity?.header);
     const declared = Number(res.headers['content-length']);
     if (Number.isInteger(declared) && declared <= BUFFER_LIMIT) {
       // Small bodies are read whole: headers and body then leave in one TLS write, and later

@@ -1,0 +1,168 @@
+/**
+ * Observation: every decision the gateway, the authorization server and the control plane make
+ * becomes one audit event and the matching metrics. Observers never decide and never throw into
+ * the request path: an audit failure is logged and counted by the audit log itself.
+ */
+import { oauthRoute } from '../admin/metrics.ts';
+import type { Metrics } from '../admin/metrics.ts';
+import type { AuditLog } from '../audit/index.ts';
+import type { AuditCategory, AuditEventInput } from '../audit/event.ts';
+import type { CompiledOperation } from '../gateway/compile.ts';
+import type { Principal } from '../gateway/stages/authenticate/index.ts';
+import type { ProblemCode } from '../gateway/problems.ts';
+import type { Logger } from './logging.ts';
+import { describeError } from './logging.ts';
+
+/** How one gateway request ended, as the access log sees it. */
+export interface RequestRecord {
+  readonly correlationId: string;
+  readonly clientIp: string;
+  readonly method: string;
+  readonly status: number;
+  readonly durationMs: number;
+  readonly operation: CompiledOperation | undefined;
+  readonly principal: Principal | undefined;
+  readonly denial: { readonly code: ProblemCode; readonly reason: string } | undefined;
+  readonly bytesIn: number | undefined;
+}
+
+/** What the authorization server reports (src/oauth/provider.ts `onEvent`). */
+export interface OAuthEvent {
+  readonly type: 'token-issued' | 'code-issued' | 'grant-revoked' | 'refused';
+  readonly clientId?: string | undefined;
+  readonly grantType?: string | undefined;
+  readonly endpoint?: string | undefined;
+  readonly error?: string | undefined;
+}
+
+const CATEGORY_OF: Partial<Record<ProblemCode, { category: AuditCategory; action: string }>> = {
+  unauthenticated: { category: 'authentication', action: 'authenticate' },
+  forbidden: { category: 'authorization', action: 'authorize' },
+  'origin-not-allowed': { category: 'authorization', action: 'cors' },
+  'too-many-requests': { category: 'rate-limit', action: 'rate-limit' },
+  'not-found': { category: 'validation', action: 'route' },
+  'method-not-allowed': { category: 'validation', action: 'route' },
+  'bad-gateway': { category: 'upstream', action: 'proxy' },
+  'gateway-timeout': { category: 'upstream', action: 'proxy' },
+  unavailable: { category: 'upstream', action: 'shed-or-circuit' },
+  internal: { category: 'upstream', action: 'internal-error' },
+  conflict: { category: 'validation', action: 'idempotency' },
+  unprocessable: { category: 'validation', action: 'idempotency' },
+  gone: { category: 'validation', action: 'retired-version' },
+};
+
+/** An audit action is lower-case words joined by `-`. */
+function actionWord(value: string): string {
+  return (
+    value
+      .toLowerCase()
+      .replace(/[^a-z0-9]+/g, '-')
+      .replace(/^-|-$/g, '') || 'request'
+  );
+}
+
+function requiredScopes(op: CompiledOperation | undefined): string[] {
+  if (op === undefined) return [];
+  const out = new Set<string>();
+  for (const requirement of op.security)
+    for (const scopes of Object.values(requirement)) for (const s of scopes) out.add(s);
+  return [...out].sort();
+}
+
+function who(principal: Principal | undefined): Partial<AuditEventInput> {
+  if (principal === undefined) return {};
+  if (principal.scheme !== '' && principal.subject === principal.clientId && principal.scopes.size === 0) {
+    // API keys and client certificates: the credential id is the client.
+    return { 'portcullis.api_key_id': principal.clientId };
+  }
+  return {
+    'portcullis.client_id': principal.clientId,
+    ...(principal.subject !== principal.clientId ? { 'user.id': principal.subject } : {}),
+    'portcullis.scopes.granted': [...principal.scopes].sort(),
+  };
+}
+
+export interface Observer {
+  request(r: RequestRecord): void;
+  /** Metrics for a request the authorization server answered (its own events carry the audit). */
+  authorizationServerRequest(r: { method: string; path: string; status: number; durationMs: number }): void;
+  oauth(e: OAuthEvent, context: { clientIp?: string | undefined; correlationId?: string | undefined }): void;
+  /** Durable: resolves once the event is safe (configuration, keys, credentials, admin). */
+  durable(input: AuditEventInput): Promise<void>;
+  event(input: AuditEventInput): void;
+}
+
+export function createObserver(audit: AuditLog, metrics: Metrics, logger: Logger): Observer {
+  const failed = (err: unknown) => {
+    logger.warn({ event: 'audit-emit-failed', error: describeError(err) }, 'audit event not recorded');
+  };
+  // Observers never throw into the code they observe (a request, the authorization server).
+  const emit = (input: AuditEventInput) => {
+    try {
+      audit.emit(input).catch(failed);
+    } catch (err) {
+      failed(err);
+    }
+  };
+  return {
+    request(r) {
+      const op = r.operation;
+      metrics.observeRequest({
+        api: op?.api.name ?? null,
+        route: op?.template ?? null,
+        method: r.method,
+        status: r.status,
+        durationMs: r.durationMs,
+      });
+      const mapped = r.denial === undefined ? undefined : CATEGORY_OF[r.denial.code];
+      if (r.denial?.code === 'unauthenticated') metrics.authFailure(r.denial.reason);
+      const base: AuditEventInput = {
+        'event.category': mapped?.category ?? (r.denial === undefined ? 'authorization' : 'validation'),
+        'event.action': mapped?.action ?? (r.denial === undefined ? 'allow' : 'validate'),
+        'event.outcome': r.denial === undefined && r.status < 500 ? 'success' : 'failure',
+        'event.duration': Math.round(r.durationMs * 1e6),
+        'client.ip': r.clientIp,
+        'http.request.method': r.method,
+        'http.response.status_code': r.status,
+        'portcullis.listener': 'gateway',
+        'trace.id': r.correlationId,
+        ...(op === undefined ? {} : { 'url.path': op.template, 'portcullis.api': op.api.name }),
+        ...(r.bytesIn === undefined ? {} : { 'http.request.body.bytes': r.bytesIn }),
+        ...(r.denial === undefined
+          ? { 'event.reason': op?.protected === true ? 'credential-accepted' : 'public-operation' }
+          : { 'event.reason': r.denial.reason }),
+        'portcullis.scopes.required': requiredScopes(op),
+        ...who(r.principal),
+      };
+      emit(base);
+    },
+    authorizationServerRequest(r) {
+      metrics.observeRequest({
+        api: 'oauth',
+        route: oauthRoute(r.path),
+        method: r.method,
+        status: r.status,
+        durationMs: r.durationMs,
+      });
+    },
+    oauth(e, context) {
+      if (e.type === 'token-issued') metrics.tokenIssued(e.grantType ?? 'other');
+      emit({
+        'event.category': e.type === 'refused' ? 'authentication' : 'credential-lifecycle',
+        'event.action':
+          e.type === 'refused' ? `oauth-${actionWord(e.endpoint ?? 'request')}-refused` : `oauth-${e.type}`,
+        'event.outcome': e.type === 'refused' ? 'failure' : 'success',
+        'portcullis.listener': 'oauth',
+        ...(e.error === undefined ? {} : { 'event.reason': e.error }),
+        ...(e.clientId === undefined ? {} : { 'portcullis.client_id': e.clientId }),
+        ...(e.type === 'token-issued' || e.type === 'code-issued'
+          ? { 'portcullis.credential.type': 'token' }
+          : {}),
+        ...(context.clientIp === undefined ? {} : { 'client.ip': context.clientIp }),
+        ...(context.correlationId === undefined ? {} : { 'trace.id': context.correlationId }),
+      });
+    },
+    durable: (input) => audit.emitDurable(input),
+    event: emit,
+  };
+}
