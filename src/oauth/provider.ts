@@ -344,7 +344,14 @@ export async function createAuthorizationServer(
         if (metadata === undefined) return undefined;
         // A scope no API declares any more is dropped rather than invalidating the client.
         const held = typeof metadata.scope === 'string' ? metadata.scope.split(' ') : [];
-        return { ...metadata, scope: held.filter((x) => scopes.has(x)).join(' ') || 'openid' };
+        return {
+          ...metadata,
+          scope: held.filter((x) => scopes.has(x)).join(' ') || 'openid',
+          // RFC 8705 §3: a client that authenticates with its certificate gets tokens bound to
+          // it (cnf.x5t#S256); secret- and key-authenticated clients get unbound tokens.
+          tls_client_certificate_bound_access_tokens:
+            metadata.token_endpoint_auth_method === 'tls_client_auth',
+        };
       },
     });
     // oidc-provider revokes a grant through AccessToken.revokeByGrantId (and the other models);
