@@ -77,9 +77,22 @@ async function createUser(username: string): Promise<string> {
 }
 
 beforeAll(async () => {
-  demo = await startDemoUpstream({ port: 0 });
   const port = await freePort();
   issuer = `https://localhost:${String(port)}`;
+  // The demo verifies the gateway's caller assertion (audience: its own origin, as the proxy
+  // addresses it) with the gateway's keys, which exist once the gateway has started.
+  const demoPort = await freePort();
+  demo = await startDemoUpstream({
+    port: demoPort,
+    identity: {
+      issuer,
+      audience: `http://127.0.0.1:${String(demoPort)}`,
+      jwks: () => {
+        if (gw.p.keys === undefined) throw new Error('the key manager should be running');
+        return gw.p.keys.publicJwks();
+      },
+    },
+  });
   const openapi = parseYaml(
     readFileSync(join(ROOT, 'examples/demo-upstream/openapi.yaml'), 'utf8'),
   ) as unknown;
@@ -198,6 +211,8 @@ describe('sign in with a browser, then call the API through the gateway', () => 
       const items = (JSON.parse(list.body) as { items: { id: string }[] }).items;
       expect(items).toHaveLength(5);
       expect(list.body).not.toContain('nationalId');
+      // That passed the demo's own check of the gateway's caller assertion; without one it refuses.
+      expect((await fetch(`${demo.url}/patients?limit=5`)).status).toBe(401);
       // Someone else's record: refused by the owner binding before the upstream sees it.
       const other = await gw.request(`/v1/patients/${items[0]!.id}`, { headers: auth });
       expect(other.status).toBe(403);

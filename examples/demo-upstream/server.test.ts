@@ -5,6 +5,9 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormatsModule from 'ajv-formats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { exportJWK, generateKeyPair, importJWK, SignJWT } from 'jose';
+import type { JWK } from 'jose';
+import { createIdentitySigner } from '../../src/tokens/identity.ts';
 import { SEED_PATIENT_COUNT, startDemoUpstream } from './server.ts';
 import type { DemoUpstream, Patient } from './server.ts';
 
@@ -607,5 +610,167 @@ describe('openapi.yaml', () => {
     } finally {
       await upstream.close();
     }
+  });
+});
+
+describe('the caller assertion from the gateway', () => {
+  const ISSUER = 'https://gateway.test';
+  let upstream: DemoUpstream;
+  let audience: string;
+  let privateJwk: JWK;
+  let otherJwk: JWK;
+
+  async function keyPair(kid: string): Promise<{ privateJwk: JWK; publicJwk: JWK }> {
+    const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+    return {
+      privateJwk: { ...(await exportJWK(privateKey)), kid, alg: 'ES256', use: 'sig' },
+      publicJwk: { ...(await exportJWK(publicKey)), kid, alg: 'ES256', use: 'sig' },
+    };
+  }
+
+  beforeAll(async () => {
+    const gatewayKey = await keyPair('k1');
+    privateJwk = gatewayKey.privateJwk;
+    // Same kid, another key: a forgery that names the gateway's key.
+    otherJwk = (await keyPair('k1')).privateJwk;
+    // The audience is this service's origin, which names the port: find a free one first.
+    const probe = await startDemoUpstream({ port: 0 });
+    const port = probe.port;
+    await probe.close();
+    audience = `http://127.0.0.1:${String(port)}`;
+    upstream = await startDemoUpstream({
+      port,
+      identity: { issuer: ISSUER, audience, jwks: () => ({ keys: [gatewayKey.publicJwk] }) },
+    });
+  });
+  afterAll(async () => {
+    await upstream.close();
+  });
+
+  interface Assertion {
+    subject?: string;
+    scopes?: string[];
+    key?: JWK;
+    audience?: string;
+    issuer?: string;
+    now?: () => number;
+  }
+  function assertion(a: Assertion = {}): Promise<string> {
+    const sign = createIdentitySigner({
+      issuer: a.issuer ?? ISSUER,
+      signingJwks: () => ({ keys: [a.key ?? privateJwk] }),
+      ttlSeconds: 30,
+      ...(a.now === undefined ? {} : { now: a.now }),
+    });
+    return sign({
+      audience: a.audience ?? audience,
+      correlationId: 'corr-1',
+      principal: {
+        scheme: 'oauth2',
+        subject: a.subject ?? 'user-1',
+        clientId: 'client-1',
+        scopes: new Set(a.scopes ?? ['patients:read', 'patients:write']),
+      },
+    });
+  }
+  async function call(
+    method: string,
+    path: string,
+    identity: string | undefined,
+    body?: unknown,
+  ): Promise<Answer> {
+    const headers: Record<string, string> = {};
+    if (identity !== undefined) headers['x-portcullis-identity'] = identity;
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    const res = await fetch(upstream.url + path, {
+      method,
+      headers,
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    const text = await res.text();
+    return { status: res.status, headers: res.headers, text, body: JSON.parse(text) as unknown };
+  }
+
+  it('answers the status probe without one', async () => {
+    expect((await call('GET', '/status', undefined)).status).toBe(200);
+  });
+
+  it('passes a valid assertion on every operation', async () => {
+    const valid = await assertion();
+    expect((await call('GET', '/patients?limit=2', valid)).status).toBe(200);
+    expect((await call('GET', '/patients/search?name=an', valid)).status).toBe(200);
+    const created = await call('POST', '/patients', valid, newPatientInput());
+    expect(created.status).toBe(201);
+    const id = (created.body as Patient).id;
+    const own = await assertion({ subject: id });
+    expect((await call('GET', `/patients/${id}`, own)).status).toBe(200);
+    const patched = await call('PATCH', `/patients/${id}`, own, { givenName: 'Ann' });
+    expect(patched.status).toBe(200);
+    expect((patched.body as Patient).givenName).toBe('Ann');
+  });
+
+  it('refuses a missing, forged, expired, misaddressed or foreign assertion with 401', async () => {
+    const past = Date.now() - 10 * 60_000;
+    const [forged, expired, wrongAudience, wrongIssuer] = await Promise.all([
+      assertion({ key: otherJwk }),
+      assertion({ now: () => past }),
+      assertion({ audience: 'http://127.0.0.1:1' }),
+      assertion({ issuer: 'https://evil.test' }),
+    ]);
+    // Correctly signed but typed as an access token, not an assertion.
+    const accessToken = await new SignJWT({ client_id: 'client-1', txn: 'x', scope: 'patients:read' })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1', typ: 'at+jwt' })
+      .setIssuer(ISSUER)
+      .setAudience(audience)
+      .setSubject('user-1')
+      .setIssuedAt()
+      .setExpirationTime('30s')
+      .setJti('j1')
+      .sign(await importJWK(privateJwk, 'ES256'));
+    const valid = await assertion();
+    const tampered = valid.replace(/\.([^.]+)\./, (_m, p: string) => {
+      const claims = JSON.parse(Buffer.from(p, 'base64url').toString()) as Record<string, unknown>;
+      return `.${Buffer.from(JSON.stringify({ ...claims, scope: 'patients:admin' })).toString('base64url')}.`;
+    });
+    const bad: (string | undefined)[] = [
+      undefined,
+      '',
+      'not-a-jwt',
+      forged,
+      expired,
+      wrongAudience,
+      wrongIssuer,
+      accessToken,
+      tampered,
+    ];
+    const id = (await call('GET', '/patients?limit=1', valid)).body as { items: Patient[] };
+    const target = id.items[0]?.id ?? '';
+    for (const identity of bad) {
+      for (const [method, path, body] of [
+        ['GET', '/patients'],
+        ['GET', '/patients/search?name=an'],
+        ['POST', '/patients', newPatientInput()],
+        ['GET', `/patients/${target}`],
+        ['PATCH', `/patients/${target}`, { givenName: 'Eve' }],
+        ['GET', '/nowhere'],
+      ] as const) {
+        const answer = await call(method, path, identity, body);
+        expectProblem(answer, 401);
+        expect(answer.text).not.toContain('evil');
+      }
+    }
+  });
+
+  it("checks the owner binding again: 403 for another's record unless patients:admin", async () => {
+    const created = await call('POST', '/patients', await assertion(), newPatientInput());
+    const id = (created.body as Patient).id;
+    const other = await assertion({ subject: 'pat_aaaaaaaaaaaa' });
+    expectProblem(await call('GET', `/patients/${id}`, other), 403);
+    expectProblem(await call('PATCH', `/patients/${id}`, other, { givenName: 'Eve' }), 403);
+    const stored = await call('GET', `/patients/${id}`, await assertion({ subject: id }));
+    expect((stored.body as Patient).givenName).toBe('Zebedee');
+    const admin = await assertion({ subject: 'staff-1', scopes: ['patients:read', 'patients:admin'] });
+    expect((await call('GET', `/patients/${id}`, admin)).status).toBe(200);
+    expect((await call('PATCH', `/patients/${id}`, admin, { givenName: 'Bo' })).status).toBe(200);
   });
 });

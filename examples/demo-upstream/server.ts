@@ -7,7 +7,11 @@
  *   wildcards `%` and `_`, so request data is only ever data;
  * - `nationalId` is write-only: the read queries never select it, so no response can carry it;
  * - it trusts nothing about the caller. Authentication, scopes and the owner binding of
- *   `GET /patients/{patientId}` are the gateway's job, in front of it on loopback.
+ *   `GET /patients/{patientId}` are the gateway's job, in front of it on loopback; with the
+ *   `identity` option it also verifies the gateway's signed caller assertion on every operation
+ *   but `GET /status` (401 without a valid one) and checks the owner binding again itself
+ *   (defence in depth: 403 unless the assertion's subject is the patient or it carries
+ *   `patients:admin`).
  *
  * The contract is `openapi.yaml` beside this file; `server.test.ts` checks that the two agree.
  */
@@ -17,6 +21,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { DatabaseSync } from 'node:sqlite';
 import type { SQLOutputValue } from 'node:sqlite';
+import { errors as joseErrors } from 'jose';
+import type { JSONWebKeySet } from 'jose';
+import { createIdentityVerifier } from '../../src/tokens/identity.ts';
+import type { VerifiedIdentity } from '../../src/tokens/identity.ts';
 
 export interface DemoUpstreamOptions {
   /** The address to listen on. Default `127.0.0.1`: the service is only reached through the gateway. */
@@ -25,6 +33,20 @@ export interface DemoUpstreamOptions {
   port?: number;
   /** Seeds the fake data: the same seed gives the same patients, ids included. Default 1. */
   seed?: number;
+  /**
+   * Require the gateway's caller assertion (src/tokens/identity.ts) on every operation but
+   * `GET /status`. `issuer` is the gateway's public URL, `audience` this service's origin as the
+   * gateway addresses it (`http://127.0.0.1:4010`), `jwks` the gateway's current public keys.
+   */
+  identity?: DemoIdentityOptions;
+}
+
+export interface DemoIdentityOptions {
+  issuer: string;
+  audience: string;
+  jwks: () => JSONWebKeySet;
+  /** The request header carrying the assertion. Default `x-portcullis-identity`. */
+  header?: string;
 }
 
 export interface DemoUpstream {
@@ -70,9 +92,10 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
   if (!Number.isSafeInteger(seed)) throw new TypeError('seed must be an integer');
 
   const store = openStore(seed);
+  const caller = options.identity === undefined ? undefined : callerCheck(options.identity);
   const server = createServer({ headersTimeout: 10_000, requestTimeout: 30_000, maxHeaderSize: 16 * 1024 });
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    handle(req, res, store).catch((error: unknown) => {
+    handle(req, res, store, caller).catch((error: unknown) => {
       if (!(error instanceof HttpProblem)) console.error('demo-upstream: unexpected error', error);
       const problem =
         error instanceof HttpProblem ? error : new HttpProblem(500, 'An unexpected error occurred.');
@@ -127,6 +150,8 @@ interface Context {
   /** The path's captured segments, e.g. the raw `{patientId}`. */
   params: string[];
   store: Store;
+  /** The verified caller assertion; undefined when the service runs without `identity`. */
+  caller: VerifiedIdentity | undefined;
 }
 type Handler = (ctx: Context) => Reply | Promise<Reply>;
 
@@ -137,11 +162,45 @@ const routes: { path: RegExp; methods: Partial<Record<string, Handler>> }[] = [
   { path: /^\/patients\/([^/]+)$/, methods: { GET: getPatient, PATCH: updatePatient } },
 ];
 
-async function handle(req: IncomingMessage, res: ServerResponse, store: Store): Promise<void> {
+type CallerCheck = (req: IncomingMessage) => Promise<VerifiedIdentity>;
+
+/** Verifies the assertion header; 401 when it is missing, repeated or not valid. */
+function callerCheck(options: DemoIdentityOptions): CallerCheck {
+  const header = (options.header ?? 'x-portcullis-identity').toLowerCase();
+  const verify = createIdentityVerifier({
+    issuer: options.issuer,
+    audience: options.audience,
+    jwks: options.jwks,
+  });
+  const refused = () =>
+    new HttpProblem(401, 'A valid caller assertion from the gateway is required.', {
+      'www-authenticate': 'Portcullis-Identity',
+    });
+  return async (req) => {
+    const assertion = req.headers[header];
+    if (typeof assertion !== 'string' || assertion === '') throw refused();
+    try {
+      return await verify(assertion);
+    } catch (error) {
+      if (error instanceof joseErrors.JOSEError) throw refused();
+      throw error;
+    }
+  };
+}
+
+async function handle(
+  req: IncomingMessage,
+  res: ServerResponse,
+  store: Store,
+  check: CallerCheck | undefined,
+): Promise<void> {
   const target = req.url ?? '';
   const q = target.indexOf('?');
   const path = q === -1 ? target : target.slice(0, q);
   const query = new URLSearchParams(q === -1 ? '' : target.slice(q + 1));
+  // Everything but the status probe needs the caller assertion, before anything else is told.
+  const isStatusProbe = path === '/status' && req.method === 'GET';
+  const caller = check === undefined || isStatusProbe ? undefined : await check(req);
 
   for (const route of routes) {
     const match = route.path.exec(path);
@@ -153,7 +212,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, store: Store): 
         allow: Object.keys(route.methods).join(', '),
       });
     }
-    const reply = await handler({ req, query, params: match.slice(1), store });
+    const reply = await handler({ req, query, params: match.slice(1), store, caller });
     send(res, reply.status, 'application/json', reply.body, reply.headers);
     return;
   }
@@ -213,16 +272,25 @@ async function createPatient({ req, query, store }: Context): Promise<Reply> {
   return { status: 201, body: patient, headers: { location: `patients/${patient.id}` } };
 }
 
-function getPatient({ query, params, store }: Context): Reply {
+/** Defence in depth: the gateway's owner binding, checked again (patient id = subject). */
+function mayReach(caller: VerifiedIdentity | undefined, id: string): void {
+  if (caller === undefined || caller.subject === id || caller.scopes.has('patients:admin')) return;
+  throw new HttpProblem(403, 'The caller may not reach this patient record.');
+}
+
+function getPatient({ query, params, store, caller }: Context): Reply {
   onlyQueryParameters(query, []);
-  const patient = store.get(parsePatientId(params[0]));
+  const id = parsePatientId(params[0]);
+  mayReach(caller, id);
+  const patient = store.get(id);
   if (!patient) throw new HttpProblem(404, 'There is no patient with this id.');
   return { status: 200, body: patient };
 }
 
-async function updatePatient({ req, query, params, store }: Context): Promise<Reply> {
+async function updatePatient({ req, query, params, store, caller }: Context): Promise<Reply> {
   onlyQueryParameters(query, []);
   const id = parsePatientId(params[0]);
+  mayReach(caller, id);
   const changes = parsePatientFields(
     await readJson(req, ['application/merge-patch+json', 'application/json']),
     'patch',

@@ -1,0 +1,446 @@
+/**
+ * The cost of credential checks at the gateway: the same upstream operation (the demo upstream's
+ * `GET /status`) reached through one real `portcullis start` process three ways, side by side in
+ * one run:
+ *
+ *   public   GET /v1/status   `security: []`: no credential
+ *   oauth    GET /v2/status   `oauth2 [bench:read]`: a valid RFC 9068 JWT (ES256) from the
+ *                             built-in authorization server, as `Authorization: Bearer`
+ *   api key  GET /v3/status   `apiKey` in `x-api-key`: a key issued with `portcullis apikeys issue`
+ *
+ * Each protected request is authenticated in full on the request path: the Authorization header
+ * parsed, the token's verification looked up in the per-audience cache of verified tokens (keyed
+ * by its SHA-256; the signature is checked once per token), the revocation list consulted, the
+ * scopes compared, and a caller assertion (an ES256 JWT for the upstream) signed; for the API
+ * key, the HMAC-SHA-256 lookup, its restrictions and the usage record. The three APIs differ
+ * only in their `security`, so the difference between rows is the price of the credential.
+ *
+ *   sh scripts/node24.sh bench/verify.ts [--duration 5] [--connections 16] [--rounds 3] [--json]
+ *
+ * Not part of `npm test`. The gateway runs with `logging.level: warn`, no access log, SQLite in a
+ * temp data directory, every rate-limit dimension raised so that it is counted but never refuses.
+ * The demo upstream runs in its own process (bench/upstream.ts). "per core" divides the rate by
+ * the CPU the gateway process used during the run (utime + stime from /proc/<pid>/stat).
+ *
+ * Measured 2026-11-21, `sh scripts/node24.sh bench/verify.ts` (3 rounds x 5 s, 16 connections,
+ * 2 s warm-up), 2 vCPUs (Intel Xeon) shared with three other engineers' test runs (load average
+ * 7.4 at the start, 6.2 at the end), Node v24.21.0; autocannon runs in this process on the same
+ * two cores, so the gateway never had a core to itself:
+ *
+ *   target                               req/s  p50 ms  p99 ms  gw cores  req per core-s     req/s per round  bad
+ *   public (GET /v1/status)               2063    4.25   58.79      0.54            3664  2359 / 2063 / 1988    0
+ *   oauth (GET /v2/status, Bearer JWT)    1304    7.31   76.89      0.63            2089  1699 / 1304 / 1265    0
+ *   api key (GET /v3/status, x-api-key)   1151    9.54   69.46      0.63            1719  1162 / 1151 / 1043    0
+ *
+ * With a token the gateway serves 0.63 of the public rate (0.57 per core-second, p99 77 vs
+ * 59 ms); with an API key 0.56 (0.47 per core-second, p99 69 ms). The token's signature is
+ * checked once and then cached, so the OAuth row's extra cost per request is the token hash,
+ * the revocation lookup, the scope check and the ES256 caller assertion signed for the upstream
+ * (not separated here); the API key row has the HMAC lookup, its restrictions, the usage record
+ * and the same assertion. A 1-round x 1 s run minutes earlier gave 810 / 617 / 726 req/s.
+ * Figures move by up to 2x with the load.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { request } from 'node:https';
+import { availableParallelism, cpus, loadavg } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { stringify } from 'yaml';
+import { measure, stopActiveLoad } from './load.ts';
+import type { LoadOptions, LoadTarget, Measurement } from './load.ts';
+import { cleanup, makeTempDir, ROOT, startGateway, startUpstream } from './processes.ts';
+
+const USAGE = `usage: sh scripts/node24.sh bench/verify.ts [options]
+
+Requests per second and p99 through a real Portcullis process on a public operation, the same
+operation with an OAuth access token, and with an API key.
+
+options:
+  --duration <s>      seconds per measurement (default 5)
+  --connections <n>   concurrent connections, pipelining 1 (default 16)
+  --rounds <n>        rounds over the targets, medians reported (default 3)
+  --warmup <s>        warm-up seconds per target (default 2)
+  --json              results as JSON on stdout (progress stays on stderr)
+  -h, --help          this help
+`;
+
+interface Options extends LoadOptions {
+  rounds: number;
+  warmupS: number;
+  json: boolean;
+}
+
+function parseOptions(argv: string[]): Options {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      duration: { type: 'string', default: '5' },
+      connections: { type: 'string', default: '16' },
+      rounds: { type: 'string', default: '3' },
+      warmup: { type: 'string', default: '2' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    process.exit(0);
+  }
+  const int = (name: string, text: string, min: number, max: number): number => {
+    const n = Number(text);
+    if (!/^\d+$/.test(text) || n < min || n > max) {
+      throw new Error(`--${name} must be an integer from ${String(min)} to ${String(max)}`);
+    }
+    return n;
+  };
+  return {
+    durationS: int('duration', values.duration, 1, 600),
+    connections: int('connections', values.connections, 1, 1000),
+    rounds: int('rounds', values.rounds, 1, 50),
+    warmupS: int('warmup', values.warmup, 0, 60),
+    json: values.json,
+  };
+}
+
+function progress(message: string): void {
+  process.stderr.write(`bench: ${message}\n`);
+}
+
+const median = (values: number[]): number => {
+  const s = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2;
+};
+
+function clockTicks(): number {
+  try {
+    const n = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+    return Number.isInteger(n) && n > 0 ? n : 100;
+  } catch {
+    return 100;
+  }
+}
+
+/** CPU seconds (user + system) a process has used, from /proc/<pid>/stat. */
+function cpuSeconds(pid: number, ticks: number): number {
+  const stat = readFileSync(`/proc/${String(pid)}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / ticks;
+}
+
+/** One HTTPS request that verifies the certificate (autocannon does not; see load.ts). */
+function httpsCall(
+  url: string,
+  gw: { ca: string; servername: string },
+  method: 'GET' | 'POST',
+  headers: Record<string, string>,
+  body?: string,
+): Promise<{ status: number; body: string }> {
+  return new Promise((ok, fail) => {
+    const req = request(
+      url,
+      { method, ca: gw.ca, servername: gw.servername, agent: false, headers },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => ok({ status: res.statusCode ?? 0, body: text }));
+        res.on('error', fail);
+      },
+    );
+    req.on('error', fail);
+    req.end(body);
+  });
+}
+
+/** Runs a CLI command against the gateway's configuration and returns its JSON output. */
+async function cli(args: string[], configFile: string, dataDir: string): Promise<Record<string, unknown>> {
+  const child = spawn(
+    'sh',
+    [
+      'scripts/node24.sh',
+      'src/cli/main.ts',
+      ...args,
+      '--json',
+      '--config',
+      configFile,
+      '--data-dir',
+      dataDir,
+    ],
+    { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
+  child.stderr.on('data', (c: Buffer) => (err += c.toString('utf8')));
+  const [code] = (await once(child, 'close')) as [number];
+  if (code !== 0) throw new Error(`${args.slice(0, 2).join(' ')} failed: ${err}`);
+  return JSON.parse(out) as Record<string, unknown>;
+}
+
+/** The demo upstream's GET /status, under one `security` requirement. */
+function statusDocument(security: Record<string, string[]>[]): Record<string, unknown> {
+  return {
+    openapi: '3.1.0',
+    info: { title: 'verify bench', version: '1' },
+    components: {
+      securitySchemes: {
+        oauth2: {
+          type: 'oauth2',
+          flows: {
+            clientCredentials: { tokenUrl: 'https://localhost/token', scopes: { 'bench:read': 'read' } },
+          },
+        },
+        apiKey: { type: 'apiKey', in: 'header', name: 'x-api-key' },
+      },
+    },
+    paths: {
+      '/status': {
+        get: {
+          operationId: 'getStatus',
+          security,
+          responses: {
+            '200': {
+              description: 'ok',
+              content: {
+                'application/json': {
+                  schema: {
+                    type: 'object',
+                    additionalProperties: false,
+                    required: ['status', 'patients'],
+                    properties: {
+                      status: { type: 'string', maxLength: 16 },
+                      patients: { type: 'integer', minimum: 0, maximum: 1_000_000_000 },
+                    },
+                  },
+                },
+              },
+            },
+          },
+        },
+      },
+    },
+  };
+}
+
+interface Row {
+  target: string;
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  gatewayCores: number;
+  perCoreSecond: number;
+  rpsPerRound: number[];
+  bad: number;
+}
+
+function table(rows: string[][]): string {
+  const widths = (rows[0] ?? []).map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows
+    .map((r) =>
+      r.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0))).join('  '),
+    )
+    .join('\n');
+}
+
+async function main(options: Options): Promise<void> {
+  const root = await makeTempDir();
+  const upstream = await startUpstream();
+  progress(`demo upstream ${upstream.url} (pid ${String(upstream.pid)})`);
+  const docs = {
+    public: join(root, 'public.yaml'),
+    oauth: join(root, 'oauth.yaml'),
+    apikey: join(root, 'apikey.yaml'),
+  };
+  await writeFile(docs.public, stringify(statusDocument([])));
+  await writeFile(docs.oauth, stringify(statusDocument([{ oauth2: ['bench:read'] }])));
+  await writeFile(docs.apikey, stringify(statusDocument([{ apiKey: [] }])));
+  const generous = {
+    burst: { points: 1_000_000_000, seconds: 1 },
+    sustained: { points: 1_000_000_000, seconds: 60 },
+  };
+  const api = (name: string, openapi: string, basePath: string) => ({
+    name,
+    openapi,
+    basePath,
+    upstream: { url: upstream.url },
+  });
+  progress('starting portcullis (logging.level warn, accessLog false, rate limits raised)');
+  const gw = await startGateway(root, {
+    name: 'verify',
+    upstreamUrl: upstream.url,
+    logLevel: 'warn',
+    accessLog: false,
+    extraConfig: {
+      apis: [
+        api('open', docs.public, '/v1'),
+        api('oauth', docs.oauth, '/v2'),
+        api('keyed', docs.apikey, '/v3'),
+      ],
+      rateLimits: Object.fromEntries(
+        ['ip', 'client', 'apiKey', 'user', 'token', 'login'].map((d) => [d, generous]),
+      ),
+    },
+  });
+  progress(`portcullis ${gw.url} (pid ${String(gw.pid)})`);
+
+  const client = await cli(
+    ['clients', 'create', '--name', 'bench', '--grant', 'client_credentials', '--scope', 'bench:read'],
+    gw.configFile,
+    gw.dataDir,
+  );
+  const resource = `https://localhost:${new URL(gw.url).port}/v2`;
+  const tokenAnswer = await httpsCall(
+    `${gw.url}/token`,
+    gw,
+    'POST',
+    {
+      authorization: `Basic ${Buffer.from(`${String(client.client_id)}:${String(client.client_secret)}`).toString('base64')}`,
+      'content-type': 'application/x-www-form-urlencoded',
+    },
+    new URLSearchParams({ grant_type: 'client_credentials', scope: 'bench:read', resource }).toString(),
+  );
+  const accessToken = (JSON.parse(tokenAnswer.body) as { access_token?: unknown }).access_token;
+  if (tokenAnswer.status !== 200 || typeof accessToken !== 'string') {
+    throw new Error(`POST /token: HTTP ${String(tokenAnswer.status)} ${tokenAnswer.body.slice(0, 200)}`);
+  }
+  const issued = await cli(
+    ['apikeys', 'issue', '--name', 'bench', '--api', 'keyed'],
+    gw.configFile,
+    gw.dataDir,
+  );
+  const apiKey = issued.key;
+  if (typeof apiKey !== 'string') throw new Error('apikeys issue printed no key');
+  progress('client, token and API key created');
+
+  const https = { servername: gw.servername, ca: gw.ca };
+  const targets: LoadTarget[] = [
+    { name: 'public (GET /v1/status)', url: `${gw.url}/v1/status`, expectStatus: 200, ...https },
+    {
+      name: 'oauth (GET /v2/status, Bearer JWT)',
+      url: `${gw.url}/v2/status`,
+      expectStatus: 200,
+      headers: { authorization: `Bearer ${accessToken}` },
+      ...https,
+    },
+    {
+      name: 'api key (GET /v3/status, x-api-key)',
+      url: `${gw.url}/v3/status`,
+      expectStatus: 200,
+      headers: { 'x-api-key': apiKey },
+      ...https,
+    },
+  ];
+  // Each target answers 200 with its credential (certificate verified) and 401 without.
+  for (const t of targets) {
+    const ok = await httpsCall(t.url, gw, 'GET', t.headers ?? {});
+    if (ok.status !== 200) throw new Error(`${t.name}: HTTP ${String(ok.status)} ${ok.body.slice(0, 200)}`);
+    if (t.headers !== undefined) {
+      const refused = await httpsCall(t.url, gw, 'GET', {});
+      if (refused.status !== 401)
+        throw new Error(`${t.name} without credential: HTTP ${String(refused.status)}`);
+    }
+  }
+  progress('checks passed: 200 with the credential, 401 without (certificate verified)');
+
+  const ticks = clockTicks();
+  const load: LoadOptions = { durationS: options.durationS, connections: options.connections };
+  if (options.warmupS > 0) {
+    for (const t of targets) {
+      progress(`warm-up ${t.name} ${String(options.warmupS)} s`);
+      await measure(t, { ...load, durationS: options.warmupS });
+    }
+  }
+  const runs = new Map<LoadTarget, { m: Measurement; cores: number }[]>(targets.map((t) => [t, []]));
+  for (let round = 0; round < options.rounds; round++) {
+    const order = targets.map((_, i) => targets[(i + round) % targets.length] as LoadTarget);
+    for (const t of order) {
+      const cpu0 = cpuSeconds(gw.pid, ticks);
+      const wall0 = performance.now();
+      const m = await measure(t, load);
+      const cores = (cpuSeconds(gw.pid, ticks) - cpu0) / ((performance.now() - wall0) / 1000);
+      runs.get(t)?.push({ m, cores });
+      progress(
+        `round ${String(round + 1)}/${String(options.rounds)}  ${t.name.padEnd(38)} ${m.rps.toFixed(0).padStart(6)} req/s` +
+          `  p50 ${m.p50.toFixed(2)} ms  p99 ${m.p99.toFixed(2)} ms  gateway ${cores.toFixed(2)} cores` +
+          (m.unexpected + m.errors > 0
+            ? `  (${String(m.unexpected)} unexpected, ${String(m.errors)} errors)`
+            : ''),
+      );
+    }
+  }
+
+  const rows: Row[] = targets.map((t) => {
+    const r = runs.get(t) ?? [];
+    return {
+      target: t.name,
+      rps: median(r.map((x) => x.m.rps)),
+      p50Ms: median(r.map((x) => x.m.p50)),
+      p99Ms: median(r.map((x) => x.m.p99)),
+      gatewayCores: median(r.map((x) => x.cores)),
+      perCoreSecond: median(r.map((x) => (x.cores > 0 ? x.m.rps / x.cores : 0))),
+      rpsPerRound: r.map((x) => x.m.rps),
+      bad: r.reduce((n, x) => n + x.m.unexpected + x.m.errors, 0),
+    };
+  });
+  const machine = {
+    cpus: availableParallelism(),
+    cpuModel: cpus()[0]?.model ?? 'unknown',
+    node: process.version,
+    loadAverageAtEnd: loadavg().map((l) => Number(l.toFixed(2))),
+  };
+  const settings = { ...load, pipelining: 1, rounds: options.rounds, warmupS: options.warmupS };
+  if (options.json) {
+    process.stdout.write(JSON.stringify({ machine, settings, results: rows }, null, 2) + '\n');
+    return;
+  }
+  const base = rows[0];
+  const relative = (r: Row) =>
+    base === undefined || base.perCoreSecond === 0
+      ? ''
+      : `${r.target.split(' (')[0] ?? ''}: ${(r.rps / base.rps).toFixed(2)} of public req/s, ` +
+        `${(r.perCoreSecond / base.perCoreSecond).toFixed(2)} per core-second, p99 ${r.p99Ms.toFixed(2)} vs ${base.p99Ms.toFixed(2)} ms`;
+  process.stdout.write(
+    [
+      '',
+      `${String(machine.cpus)} CPUs (${machine.cpuModel}), Node ${machine.node}, load average ${machine.loadAverageAtEnd.join(' ')}`,
+      `${String(options.rounds)} rounds x ${String(options.durationS)} s, ${String(options.connections)} connections, pipelining 1`,
+      '',
+      table([
+        ['target', 'req/s', 'p50 ms', 'p99 ms', 'gw cores', 'req per core-s', 'req/s per round', 'bad'],
+        ...rows.map((r) => [
+          r.target,
+          r.rps.toFixed(0),
+          r.p50Ms.toFixed(2),
+          r.p99Ms.toFixed(2),
+          r.gatewayCores.toFixed(2),
+          r.perCoreSecond.toFixed(0),
+          r.rpsPerRound.map((x) => x.toFixed(0)).join(' / '),
+          String(r.bad),
+        ]),
+      ]),
+      '',
+      ...rows.slice(1).map(relative),
+      '',
+    ].join('\n'),
+  );
+}
+
+const options = parseOptions(process.argv.slice(2));
+let stopping = false;
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    stopActiveLoad();
+    void cleanup().then(() => process.exit(130));
+  });
+}
+try {
+  await main(options);
+} finally {
+  await cleanup();
+}
