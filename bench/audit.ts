@@ -1,10 +1,20 @@
 /**
  * `sh scripts/node24.sh bench/audit.ts`: what auditing costs, side by side in one run.
  *
- * The gateway's request path does not emit audit events yet, so this measures the audit log
- * itself: N concurrent "requests" (async loops) each record one request event per iteration
- * through `AuditLog.emit`, against the real store sink (SQLite by default, PostgreSQL with
- * `--store postgres://…`), in three modes:
+ * Two measurements:
+ *
+ * **`--gateway`: end to end.** Every gateway request emits one audit event (src/server/observe.ts).
+ * Starts the demo upstream and two `portcullis start` processes (bench/processes.ts), one with
+ * `audit.durability: batched` (the default) and one with `strict`, and loads
+ * `GET /v1/status` (a public operation: authorization/allow event) on each with autocannon, plus
+ * the upstream directly as a reference. Auditing cannot be switched off by configuration (the
+ * chain needs the store or the file sink), so there is no "audit off" gateway: **batched is the
+ * baseline**, and the audit log's own cost without a gateway is the second measurement. After
+ * the rounds it counts `audit_events` in each gateway's store against the responses.
+ *
+ * **Default: the audit log alone.** N concurrent "requests" (async loops) each record one request
+ * event per iteration through `AuditLog.emit`, against the real store sink (SQLite by default,
+ * PostgreSQL with `--store postgres://…`), in three modes:
  *
  * - `off`: the event is built (`buildAuditEvent`, the credential guard included) and dropped;
  *   the baseline of the loop itself.
@@ -14,7 +24,8 @@
  *
  * Each round runs every mode in turn (the order rotates), a fresh database per measurement;
  * the figures are medians over the rounds. Throughput counts events committed by the end of the
- * measurement (batched: after the final flush). Never part of `npm test`.
+ * measurement (batched: after the final flush). The gateway measurement reports
+ * medians of req/s and p99 the same way. Never part of `npm test`.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -29,6 +40,7 @@ import type { AuditConfig } from '../src/config/schema.ts';
 import { openStore } from '../src/store/index.ts';
 import { Value } from '@sinclair/typebox/value';
 import pg from 'pg';
+import { benchGateway } from './audit-gateway.ts';
 
 const USAGE = `usage: sh scripts/node24.sh bench/audit.ts [options]
 
@@ -36,6 +48,8 @@ const USAGE = `usage: sh scripts/node24.sh bench/audit.ts [options]
   --concurrency <n>   concurrent request loops (default 16)
   --rounds <n>        rounds of (off, batched, strict), medians reported (default 3)
   --store <url>       sqlite (default) or a postgres:// URL (a fresh schema per measurement)
+  --gateway           measure the gateway end to end (batched vs strict vs the upstream direct);
+                      --concurrency is then the number of connections
   --json              JSON on stdout
 `;
 
@@ -56,6 +70,7 @@ const { values } = parseArgs({
     concurrency: { type: 'string', default: '16' },
     rounds: { type: 'string', default: '3' },
     store: { type: 'string', default: 'sqlite' },
+    gateway: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
@@ -70,6 +85,11 @@ const rounds = Number(values.rounds);
 const pgUrl = values.store === 'sqlite' ? undefined : values.store;
 
 const defaults = (Value.Default(ConfigSchema, {}) as { audit: AuditConfig }).audit;
+
+if (values.gateway) {
+  await benchGateway({ durationS: durationMs / 1000, connections: concurrency, rounds, json: values.json });
+  process.exit(0);
+}
 
 function input(i: number): AuditEventInput {
   return {

@@ -1,8 +1,9 @@
 /**
  * The interim checkpoint key: an ECDSA P-256 key in `<dataDir>/audit/checkpoint-key.pem`
- * (mode 0600), created on first use. The key manager (src/keys) is to provide the production
- * signer (its keys wrapped by the KMS, rotated, the public keys published); until it does,
- * this file key keeps checkpoints signed. Verification pins the public keys found here.
+ * (mode 0600), created on first use. The gateway and the CLI sign with the key manager's
+ * audit-checkpoint key (`KeyManager.auditCheckpointSigner`, KMS-wrapped in the store); this file
+ * key remains the default of `openAuditLog` without a signer, and `audit verify` still accepts it
+ * so that logs written before the key manager signed them keep verifying.
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
@@ -56,4 +57,17 @@ export function fileCheckpointVerifier(dataDir: string): CheckpointVerifier {
     keys.set(ecThumbprint(pub), pub);
   }
   return es256Verifier(keys);
+}
+
+/**
+ * A verifier that accepts a signature any of `verifiers` accepts: the key manager's
+ * audit-checkpoint keys, and the interim file key of logs written before them.
+ */
+export function anyCheckpointVerifier(...verifiers: readonly CheckpointVerifier[]): CheckpointVerifier {
+  return {
+    async verify(kid, data, signature) {
+      for (const v of verifiers) if (await v.verify(kid, data, signature)) return true;
+      return false;
+    },
+  };
 }

@@ -156,25 +156,33 @@ export function registerApiKeysCommands(program: Command): void {
     .action(async (opts: IssueOptions) => {
       const json = opts.json === true;
       try {
-        const issued = await withContext(opts, async (ctx) => {
-          const known = new Set(ctx.loaded.config.apis.map((a) => a.name));
-          for (const api of opts.api) {
-            if (!known.has(api)) {
-              throw new ApiKeyError(
-                'API_KEY_INVALID_INPUT',
-                `no API named "${api.slice(0, 63)}" in the configuration`,
-              );
-            }
-          }
-          return issueApiKey(ctx.store, ctx.keys, {
-            name: opts.name,
-            apis: opts.api,
-            operations: opts.operation,
-            cidrs: opts.cidr,
-            env: opts.env,
-            expiresInDays: integer(opts.expiresIn, '--expires-in'),
-          });
-        });
+        const issued = await withContext(opts, (ctx) =>
+          ctx.audited(
+            'credential-lifecycle',
+            'apikey-issue',
+            async () => {
+              const known = new Set(ctx.loaded.config.apis.map((a) => a.name));
+              for (const api of opts.api) {
+                if (!known.has(api)) {
+                  throw new ApiKeyError(
+                    'API_KEY_INVALID_INPUT',
+                    `no API named "${api.slice(0, 63)}" in the configuration`,
+                  );
+                }
+              }
+              return issueApiKey(ctx.store, ctx.keys, {
+                name: opts.name,
+                apis: opts.api,
+                operations: opts.operation,
+                cidrs: opts.cidr,
+                env: opts.env,
+                expiresInDays: integer(opts.expiresIn, '--expires-in'),
+              });
+            },
+            (i) => ({ 'portcullis.api_key_id': i.id, 'portcullis.credential.type': 'api-key' }),
+            { 'portcullis.credential.type': 'api-key' },
+          ),
+        );
         if (json) {
           process.stdout.write(
             JSON.stringify(withKey(issued.key, apiKeyToJson(issued.record)), null, 2) + '\n',
@@ -219,7 +227,20 @@ export function registerApiKeysCommands(program: Command): void {
       const json = opts.json === true;
       try {
         const rotated = await withContext(opts, (ctx) =>
-          rotateApiKey(ctx.store, ctx.keys, id, { graceHours: integer(opts.graceHours, '--grace-hours') }),
+          ctx.audited(
+            'credential-lifecycle',
+            'apikey-rotate',
+            () =>
+              rotateApiKey(ctx.store, ctx.keys, id, {
+                graceHours: integer(opts.graceHours, '--grace-hours'),
+              }),
+            (r) => ({
+              'portcullis.api_key_id': r.id,
+              'portcullis.credential.type': 'api-key',
+              'event.reason': `replaces ${r.previous.id}`,
+            }),
+            { 'portcullis.api_key_id': id, 'portcullis.credential.type': 'api-key' },
+          ),
         );
         if (json) {
           process.stdout.write(
@@ -256,7 +277,15 @@ export function registerApiKeysCommands(program: Command): void {
     .action(async (id: string, opts: JsonOption) => {
       const json = opts.json === true;
       try {
-        const record = await withContext(opts, (ctx) => revokeApiKey(ctx.store, id));
+        const record = await withContext(opts, (ctx) =>
+          ctx.audited(
+            'credential-lifecycle',
+            'apikey-revoke',
+            () => revokeApiKey(ctx.store, id),
+            (r) => ({ 'portcullis.api_key_id': r.id, 'portcullis.credential.type': 'api-key' }),
+            { 'portcullis.api_key_id': id, 'portcullis.credential.type': 'api-key' },
+          ),
+        );
         if (json) process.stdout.write(JSON.stringify(apiKeyToJson(record), null, 2) + '\n');
         else process.stderr.write(`revoked API key ${record.id}\n`);
       } catch (err) {

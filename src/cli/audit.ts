@@ -11,7 +11,8 @@ import { verifyChain } from '../audit/chain.ts';
 import type { AuditRecord, VerifyResult } from '../audit/chain.ts';
 import { AUDIT_CATEGORIES, AUDIT_OUTCOMES } from '../audit/event.ts';
 import type { AuditCategory, AuditOutcome } from '../audit/event.ts';
-import { fileCheckpointVerifier } from '../audit/signer.ts';
+import { anyCheckpointVerifier, fileCheckpointVerifier } from '../audit/signer.ts';
+import { storeAuditVerifier } from '../keys/audit-key.ts';
 import { AuditQueryError, parseQueryDate, parseQueryOneOf, recordView } from '../audit/query.ts';
 import { readFileLog } from '../audit/sinks/file.ts';
 import { MAX_QUERY_LIMIT, queryStoreLog, readStoreLog } from '../audit/sinks/store.ts';
@@ -135,11 +136,19 @@ export function registerAuditCommands(program: Command): void {
         const loaded = await loadConfig(opts.config);
         const cfg = loaded.config.audit;
         const source = opts.source ?? (cfg.store.enabled ? 'store' : 'file');
-        const log =
-          source === 'store'
-            ? await withStore(opts, (store) => readStoreLog(store.db))
-            : await readFileLog(auditFilePath(cfg, opts.dataDir));
-        const result = await verifyChain(log.records, log.checkpoints, fileCheckpointVerifier(opts.dataDir));
+        // Checkpoints are signed by the key manager's audit-checkpoint key (its public keys are in
+        // the store; no KMS needed), or by the interim file key of logs written before it.
+        const result = await withStore(opts, async (store) => {
+          const log =
+            source === 'store'
+              ? await readStoreLog(store.db)
+              : await readFileLog(auditFilePath(cfg, opts.dataDir));
+          const verifier = anyCheckpointVerifier(
+            storeAuditVerifier(store.db),
+            fileCheckpointVerifier(opts.dataDir),
+          );
+          return verifyChain(log.records, log.checkpoints, verifier);
+        });
         report(result, source, json);
         process.exitCode = result.ok ? 0 : 1;
       } catch (err) {

@@ -104,18 +104,25 @@ export function registerClientsCommands(program: Command): void {
             ? undefined
             : (JSON.parse(await readFile(opts.jwks, 'utf8')) as { keys: JWK[] });
         const created = await withContext(opts, (ctx) =>
-          createClient(ctx.store.db, ctx.keys, {
-            name: opts.name,
-            grantTypes: grants as ClientGrant[],
-            scope: opts.scope,
-            redirectUris: opts.redirectUri,
-            postLogoutRedirectUris: opts.postLogoutRedirectUri,
-            ...(opts.authMethod === undefined ? {} : { authMethod: opts.authMethod as ClientAuthMethod }),
-            applicationType: opts.native === true ? 'native' : 'web',
-            ...(jwks === undefined ? {} : { jwks }),
-            ...(opts.tlsSubjectDn === undefined ? {} : { tlsSubjectDn: opts.tlsSubjectDn }),
-            ...(opts.requirePar === true ? { requirePushedAuthorizationRequests: true } : {}),
-          }),
+          ctx.audited(
+            'credential-lifecycle',
+            'client-create',
+            () =>
+              createClient(ctx.store.db, ctx.keys, {
+                name: opts.name,
+                grantTypes: grants as ClientGrant[],
+                scope: opts.scope,
+                redirectUris: opts.redirectUri,
+                postLogoutRedirectUris: opts.postLogoutRedirectUri,
+                ...(opts.authMethod === undefined ? {} : { authMethod: opts.authMethod as ClientAuthMethod }),
+                applicationType: opts.native === true ? 'native' : 'web',
+                ...(jwks === undefined ? {} : { jwks }),
+                ...(opts.tlsSubjectDn === undefined ? {} : { tlsSubjectDn: opts.tlsSubjectDn }),
+                ...(opts.requirePar === true ? { requirePushedAuthorizationRequests: true } : {}),
+              }),
+            (c) => ({ 'portcullis.client_id': c.client.clientId, 'portcullis.credential.type': 'client' }),
+            { 'portcullis.credential.type': 'client' },
+          ),
         );
         const secret = created.clientSecret ?? null;
         if (json) {
@@ -177,8 +184,17 @@ export function registerClientsCommands(program: Command): void {
     .action(async (clientId: string, opts: JsonOption) => {
       const json = opts.json === true;
       try {
-        const deleted = await withContext(opts, (ctx) => deleteClient(ctx.store.db, clientId));
-        if (!deleted) throw new Error('no such client');
+        await withContext(opts, (ctx) =>
+          ctx.audited(
+            'credential-lifecycle',
+            'client-delete',
+            async () => {
+              if (!(await deleteClient(ctx.store.db, clientId))) throw new Error('no such client');
+            },
+            () => ({ 'portcullis.client_id': clientId, 'portcullis.credential.type': 'client' }),
+            { 'portcullis.client_id': clientId, 'portcullis.credential.type': 'client' },
+          ),
+        );
         if (json) process.stdout.write(JSON.stringify({ client_id: clientId, deleted: true }) + '\n');
         else process.stderr.write(`deleted ${clientId}\n`);
       } catch (err) {

@@ -1,21 +1,50 @@
 /**
- * What a CLI command that works on state needs: the loaded configuration, the store and the key
- * manager, opened against one data directory and closed together.
+ * What a CLI command that works on state needs: the loaded configuration, the store, the key
+ * manager and the audit log, opened against one data directory and closed together.
+ *
+ * Control-plane changes made from the CLI are audited like the gateway's: {@link CliContext.audited}
+ * runs the change and records a durable event (`portcullis.listener: cli`) before the command
+ * reports success; a change that fails is recorded as a failure.
  */
 import { mkdir } from 'node:fs/promises';
+import { openAuditLog } from '../audit/index.ts';
+import type { AuditLog } from '../audit/index.ts';
+import type { AuditCategory, AuditEventInput } from '../audit/event.ts';
 import { loadConfig } from '../config/load.ts';
 import type { LoadedConfig } from '../config/load.ts';
 import { openKeyManager } from '../keys/index.ts';
 import type { StoreKeyManager } from '../keys/index.ts';
 import type { Logger } from '../server/logging.ts';
+import { describeError } from '../server/logging.ts';
 import { openStore } from '../store/index.ts';
 import type { Store } from '../store/index.ts';
+
+/** What a CLI change records: the category, the action and the ids (never a secret). */
+export type CliAuditFields = Omit<
+  AuditEventInput,
+  'event.category' | 'event.action' | 'event.outcome' | 'portcullis.listener'
+>;
 
 export interface CliContext {
   readonly loaded: LoadedConfig;
   readonly store: Store;
   readonly keys: StoreKeyManager;
-  /** Stops the key manager and closes the store (idempotent). */
+  /** The audit log of the configuration (the same sinks and chain as the gateway's). */
+  readonly audit: AuditLog;
+  /**
+   * Runs `change`, then records a durable `category`/`action` event with the fields `describe`
+   * derives from its result, and only then returns that result. When `change` throws, a
+   * failure event (reason: the error's code or message) is recorded and the error rethrown.
+   * When the event cannot be made durable, this rejects: the command must not report success.
+   */
+  audited<T>(
+    category: AuditCategory,
+    action: string,
+    change: () => Promise<T>,
+    describe: (result: T) => CliAuditFields,
+    onFailure?: CliAuditFields,
+  ): Promise<T>;
+  /** Closes the audit log (flushing it), stops the key manager and closes the store (idempotent). */
   close(): Promise<void>;
 }
 
@@ -47,15 +76,76 @@ export async function openCliContext(opts: CliContextOptions): Promise<CliContex
     await store.close();
     throw error;
   }
+  let audit: AuditLog;
+  try {
+    audit = await openAuditLog({
+      config: loaded.config.audit,
+      dataDir: opts.dataDir,
+      store,
+      signer: keys.auditCheckpointSigner(),
+      // stdout carries the commands' own output (`--json`); the stdout sink writes to stderr.
+      stdout: process.stderr,
+      ...(opts.logger === undefined
+        ? {}
+        : {
+            onError: (err: unknown, sink: string) => {
+              opts.logger?.warn(
+                { event: 'audit-sink-error', sink, error: describeError(err) },
+                'audit sink error',
+              );
+            },
+          }),
+    });
+  } catch (error) {
+    keys.close();
+    await store.close();
+    throw error;
+  }
+  const cli = { 'portcullis.listener': 'cli' } as const;
   let closing: Promise<void> | undefined;
   return {
     loaded,
     store,
     keys,
+    audit,
+    async audited(category, action, change, describe, onFailure) {
+      let result: Awaited<ReturnType<typeof change>>;
+      try {
+        result = await change();
+      } catch (error) {
+        const code = (error as { code?: unknown } | null)?.code;
+        const reason =
+          typeof code === 'string' ? code : error instanceof Error ? error.message.slice(0, 200) : 'error';
+        // Best effort: the command fails anyway, with the original error.
+        await audit
+          .emitDurable({
+            ...onFailure,
+            ...cli,
+            'event.category': category,
+            'event.action': action,
+            'event.outcome': 'failure',
+            'event.reason': reason,
+          })
+          .catch(() => undefined);
+        throw error;
+      }
+      await audit.emitDurable({
+        ...describe(result),
+        ...cli,
+        'event.category': category,
+        'event.action': action,
+        'event.outcome': 'success',
+      });
+      return result;
+    },
     close() {
       closing ??= (async () => {
-        keys.close();
-        await store.close();
+        try {
+          await audit.close();
+        } finally {
+          keys.close();
+          await store.close();
+        }
       })();
       return closing;
     },

@@ -96,7 +96,13 @@ export function registerKeysCommands(program: Command): void {
       try {
         const ctx = await openCliContext(opts);
         try {
-          const listed = await ctx.keys.rotate(opts.reason);
+          const listed = await ctx.audited(
+            'key-lifecycle',
+            'key-rotate',
+            () => ctx.keys.rotate(opts.reason),
+            () => ({ 'portcullis.key.kid': ctx.keys.current().kid, 'event.reason': opts.reason }),
+            { 'event.reason': opts.reason },
+          );
           print(listed, json);
           if (!json) {
             process.stderr.write(

@@ -102,11 +102,18 @@ export function registerUsersCommands(program: Command): void {
         const password = await readPassword();
         const ctx = await openCliContext(opts);
         try {
-          const created = await usersOf(ctx, opts.dataDir).create({
-            username: opts.username,
-            password,
-            totp: opts.totp === true,
-          });
+          const created = await ctx.audited(
+            'credential-lifecycle',
+            'user-create',
+            () =>
+              usersOf(ctx, opts.dataDir).create({
+                username: opts.username,
+                password,
+                totp: opts.totp === true,
+              }),
+            (c) => ({ 'user.id': c.user.id, 'portcullis.credential.type': 'user' }),
+            { 'portcullis.credential.type': 'user' },
+          );
           if (json) {
             process.stdout.write(
               JSON.stringify(
@@ -141,7 +148,13 @@ export function registerUsersCommands(program: Command): void {
       try {
         const ctx = await openCliContext(opts);
         try {
-          const user = await usersOf(ctx, opts.dataDir).disable(opts.username);
+          const user = await ctx.audited(
+            'credential-lifecycle',
+            'user-disable',
+            () => usersOf(ctx, opts.dataDir).disable(opts.username),
+            (u) => ({ 'user.id': u.id, 'portcullis.credential.type': 'user' }),
+            { 'portcullis.credential.type': 'user' },
+          );
           if (json) process.stdout.write(JSON.stringify(userJson(user), null, 2) + '\n');
           else process.stderr.write(`disabled user ${user.username}\n`);
         } finally {

@@ -27,12 +27,14 @@ import { PRIVATE_JWK_MEMBERS, generateSigningKey, isSigningAlg, publicPart, thum
 import type { GeneratedKey } from './generate.ts';
 import { openKms } from './kms.ts';
 import type { KmsProvider } from './kms.ts';
+import { openAuditKey, storeAuditVerifier } from './audit-key.ts';
 import type { KeyManager, KeyStatus, KeySummary, PepperPurpose, SigningAlg } from './types.ts';
 
 export type { KeyManager, KeyStatus, KeySummary, PepperPurpose, SigningAlg } from './types.ts';
 export type { KmsProvider } from './kms.ts';
 export { KmsError, createLocalKms, loadLocalKek } from './kms.ts';
 export { SIGNING_ALGS, generateSigningKey } from './generate.ts';
+export { AUDIT_KEY_ALG, storeAuditVerifier } from './audit-key.ts';
 
 export const PEPPER_PURPOSES: readonly PepperPurpose[] = ['client-secret', 'api-key'];
 
@@ -395,6 +397,25 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     }
   }
 
+  // The audit-checkpoint key: created once, like the key set, under the key-set lock.
+  const auditKey = await openAuditKey({
+    db: store.db,
+    kms,
+    now,
+    transact: (fn) =>
+      writeTransaction(store, async (db) => {
+        await lockState(db, store.kind);
+        return fn(db);
+      }),
+  });
+  if (auditKey.created) {
+    logger?.info(
+      { event: 'keys.audit_key_created', kid: auditKey.signer.kid, kms: kms.name },
+      'audit-checkpoint key created',
+    );
+  }
+  const auditVerifier = storeAuditVerifier(store.db);
+
   const listeners = new Set<() => void>();
   let closed = false;
   let timer: NodeJS.Timeout | undefined;
@@ -595,6 +616,12 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     },
     refresh() {
       return serial(reload);
+    },
+    auditCheckpointSigner() {
+      return auditKey.signer;
+    },
+    auditCheckpointVerifier() {
+      return auditVerifier;
     },
     hmac(purpose, value) {
       const pepper = peppers.get(purpose);

@@ -4,6 +4,7 @@
  * the private JWKs handed to the in-process token signer (oidc-provider).
  */
 import type { JWK } from 'jose';
+import type { CheckpointSigner, CheckpointVerifier } from '../audit/chain.ts';
 
 export type SigningAlg = 'ES256' | 'PS256' | 'EdDSA';
 
@@ -42,6 +43,13 @@ export interface KeyManager {
   refresh(): Promise<boolean>;
   /** HMAC-SHA-256 of `value` under the pepper for `purpose`, base64url. */
   hmac(purpose: PepperPurpose, value: string): string;
+  /**
+   * Signs audit-trail checkpoints (ES256) with the audit-checkpoint key: created once per store,
+   * its private part wrapped by the KMS like the signing keys; the kid is its RFC 7638 thumbprint.
+   */
+  auditCheckpointSigner(): CheckpointSigner;
+  /** Verifies checkpoints signed by any audit-checkpoint key this store ever held. */
+  auditCheckpointVerifier(): CheckpointVerifier;
   /** Called after the key set changed (rotation here or refreshed from another node). */
   onChange(listener: () => void): () => void;
   /** Stops the rotation timer. */

@@ -238,6 +238,30 @@ export function migrations(kind: StoreKind): Record<string, Migration> {
           .execute();
       },
     },
+    '007_audit_key': {
+      // The key manager's audit-checkpoint key (src/keys): ES256, created once, the private JWK
+      // only wrapped by the KMS. Rows are never deleted, so old checkpoints keep verifying.
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('audit_keys')
+          .addColumn('kid', 'varchar(64)', (col) => col.primaryKey())
+          .addColumn('alg', 'varchar(16)', (col) => col.notNull())
+          .addColumn('public_jwk', 'text', (col) => col.notNull())
+          .addColumn('private_jwk_wrapped', 'text', (col) => col.notNull())
+          .addColumn('kms', 'varchar(64)', (col) => col.notNull())
+          .addColumn('created_at', 'varchar(32)', (col) => col.notNull())
+          .addColumn('retired_at', 'varchar(32)')
+          .execute();
+        // At most one key in use.
+        await db.schema
+          .createIndex('audit_keys_one_active_idx')
+          .on('audit_keys')
+          .column(sql`(retired_at is null)`)
+          .unique()
+          .where(sql<boolean>`retired_at is null`)
+          .execute();
+      },
+    },
   };
 }
 

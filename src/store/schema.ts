@@ -191,6 +191,21 @@ export interface ApiKeyNetworksTable {
   first_seen_at: string;
 }
 
+/** The audit-checkpoint signing key (migration 007); the private JWK only wrapped by the KMS. */
+export interface AuditKeysTable {
+  /** RFC 7638 JWK thumbprint (SHA-256, base64url). */
+  kid: string;
+  /** 'ES256'. */
+  alg: string;
+  /** The public JWK, JSON. */
+  public_jwk: string;
+  private_jwk_wrapped: string;
+  kms: string;
+  /** ISO-8601 UTC; retired_at: null while the key signs checkpoints. */
+  created_at: string;
+  retired_at: string | null;
+}
+
 export interface Database {
   oauth_models: OAuthModelsTable;
   oauth_clients: OAuthClientsTable;
@@ -205,6 +220,7 @@ export interface Database {
   audit_checkpoints: AuditCheckpointsTable;
   api_keys: ApiKeysTable;
   api_key_networks: ApiKeyNetworksTable;
+  audit_keys: AuditKeysTable;
 }
 
 export type ConfigVersionRow = Selectable<ConfigVersionsTable>;
