@@ -17,7 +17,7 @@ declare module 'autocannon' {
     method?: string;
     headers?: Record<string, string>;
     /** Request body, sent with every request. */
-    body?: string;
+    body?: string | Buffer;
     servername?: string;
     tlsOptions?: ConnectionOptions;
   }

@@ -18,7 +18,8 @@ export interface LoadTarget {
   /** Default GET without a body. */
   method?: 'GET' | 'POST';
   headers?: Record<string, string>;
-  body?: string;
+  /** A Buffer for bytes that are not valid UTF-8. */
+  body?: string | Buffer;
 }
 
 export interface LoadOptions {
@@ -38,6 +39,8 @@ export interface Measurement {
   unexpected: number;
   /** Connection errors, timeouts included. */
   errors: number;
+  /** Responses by status code. */
+  statuses: Record<number, number>;
 }
 
 let active: Instance | undefined;
@@ -58,6 +61,7 @@ export function measure(target: LoadTarget, options: LoadOptions): Promise<Measu
   let latencies = new Float64Array(1 << 16);
   let count = 0;
   let unexpected = 0;
+  const statuses: Record<number, number> = {};
   return new Promise((ok, fail) => {
     const https = target.url.startsWith('https:');
     const instance = autocannon(
@@ -89,6 +93,7 @@ export function measure(target: LoadTarget, options: LoadOptions): Promise<Measu
           responses: count,
           unexpected,
           errors: result.errors,
+          statuses,
         });
       },
     );
@@ -100,6 +105,7 @@ export function measure(target: LoadTarget, options: LoadOptions): Promise<Measu
         latencies = bigger;
       }
       latencies[count++] = responseTime;
+      statuses[statusCode] = (statuses[statusCode] ?? 0) + 1;
       if (statusCode !== target.expectStatus) unexpected++;
     });
   });
