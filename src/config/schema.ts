@@ -806,6 +806,62 @@ const Alerts = Section(
   'alert rules over the audit event stream, delivered to a signed webhook',
 );
 
+const Tokens = Section(
+  {
+    issuers: Type.Array(
+      Type.Object(
+        {
+          issuer: Type.String({
+            pattern: '^https://[^\\s#?]+$',
+            maxLength: 300,
+            description: 'the issuer identifier, compared exactly with the token iss',
+          }),
+          jwksUri: Type.String({
+            pattern: '^https://[^\\s#]+$',
+            maxLength: 2000,
+            description: 'its published keys, fetched over TLS only',
+          }),
+          audience: Type.Optional(
+            Type.String({
+              minLength: 1,
+              maxLength: 300,
+              description: "the aud its tokens must carry; default: the API's audience",
+            }),
+          ),
+          algorithms: Type.Array(
+            Type.Union(['ES256', 'PS256', 'EdDSA', 'RS256'].map((a) => Type.Literal(a))),
+            {
+              minItems: 1,
+              maxItems: 4,
+              uniqueItems: true,
+              default: ['ES256', 'PS256', 'EdDSA'],
+              description: 'accepted signature algorithms (RS256 only when listed)',
+            },
+          ),
+          caFile: Type.Optional(
+            Type.String({ minLength: 1, description: "CA bundle for the issuer's TLS certificate" }),
+          ),
+          refreshMinIntervalSeconds: Type.Integer({
+            default: 60,
+            minimum: 1,
+            maximum: 86_400,
+            description: 'an unknown kid re-fetches the keys at most once per this interval',
+          }),
+          clockSkewSeconds: Type.Integer({
+            default: 30,
+            minimum: 0,
+            maximum: 300,
+            description: 'tolerance for exp, nbf and iat',
+          }),
+        },
+        { additionalProperties: false },
+      ),
+      { default: [], maxItems: 20 },
+    ),
+  },
+  'access tokens from external issuers, accepted beside the built-in authorization server',
+);
+
 export const ConfigSchema = Type.Object(
   {
     version: Type.Literal(1, { default: 1 }),
@@ -832,6 +888,7 @@ export const ConfigSchema = Type.Object(
       'JSON logs on stdout',
     ),
     oauth: OAuth,
+    tokens: Tokens,
     audit: Audit,
     alerts: Alerts,
     apis: Type.Array(Api, { default: [], maxItems: 1000 }),

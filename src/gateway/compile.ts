@@ -26,6 +26,9 @@ import { apiKeySchemeVerifier } from '../tokens/api-keys.ts';
 import type { ApiKeyAuthority } from '../tokens/api-keys.ts';
 import type { ReplayCache } from '../tokens/dpop.ts';
 import type { IdentitySigner } from '../tokens/identity.ts';
+import { IssuerConfigError, openExternalIssuers, routeByIssuer } from '../tokens/issuers.ts';
+import type { ExternalIssuers } from '../tokens/issuers.ts';
+import { readFileSync } from 'node:fs';
 import { compileClientCertPolicy, mtlsSchemeVerifier } from '../tokens/mtls.ts';
 import type { ClientCertPolicy } from '../tokens/mtls.ts';
 import { compileProxy, Upstream } from './stages/proxy/index.ts';
@@ -110,22 +113,34 @@ function buildVerifiers(
   options: CompileOptions & {
     readonly publicUrl: string;
     readonly clientCerts: ClientCertPolicy | undefined;
+    readonly externalIssuers: ExternalIssuers;
   },
 ): Record<string, SchemeVerifier> {
   const verifiers: Record<string, SchemeVerifier> = {};
   const certificate = (req: GatewayRequest) => req.peerCertificate();
   const schemes = Object.entries(document.securitySchemes);
   const tokenSchemes = schemes.filter(([, s]) => isTokenScheme(s));
-  if (options.tokens !== undefined && tokenSchemes.length > 0) {
-    // One verifier (and one cache of verified tokens) per API audience. Key-bound tokens are
-    // accepted with their proof: a DPoP proof, or the certificate of this TLS connection.
-    const verify = createAccessTokenVerifier({
-      issuer: options.tokens.issuer,
+  // One verifier (and one cache of verified tokens) per issuer and API audience, chosen by the
+  // token's iss (tokens/issuers.ts). Key-bound tokens are accepted with their proof: a DPoP
+  // proof, or the certificate of this TLS connection.
+  const tokens = options.tokens;
+  const allowBoundTokens = options.dpopReplay !== undefined;
+  const verify = routeByIssuer([
+    ...(tokens === undefined
+      ? []
+      : [
+          {
+            issuer: tokens.issuer,
+            verify: createAccessTokenVerifier({ ...tokens, audience, allowBoundTokens }),
+          },
+        ]),
+    ...options.externalIssuers.verifiersFor({
       audience,
-      keys: options.tokens.keys,
-      isRevoked: options.tokens.isRevoked,
-      allowBoundTokens: options.dpopReplay !== undefined,
-    });
+      isRevoked: tokens?.isRevoked ?? (() => false),
+      allowBoundTokens,
+    }),
+  ]);
+  if (verify !== undefined && tokenSchemes.length > 0) {
     const dpopReplay = options.dpopReplay;
     for (const [name] of tokenSchemes) {
       verifiers[name] = oauthSchemeVerifier(name, verify, {
@@ -218,6 +233,17 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
   }
   const apis: CompiledApi[] = [];
   const routes: { method: string; template: string; data: CompiledOperation }[] = [];
+  let externalIssuers: ExternalIssuers;
+  try {
+    externalIssuers = openExternalIssuers(config.tokens.issuers, {
+      readCa: (f) => readFileSync(loaded.resolvePath(f), 'utf8'),
+      ...(options.tokens === undefined ? {} : { reserved: [options.tokens.issuer] }),
+    });
+  } catch (err) {
+    if (err instanceof IssuerConfigError)
+      throw configError(loaded, ['tokens', 'issuers', err.index, err.key], err.message);
+    throw err;
+  }
   const backends = options.backends ?? createLimitBackends();
   try {
     const rateLimits = await compileRateLimits(loaded, backends);
@@ -274,6 +300,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
         ...options,
         publicUrl: config.gateway.publicUrl,
         clientCerts,
+        externalIssuers,
       });
       Object.assign(verifiers, options.verifiers?.[api.name] ?? {});
       const limitsFor = await rateLimits.forApi(i, document);
@@ -394,12 +421,12 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
       rateLimits,
       correlationHeader: config.gateway.correlationHeader,
       close: async () => {
-        await Promise.all(apis.map((a) => a.upstream.close()));
+        await Promise.all([...apis.map((a) => a.upstream.close()), externalIssuers.close()]);
         if (options.backends === undefined) await backends.close();
       },
     };
   } catch (err) {
-    await Promise.allSettled(apis.map((a) => a.upstream.close()));
+    await Promise.allSettled([...apis.map((a) => a.upstream.close()), externalIssuers.close()]);
     if (options.backends === undefined) await backends.close();
     throw err;
   }

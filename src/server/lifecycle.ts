@@ -199,6 +199,8 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       config: config.audit,
       dataDir,
       store,
+      // Checkpoints are signed by the key manager's audit-checkpoint key (KMS-wrapped).
+      signer: openedKeys.auditCheckpointSigner(),
       registry: metrics.registry,
       onError: (err, sink) => {
         alerts?.sinkError(sink);
@@ -333,9 +335,23 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     if (config.demoUpstream) {
       const demoModule = '../../examples/demo-upstream/server.ts';
       const demo = (await import(demoModule)) as typeof DemoModule;
+      const { host, port } = config.demoUpstream;
+      // It verifies the caller assertion, addressed (as the proxy does) to the origin of the API
+      // that points at it.
+      const pointing = config.apis
+        .map((a) => new URL(a.upstream.url))
+        .find((u) => u.protocol === 'http:' && Number(u.port || 80) === port);
       const up = await demo.startDemoUpstream({
-        host: config.demoUpstream.host,
-        port: config.demoUpstream.port,
+        host,
+        port,
+        identity: {
+          issuer: config.gateway.publicUrl,
+          audience:
+            pointing?.origin ??
+            new URL(`http://${host.includes(':') ? `[${host}]` : host}:${String(port)}`).origin,
+          jwks: () => openedKeys.publicJwks(),
+          header: config.gateway.identity.header,
+        },
       });
       cleanups.push(() => up.close());
       demoUpstreamUrl = up.url;
