@@ -3,74 +3,18 @@
  * directory, on SQLite and PostgreSQL; the keys it prints are verified in-process with the same
  * key manager (pepper) a gateway would use.
  */
-import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import pg from 'pg';
-import { afterAll, describe, expect, it } from 'vitest';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
+import { cliBackends, ROOT, runPortcullis } from './cli-harness.ts';
 import type { ApiKeyJson } from '../src/cli/apikeys.ts';
 import { openCliContext } from '../src/cli/context.ts';
 import { API_KEY_PATTERN, createApiKeyAuthority } from '../src/tokens/api-keys.ts';
 
-const ROOT = resolve(import.meta.dirname, '..');
-const PG_URL = process.env.PORTCULLIS_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-const tmp = mkdtempSync(join(tmpdir(), 'portcullis-cli-apikeys-'));
-const pgSchemas: string[] = [];
+const { tmp, backends } = cliBackends('cli-apikeys');
 
-afterAll(async () => {
-  rmSync(tmp, { recursive: true, force: true });
-  if (pgSchemas.length === 0) return;
-  const client = new pg.Client({ connectionString: PG_URL });
-  await client.connect();
-  try {
-    for (const schema of pgSchemas) await client.query(`drop schema if exists "${schema}" cascade`);
-  } finally {
-    await client.end();
-  }
-});
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function portcullis(...args: string[]): Promise<Run> {
-  const env = { ...process.env };
-  delete env.PORTCULLIS_MASTER_KEY;
-  return new Promise((ok, fail) => {
-    const child = spawn('sh', ['scripts/node24.sh', 'src/cli/main.ts', ...args], {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
-    child.on('error', fail);
-    child.on('close', (code) => {
-      ok({ code, stdout, stderr });
-    });
-  });
-}
-
-const backends = [
-  { name: 'sqlite', storeUrl: () => 'sqlite:portcullis.db' },
-  {
-    name: 'postgres',
-    storeUrl: () => {
-      const schema = `portcullis_cli_apikeys_${randomBytes(8).toString('hex')}`;
-      pgSchemas.push(schema);
-      const url = new URL(PG_URL);
-      url.searchParams.set('schema', schema);
-      return url.href;
-    },
-  },
-];
+const portcullis = (...args: string[]) => runPortcullis(args);
 
 let counter = 0;
 

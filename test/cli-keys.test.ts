@@ -2,74 +2,18 @@
  * `portcullis keys list|rotate` as a child process against a temporary data directory, on SQLite
  * and PostgreSQL.
  */
-import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import pg from 'pg';
-import { afterAll, describe, expect, it } from 'vitest';
+import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
+import { cliBackends, runPortcullis } from './cli-harness.ts';
 import { openCliContext } from '../src/cli/context.ts';
 import type { KeyJson } from '../src/cli/keys.ts';
 import { PRIVATE_JWK_MEMBERS } from '../src/keys/generate.ts';
 
-const ROOT = resolve(import.meta.dirname, '..');
-const PG_URL = process.env.PORTCULLIS_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-const tmp = mkdtempSync(join(tmpdir(), 'portcullis-cli-keys-'));
-const pgSchemas: string[] = [];
+const { tmp, backends } = cliBackends('cli-keys');
 
-afterAll(async () => {
-  rmSync(tmp, { recursive: true, force: true });
-  if (pgSchemas.length === 0) return;
-  const client = new pg.Client({ connectionString: PG_URL });
-  await client.connect();
-  try {
-    for (const schema of pgSchemas) await client.query(`drop schema if exists "${schema}" cascade`);
-  } finally {
-    await client.end();
-  }
-});
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function portcullis(...args: string[]): Promise<Run> {
-  const env = { ...process.env };
-  delete env.PORTCULLIS_MASTER_KEY;
-  return new Promise((ok, fail) => {
-    const child = spawn('sh', ['scripts/node24.sh', 'src/cli/main.ts', ...args], {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
-    child.on('error', fail);
-    child.on('close', (code) => {
-      ok({ code, stdout, stderr });
-    });
-  });
-}
-
-const backends = [
-  { name: 'sqlite', storeUrl: () => 'sqlite:portcullis.db' },
-  {
-    name: 'postgres',
-    storeUrl: () => {
-      const schema = `portcullis_cli_keys_${randomBytes(8).toString('hex')}`;
-      pgSchemas.push(schema);
-      const url = new URL(PG_URL);
-      url.searchParams.set('schema', schema);
-      return url.href;
-    },
-  },
-];
+const portcullis = (...args: string[]) => runPortcullis(args);
 
 let counter = 0;
 

@@ -2,75 +2,18 @@
  * `portcullis users create|disable` as a child process, on SQLite and PostgreSQL: the password
  * comes from stdin (never argv), the TOTP URI is printed once, and the user can then sign in.
  */
-import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import pg from 'pg';
-import { afterAll, describe, expect, it } from 'vitest';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
+import { cliBackends, runPortcullis } from './cli-harness.ts';
 import { openCliContext } from '../src/cli/context.ts';
 import { openKms } from '../src/keys/kms.ts';
 import { base32Decode, createUsers, hotp, kmsSecretWrapper, totpStep } from '../src/oauth/users.ts';
 
-const ROOT = resolve(import.meta.dirname, '..');
-const PG_URL = process.env.PORTCULLIS_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-const tmp = mkdtempSync(join(tmpdir(), 'portcullis-cli-users-'));
-const pgSchemas: string[] = [];
+const { tmp, backends } = cliBackends('cli-users');
 
-afterAll(async () => {
-  rmSync(tmp, { recursive: true, force: true });
-  if (pgSchemas.length === 0) return;
-  const client = new pg.Client({ connectionString: PG_URL });
-  await client.connect();
-  try {
-    for (const schema of pgSchemas) await client.query(`drop schema if exists "${schema}" cascade`);
-  } finally {
-    await client.end();
-  }
-});
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function portcullis(stdin: string, ...args: string[]): Promise<Run> {
-  const env = { ...process.env };
-  delete env.PORTCULLIS_MASTER_KEY;
-  return new Promise((ok, fail) => {
-    const child = spawn('sh', ['scripts/node24.sh', 'src/cli/main.ts', ...args], {
-      cwd: ROOT,
-      stdio: ['pipe', 'pipe', 'pipe'],
-      env,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
-    child.on('error', fail);
-    child.on('close', (code) => {
-      ok({ code, stdout, stderr });
-    });
-    child.stdin.end(stdin);
-  });
-}
-
-const backends = [
-  { name: 'sqlite', storeUrl: () => 'sqlite:portcullis.db' },
-  {
-    name: 'postgres',
-    storeUrl: () => {
-      const schema = `portcullis_cli_users_${randomBytes(8).toString('hex')}`;
-      pgSchemas.push(schema);
-      const url = new URL(PG_URL);
-      url.searchParams.set('schema', schema);
-      return url.href;
-    },
-  },
-];
+const portcullis = (stdin: string, ...args: string[]) => runPortcullis(args, stdin);
 
 let counter = 0;
 
