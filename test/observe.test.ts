@@ -107,3 +107,40 @@ describe('metrics', () => {
     expect(text).not.toContain('/v2/items/one');
   });
 });
+
+describe('turning request events off', () => {
+  it('is refused without a documented exception, and with one, requests leave no event but still count', async () => {
+    const { parseConfig, ConfigError } = await import('../src/config/load.ts');
+    expect(() => parseConfig('audit:\n  requestEvents: false\n', '/etc/p.yaml')).toThrow(ConfigError);
+    const quiet = await startTestGateway({
+      audit: { requestEvents: false },
+      exceptions: [
+        {
+          id: 'bench-1',
+          control: 'audit-request-events',
+          scope: 'benchmark gateway only',
+          rationale: 'measures the cost of request auditing against a baseline without it',
+          compensatingControls: ['access log on', 'isolated benchmark host'],
+          owner: 'platform team',
+          approver: 'security officer',
+          expires: '2099-12-31',
+        },
+      ],
+      apis: [{ name: 'items', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }],
+    });
+    try {
+      const res = await quiet.request('/v1/items/abc');
+      expect(res.status).toBe(200);
+      await quiet.p.audit.flush();
+      const rows = await quiet.p.store.db
+        .selectFrom('audit_events')
+        .select(['trace_id', 'category'])
+        .execute();
+      expect(rows.some((r) => r.trace_id === res.headers['x-request-id'])).toBe(false);
+      expect(rows.some((r) => r.category === 'configuration')).toBe(true); // control-plane still recorded
+      expect(await quiet.p.metrics.text()).toMatch(/route="\/v1\/items\/\{id\}"/);
+    } finally {
+      await quiet.close();
+    }
+  });
+});

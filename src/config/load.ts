@@ -355,6 +355,9 @@ export function parseConfig(text: string, file: string, now: Date = new Date()):
   ) {
     issue(['redis'], 'a redis backend is configured: set redis.url');
   }
+  if (!config.audit.requestEvents) {
+    needs('audit-request-events', ['audit', 'requestEvents'], 'not auditing requests');
+  }
   if (config.oauth.accessTokenTtlSeconds > 1800) {
     needs('token-lifetime', ['oauth', 'accessTokenTtlSeconds'], 'an access-token lifetime above 30 minutes');
   }

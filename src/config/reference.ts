@@ -107,5 +107,6 @@ const CONTROL_TEXT: Record<(typeof CONTROLS)[number], string> = {
   'upstream-plaintext': 'an `http://` upstream on a host other than loopback',
   'cors-credentials': '`apis[].cors.allowCredentials: true`',
   'token-lifetime': '`oauth.accessTokenTtlSeconds` above 1800 (30 minutes)',
+  'audit-request-events': '`audit.requestEvents: false` (no audit event per request)',
   'rate-limits': '`rateLimits.mode` `shadow` or `off`',
 };

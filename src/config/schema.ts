@@ -33,6 +33,7 @@ export const CONTROLS = [
   'upstream-plaintext',
   'cors-credentials',
   'token-lifetime',
+  'audit-request-events',
   'rate-limits',
 ] as const;
 export type Control = (typeof CONTROLS)[number];
@@ -500,6 +501,11 @@ const OAuth = Section(
 
 const Audit = Section(
   {
+    requestEvents: Type.Boolean({
+      default: true,
+      description:
+        'one event per gateway request (allowed or refused); false needs an audit-request-events exception — control-plane, credential and key events are always recorded',
+    }),
     durability: Type.Union([Type.Literal('batched'), Type.Literal('strict')], {
       default: 'batched',
       description:

@@ -220,7 +220,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     cleanups.push(async () => {
       await alertEngine.close();
     });
-    const observer = createObserver(audit, metrics, logger);
+    const observer = createObserver(audit, metrics, logger, { requestEvents: config.audit.requestEvents });
     const unsubscribe = [
       onLimited((e) => {
         metrics.rateLimited(e.dimension);

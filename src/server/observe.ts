@@ -92,7 +92,12 @@ export interface Observer {
   event(input: AuditEventInput): void;
 }
 
-export function createObserver(audit: AuditLog, metrics: Metrics, logger: Logger): Observer {
+export function createObserver(
+  audit: AuditLog,
+  metrics: Metrics,
+  logger: Logger,
+  options: { readonly requestEvents: boolean } = { requestEvents: true },
+): Observer {
   const failed = (err: unknown) => {
     logger.warn({ event: 'audit-emit-failed', error: describeError(err) }, 'audit event not recorded');
   };
@@ -116,6 +121,8 @@ export function createObserver(audit: AuditLog, metrics: Metrics, logger: Logger
       });
       const mapped = r.denial === undefined ? undefined : CATEGORY_OF[r.denial.code];
       if (r.denial?.code === 'unauthenticated') metrics.authFailure(r.denial.reason);
+      // Turned off only under a documented exception (audit-request-events).
+      if (!options.requestEvents) return;
       const base: AuditEventInput = {
         'event.category': mapped?.category ?? (r.denial === undefined ? 'authorization' : 'validation'),
         'event.action': mapped?.action ?? (r.denial === undefined ? 'allow' : 'validate'),
