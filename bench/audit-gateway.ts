@@ -10,12 +10,9 @@ import type { LoadTarget, Measurement } from './load.ts';
 import { cleanup, httpsGet, makeTempDir, startGateway, startUpstream } from './processes.ts';
 import type { GatewayProcess } from './processes.ts';
 import { openStore } from '../src/store/index.ts';
+import { HIGH_RATE_LIMITS } from './apis.ts';
 
 /** Rate limits that count every request but never refuse one (the load comes from one address). */
-const HIGH = {
-  burst: { points: 1_000_000_000, seconds: 1 },
-  sustained: { points: 1_000_000_000, seconds: 60 },
-};
 /** The baseline gateway turns request events off, which the config refuses without this. */
 const AUDIT_OFF_EXCEPTION = {
   id: 'bench-audit-off',
@@ -27,8 +24,6 @@ const AUDIT_OFF_EXCEPTION = {
   approver: 'bench/audit-gateway.ts',
   expires: '2099-12-31',
 };
-
-const RATE_LIMITS = { ip: HIGH, client: HIGH, apiKey: HIGH, user: HIGH };
 
 export interface GatewayBenchOptions {
   readonly durationS: number;
@@ -80,7 +75,7 @@ export async function benchGateway(options: GatewayBenchOptions): Promise<void> 
         extraConfig: {
           audit: { requestEvents: false },
           exceptions: [AUDIT_OFF_EXCEPTION],
-          rateLimits: RATE_LIMITS,
+          rateLimits: HIGH_RATE_LIMITS,
         },
       }),
       batched: await startGateway(root, {
@@ -88,14 +83,14 @@ export async function benchGateway(options: GatewayBenchOptions): Promise<void> 
         upstreamUrl: upstream.url,
         logLevel: 'warn',
         accessLog: false,
-        extraConfig: { audit: { durability: 'batched' }, rateLimits: RATE_LIMITS },
+        extraConfig: { audit: { durability: 'batched' }, rateLimits: HIGH_RATE_LIMITS },
       }),
       strict: await startGateway(root, {
         name: 'audit-strict',
         upstreamUrl: upstream.url,
         logLevel: 'warn',
         accessLog: false,
-        extraConfig: { audit: { durability: 'strict' }, rateLimits: RATE_LIMITS },
+        extraConfig: { audit: { durability: 'strict' }, rateLimits: HIGH_RATE_LIMITS },
       }),
     };
     const targets: LoadTarget[] = [

@@ -27,18 +27,11 @@ import { request } from 'node:https';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { apisFor, HIGH_RATE_LIMITS, VALID_PATIENT, writeBenchDocs } from './apis.ts';
-import { measure, stopActiveLoad } from './load.ts';
+import { measure } from './load.ts';
 import type { LoadTarget, Measurement } from './load.ts';
-import {
-  cleanup,
-  httpsGet,
-  makeTempDir,
-  procExe,
-  procStatusKiB,
-  startGateway,
-  startUpstream,
-} from './processes.ts';
+import { httpsGet, makeTempDir, procExe, procStatusKiB, startGateway, startUpstream } from './processes.ts';
 import type { GatewayProcess } from './processes.ts';
+import { intOption, median, progress, runBench, table } from './cli.ts';
 
 const USAGE = `usage: sh scripts/node24.sh bench/hostile.ts [options]
 
@@ -172,33 +165,16 @@ function parseOptions(argv: string[]): Options {
     process.stdout.write(USAGE);
     process.exit(0);
   }
-  const int = (name: string, text: string, min: number, max: number): number => {
-    const n = Number(text);
-    if (!/^\d+$/.test(text) || n < min || n > max) {
-      throw new Error(`--${name} must be an integer from ${String(min)} to ${String(max)}`);
-    }
-    return n;
-  };
   const rateLimits = values['rate-limits'];
   if (rateLimits !== 'high' && rateLimits !== 'default')
     throw new Error('--rate-limits must be high or default');
   return {
-    durationS: int('duration', values.duration, 1, 600),
-    connections: int('connections', values.connections, 1, 1000),
-    rounds: int('rounds', values.rounds, 1, 50),
+    durationS: intOption('duration', values.duration, 1, 600),
+    connections: intOption('connections', values.connections, 1, 1000),
+    rounds: intOption('rounds', values.rounds, 1, 50),
     rateLimits,
   };
 }
-
-function progress(message: string): void {
-  process.stderr.write(`bench: ${message}\n`);
-}
-
-const median = (values: number[]): number => {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2;
-};
 
 const mib = (kib: number | undefined): string => (kib === undefined ? '?' : (kib / 1024).toFixed(1));
 
@@ -252,15 +228,6 @@ function classes(ms: Measurement[]): Record<string, number> {
 
 function alive(gw: GatewayProcess): boolean {
   return procExe(gw.pid) === gw.exe;
-}
-
-function table(rows: string[][]): string {
-  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((row) => row[i]?.length ?? 0))) ?? [];
-  return rows
-    .map((row) =>
-      row.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  '),
-    )
-    .join('\n');
 }
 
 async function main(options: Options): Promise<boolean> {
@@ -394,34 +361,4 @@ async function main(options: Options): Promise<boolean> {
   return false;
 }
 
-let exiting = false;
-async function exit(code: number): Promise<void> {
-  if (exiting) return;
-  exiting = true;
-  stopActiveLoad();
-  await cleanup();
-  process.exit(code);
-}
-process.on('SIGINT', () => {
-  progress('interrupted; stopping the processes and removing the temp dir');
-  void exit(130);
-});
-process.on('SIGTERM', () => {
-  progress('terminated; stopping the processes and removing the temp dir');
-  void exit(143);
-});
-
-let options: Options;
-try {
-  options = parseOptions(process.argv.slice(2));
-} catch (err) {
-  process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n\n${USAGE}`);
-  process.exit(2);
-}
-try {
-  const passed = await main(options);
-  await exit(passed ? 0 : 1);
-} catch (err) {
-  process.stderr.write(`bench: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-  await exit(1);
-}
+await runBench(USAGE, parseOptions, async (options) => ((await main(options)) ? 0 : 1));

@@ -10,10 +10,12 @@
  */
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { measure, stopActiveLoad } from './load.ts';
+import { measure } from './load.ts';
 import type { LoadOptions, LoadTarget, Measurement } from './load.ts';
-import { cleanup, httpsGet, makeTempDir, procStatusKiB, startGateway, startUpstream } from './processes.ts';
+import { httpsGet, makeTempDir, procStatusKiB, startGateway, startUpstream } from './processes.ts';
 import type { GatewayProcess } from './processes.ts';
+import { intOption, median, progress, runBench, table } from './cli.ts';
+import { HIGH_RATE_LIMITS } from './apis.ts';
 
 const USAGE = `usage: npm run bench -- [options]
 
@@ -54,32 +56,15 @@ function parseOptions(argv: string[]): Options {
     process.stdout.write(USAGE);
     process.exit(0);
   }
-  const int = (name: string, text: string, min: number, max: number): number => {
-    const n = Number(text);
-    if (!/^\d+$/.test(text) || n < min || n > max) {
-      throw new Error(`--${name} must be an integer from ${min} to ${max}, not ${JSON.stringify(text)}`);
-    }
-    return n;
-  };
   return {
-    durationS: int('duration', values.duration, 1, 600),
-    connections: int('connections', values.connections, 1, 1000),
-    rounds: int('rounds', values.rounds, 1, 50),
-    warmupS: int('warmup', values.warmup, 0, 60),
+    durationS: intOption('duration', values.duration, 1, 600),
+    connections: intOption('connections', values.connections, 1, 1000),
+    rounds: intOption('rounds', values.rounds, 1, 50),
+    warmupS: intOption('warmup', values.warmup, 0, 60),
     accessLog: values['access-log'],
     json: values.json,
   };
 }
-
-function progress(message: string): void {
-  process.stderr.write(`bench: ${message}\n`);
-}
-
-const median = (values: number[]): number => {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-};
 
 interface Summary {
   target: string;
@@ -114,15 +99,6 @@ function summarize(target: LoadTarget, runs: Measurement[], direct: Measurement[
   };
 }
 
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows
-    .map((r) =>
-      r.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  '),
-    )
-    .join('\n');
-}
-
 const mib = (kib: number | undefined) => (kib === undefined ? 'n/a' : `${(kib / 1024).toFixed(1)} MiB`);
 
 async function checkStatus(what: string, got: Promise<{ status: number }>, want: number): Promise<void> {
@@ -151,6 +127,8 @@ async function main(options: Options): Promise<void> {
     upstreamUrl: upstream.url,
     logLevel: 'warn',
     accessLog: false,
+    // Limits that count but never refuse: this measures the proxy path, not the 429 path.
+    extraConfig: { rateLimits: HIGH_RATE_LIMITS },
   });
   gateways.push({ gw, label: 'gateway' });
   progress(`gateway ${gw.url} (pid ${gw.pid}, ${gw.exe})`);
@@ -162,6 +140,7 @@ async function main(options: Options): Promise<void> {
       upstreamUrl: upstream.url,
       logLevel: 'info',
       accessLog: true,
+      extraConfig: { rateLimits: HIGH_RATE_LIMITS },
     });
     gateways.push({ gw: gwLog, label: 'gateway + access log' });
     progress(`gateway + access log ${gwLog.url} (pid ${gwLog.pid})`);
@@ -285,35 +264,4 @@ async function main(options: Options): Promise<void> {
   }
 }
 
-let exiting = false;
-async function exit(code: number): Promise<void> {
-  if (exiting) return;
-  exiting = true;
-  stopActiveLoad();
-  await cleanup();
-  process.exit(code);
-}
-process.on('SIGINT', () => {
-  progress('interrupted; stopping the processes and removing the temp dir');
-  void exit(130);
-});
-process.on('SIGTERM', () => {
-  progress('terminated; stopping the processes and removing the temp dir');
-  void exit(143);
-});
-
-let options: Options;
-try {
-  options = parseOptions(process.argv.slice(2));
-} catch (err) {
-  process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n\n${USAGE}`);
-  process.exit(2);
-}
-main(options).then(
-  () => exit(0),
-  (err: unknown) => {
-    if (!exiting)
-      process.stderr.write(`bench: failed: ${err instanceof Error ? err.message : String(err)}\n`);
-    return exit(1);
-  },
-);
+await runBench(USAGE, parseOptions, main);

@@ -18,11 +18,14 @@
  * plus the upstream called directly, for reference. Rounds rotate the order of the targets;
  * medians are reported, ratios against (a).
  */
-import { parseArgs } from 'node:util';
 import { apisFor, HIGH_RATE_LIMITS, RATE_LIMITS_OFF, VALID_PATIENT, writeBenchDocs } from './apis.ts';
-import { measure, stopActiveLoad } from './load.ts';
+import { measure } from './load.ts';
 import type { LoadTarget, Measurement } from './load.ts';
-import { cleanup, makeTempDir, procStatusKiB, startGateway, startUpstream } from './processes.ts';
+import { makeTempDir, procStatusKiB, startGateway, startUpstream } from './processes.ts';
+import { median, parseBenchOptions, progress, runBench, table } from './cli.ts';
+import type { BenchOptions } from './cli.ts';
+
+type Options = BenchOptions;
 
 const USAGE = `usage: sh scripts/node24.sh bench/validation.ts [options]
 
@@ -36,65 +39,6 @@ options:
   --json              results as JSON on stdout (progress stays on stderr)
   -h, --help          this help
 `;
-
-interface Options {
-  durationS: number;
-  connections: number;
-  rounds: number;
-  warmupS: number;
-  json: boolean;
-}
-
-function parseOptions(argv: string[]): Options {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      duration: { type: 'string', default: '5' },
-      connections: { type: 'string', default: '16' },
-      rounds: { type: 'string', default: '3' },
-      warmup: { type: 'string', default: '2' },
-      json: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-  });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    process.exit(0);
-  }
-  const int = (name: string, text: string, min: number, max: number): number => {
-    const n = Number(text);
-    if (!/^\d+$/.test(text) || n < min || n > max) {
-      throw new Error(`--${name} must be an integer from ${String(min)} to ${String(max)}`);
-    }
-    return n;
-  };
-  return {
-    durationS: int('duration', values.duration, 1, 600),
-    connections: int('connections', values.connections, 1, 1000),
-    rounds: int('rounds', values.rounds, 1, 50),
-    warmupS: int('warmup', values.warmup, 0, 60),
-    json: values.json,
-  };
-}
-
-function progress(message: string): void {
-  process.stderr.write(`bench: ${message}\n`);
-}
-
-const median = (values: number[]): number => {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2;
-};
-
-function table(rows: string[][]): string {
-  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((row) => row[i]?.length ?? 0))) ?? [];
-  return rows
-    .map((row) =>
-      row.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  '),
-    )
-    .join('\n');
-}
 
 const BARE = '(a) bare proxy';
 
@@ -208,34 +152,4 @@ async function main(options: Options): Promise<void> {
   }
 }
 
-let exiting = false;
-async function exit(code: number): Promise<void> {
-  if (exiting) return;
-  exiting = true;
-  stopActiveLoad();
-  await cleanup();
-  process.exit(code);
-}
-process.on('SIGINT', () => {
-  progress('interrupted; stopping the processes and removing the temp dir');
-  void exit(130);
-});
-process.on('SIGTERM', () => {
-  progress('terminated; stopping the processes and removing the temp dir');
-  void exit(143);
-});
-
-let options: Options;
-try {
-  options = parseOptions(process.argv.slice(2));
-} catch (err) {
-  process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n\n${USAGE}`);
-  process.exit(2);
-}
-try {
-  await main(options);
-  await exit(0);
-} catch (err) {
-  process.stderr.write(`bench: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-  await exit(1);
-}
+await runBench(USAGE, (argv) => parseBenchOptions(argv, USAGE), main);

@@ -47,11 +47,14 @@ import { writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
-import { measure, stopActiveLoad } from './load.ts';
+import { measure } from './load.ts';
 import type { LoadOptions, LoadTarget, Measurement } from './load.ts';
-import { cleanup, makeTempDir, ROOT, startGateway, startUpstream } from './processes.ts';
+import { makeTempDir, ROOT, startGateway, startUpstream } from './processes.ts';
+import { median, parseBenchOptions, progress, runBench, table } from './cli.ts';
+import type { BenchOptions } from './cli.ts';
+
+type Options = BenchOptions;
 
 const USAGE = `usage: sh scripts/node24.sh bench/verify.ts [options]
 
@@ -66,54 +69,6 @@ options:
   --json              results as JSON on stdout (progress stays on stderr)
   -h, --help          this help
 `;
-
-interface Options extends LoadOptions {
-  rounds: number;
-  warmupS: number;
-  json: boolean;
-}
-
-function parseOptions(argv: string[]): Options {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      duration: { type: 'string', default: '5' },
-      connections: { type: 'string', default: '16' },
-      rounds: { type: 'string', default: '3' },
-      warmup: { type: 'string', default: '2' },
-      json: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-  });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    process.exit(0);
-  }
-  const int = (name: string, text: string, min: number, max: number): number => {
-    const n = Number(text);
-    if (!/^\d+$/.test(text) || n < min || n > max) {
-      throw new Error(`--${name} must be an integer from ${String(min)} to ${String(max)}`);
-    }
-    return n;
-  };
-  return {
-    durationS: int('duration', values.duration, 1, 600),
-    connections: int('connections', values.connections, 1, 1000),
-    rounds: int('rounds', values.rounds, 1, 50),
-    warmupS: int('warmup', values.warmup, 0, 60),
-    json: values.json,
-  };
-}
-
-function progress(message: string): void {
-  process.stderr.write(`bench: ${message}\n`);
-}
-
-const median = (values: number[]): number => {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2;
-};
 
 function clockTicks(): number {
   try {
@@ -235,15 +190,6 @@ interface Row {
   perCoreSecond: number;
   rpsPerRound: number[];
   bad: number;
-}
-
-function table(rows: string[][]): string {
-  const widths = (rows[0] ?? []).map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows
-    .map((r) =>
-      r.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0))).join('  '),
-    )
-    .join('\n');
 }
 
 async function main(options: Options): Promise<void> {
@@ -429,18 +375,4 @@ async function main(options: Options): Promise<void> {
   );
 }
 
-const options = parseOptions(process.argv.slice(2));
-let stopping = false;
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    if (stopping) return;
-    stopping = true;
-    stopActiveLoad();
-    void cleanup().then(() => process.exit(130));
-  });
-}
-try {
-  await main(options);
-} finally {
-  await cleanup();
-}
+await runBench(USAGE, (argv) => parseBenchOptions(argv, USAGE), main);
