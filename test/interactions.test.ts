@@ -34,6 +34,8 @@ import { createLogger } from '../src/server/logging.ts';
 import { openStore } from '../src/store/index.ts';
 import type { Store } from '../src/store/index.ts';
 import { tempDir } from './helpers.ts';
+import { createFlow, csrfOf, Jar } from './oauth-flow.ts';
+import type { Flow, FlowResponse } from './oauth-flow.ts';
 
 const OPENAPI = {
   openapi: '3.1.0',
@@ -100,76 +102,9 @@ async function listen(
   return (server.address() as AddressInfo).port;
 }
 
-/** A cookie jar per origin (enough for these flows: the newest cookie of a name wins). */
-class Jar {
-  readonly cookies = new Map<string, string>();
-  header(): string {
-    return [...this.cookies].map(([k, v]) => `${k}=${v}`).join('; ');
-  }
-  take(setCookie: string | string[] | undefined): void {
-    for (const c of Array.isArray(setCookie) ? setCookie : setCookie ? [setCookie] : []) {
-      const [pair = ''] = c.split(';');
-      const eq = pair.indexOf('=');
-      const name = pair.slice(0, eq).trim();
-      const value = pair.slice(eq + 1).trim();
-      if (value === '' || /expires=Thu, 01 Jan 1970/i.test(c)) this.cookies.delete(name);
-      else this.cookies.set(name, value);
-    }
-  }
-}
-
-interface Res {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-  location: string | undefined;
-}
-
-async function http(
-  jar: Jar,
-  url: string,
-  init: {
-    method?: 'GET' | 'POST';
-    form?: Record<string, string | string[]>;
-    headers?: Record<string, string>;
-  } = {},
-): Promise<Res> {
-  const body =
-    init.form === undefined
-      ? undefined
-      : new URLSearchParams(
-          Object.entries(init.form).flatMap(([k, v]): [string, string][] =>
-            Array.isArray(v) ? v.map((x): [string, string] => [k, x]) : [[k, v]],
-          ),
-        ).toString();
-  const res = await request(url, {
-    method: init.method ?? (body === undefined ? 'GET' : 'POST'),
-    headers: {
-      ...(jar.cookies.size > 0 ? { cookie: jar.header() } : {}),
-      ...(body === undefined
-        ? {}
-        : { 'content-type': 'application/x-www-form-urlencoded', origin: new URL(url).origin }),
-      ...init.headers,
-    },
-    body: body ?? null,
-    dispatcher: agent,
-  });
-  jar.take(res.headers['set-cookie']);
-  const text = await res.body.text();
-  const loc = res.headers.location;
-  return {
-    status: res.statusCode,
-    headers: res.headers,
-    body: text,
-    location: typeof loc === 'string' ? new URL(loc, url).href : undefined,
-  };
-}
-
-function csrfOf(html: string): string {
-  const m = /name="csrf" value="([^"]+)"/.exec(html);
-  if (!m?.[1]) throw new Error('no csrf field');
-  return m[1];
-}
+let flow: Flow;
+const http: Flow['http'] = (jar, url, init) => flow.http(jar, url, init);
+const follow: Flow['follow'] = (jar, url) => flow.follow(jar, url);
 
 async function authorizationUrl(extra: Record<string, string> = {}) {
   const verifier = oidc.randomPKCECodeVerifier();
@@ -188,18 +123,6 @@ async function authorizationUrl(extra: Record<string, string> = {}) {
 }
 
 /** Follows redirects on the AS until a page (200/4xx) or a redirect off the AS. */
-async function follow(jar: Jar, url: string): Promise<Res & { url: string }> {
-  let current = url;
-  for (let i = 0; i < 10; i++) {
-    const res = await http(jar, current);
-    if (res.status !== 303 && res.status !== 302) return { ...res, url: current };
-    const next = res.location ?? '';
-    if (!next.startsWith(issuer)) return { ...res, url: current };
-    current = next;
-  }
-  throw new Error('too many redirects');
-}
-
 async function exchange(callback: string, a: { verifier: string; state: string; nonce: string }) {
   const tokens = await oidc.authorizationCodeGrant(rpConfig, new URL(callback), {
     pkceCodeVerifier: a.verifier,
@@ -212,7 +135,12 @@ async function exchange(callback: string, a: { verifier: string; state: string; 
 }
 
 /** Logs in over HTTP from the login page `page`; returns the response after the login POST. */
-async function submitLogin(jar: Jar, page: Res & { url: string }, username: string, password: string) {
+async function submitLogin(
+  jar: Jar,
+  page: FlowResponse & { url: string },
+  username: string,
+  password: string,
+) {
   return http(jar, `${page.url}/login`, { form: { csrf: csrfOf(page.body), username, password } });
 }
 
@@ -245,6 +173,7 @@ beforeAll(async () => {
   let asHandler: (req: IncomingMessage, res: ServerResponse) => void = (_q, s) => s.end();
   const port = await listen((q, s) => asHandler(q, s), certs);
   issuer = `https://localhost:${String(port)}`;
+  flow = createFlow(issuer, caPem);
 
   const UpstreamProvider = (
     oidcProvider as unknown as {
@@ -368,6 +297,7 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
+  await flow.close();
   await as?.close();
   keys?.close();
   await store?.close();
