@@ -39,7 +39,7 @@ import { availableParallelism, cpus, loadavg } from 'node:os';
 import { measure } from './load.ts';
 import type { LoadOptions, LoadTarget, Measurement } from './load.ts';
 import { makeTempDir, ROOT, startGateway } from './processes.ts';
-import { median, parseBenchOptions, progress, runBench, table } from './cli.ts';
+import { BENCH_OPTIONS_USAGE, median, parseBenchOptions, progress, runBench, table } from './cli.ts';
 import type { BenchOptions } from './cli.ts';
 
 type Options = BenchOptions;
@@ -49,14 +49,7 @@ const USAGE = `usage: sh scripts/node24.sh bench/tokens.ts [options]
 Client-credentials tokens per second from a real Portcullis process, beside GET /jwks and the
 discovery document served by the same process.
 
-options:
-  --duration <s>      seconds per measurement (default 5)
-  --connections <n>   concurrent connections, pipelining 1 (default 16)
-  --rounds <n>        rounds over the targets, medians reported (default 3)
-  --warmup <s>        warm-up seconds per target (default 2)
-  --json              results as JSON on stdout (progress stays on stderr)
-  -h, --help          this help
-`;
+${BENCH_OPTIONS_USAGE}`;
 
 function clockTicks(): number {
   try {

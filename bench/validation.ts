@@ -22,7 +22,7 @@ import { apisFor, HIGH_RATE_LIMITS, RATE_LIMITS_OFF, VALID_PATIENT, writeBenchDo
 import { measure } from './load.ts';
 import type { LoadTarget, Measurement } from './load.ts';
 import { makeTempDir, procStatusKiB, startGateway, startUpstream } from './processes.ts';
-import { median, parseBenchOptions, progress, runBench, table } from './cli.ts';
+import { BENCH_OPTIONS_USAGE, median, parseBenchOptions, progress, runBench, table } from './cli.ts';
 import type { BenchOptions } from './cli.ts';
 
 type Options = BenchOptions;
@@ -31,14 +31,7 @@ const USAGE = `usage: sh scripts/node24.sh bench/validation.ts [options]
 
 The cost of validation and rate limiting beside the bare proxy (POST /v1/patients).
 
-options:
-  --duration <s>      seconds per measurement (default 5)
-  --connections <n>   concurrent connections, pipelining 1 (default 16)
-  --rounds <n>        rounds over the targets, medians reported (default 3)
-  --warmup <s>        warm-up seconds per target (default 2)
-  --json              results as JSON on stdout (progress stays on stderr)
-  -h, --help          this help
-`;
+${BENCH_OPTIONS_USAGE}`;
 
 const BARE = '(a) bare proxy';
 

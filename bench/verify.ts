@@ -51,7 +51,7 @@ import { stringify } from 'yaml';
 import { measure } from './load.ts';
 import type { LoadOptions, LoadTarget, Measurement } from './load.ts';
 import { makeTempDir, ROOT, startGateway, startUpstream } from './processes.ts';
-import { median, parseBenchOptions, progress, runBench, table } from './cli.ts';
+import { BENCH_OPTIONS_USAGE, median, parseBenchOptions, progress, runBench, table } from './cli.ts';
 import type { BenchOptions } from './cli.ts';
 
 type Options = BenchOptions;
@@ -61,14 +61,7 @@ const USAGE = `usage: sh scripts/node24.sh bench/verify.ts [options]
 Requests per second and p99 through a real Portcullis process on a public operation, the same
 operation with an OAuth access token, and with an API key.
 
-options:
-  --duration <s>      seconds per measurement (default 5)
-  --connections <n>   concurrent connections, pipelining 1 (default 16)
-  --rounds <n>        rounds over the targets, medians reported (default 3)
-  --warmup <s>        warm-up seconds per target (default 2)
-  --json              results as JSON on stdout (progress stays on stderr)
-  -h, --help          this help
-`;
+${BENCH_OPTIONS_USAGE}`;
 
 function clockTicks(): number {
   try {
