@@ -281,6 +281,36 @@ export interface MigrateOptions {
 /** Names of the migrations this call applied (empty when the store was up to date). */
 export type AppliedMigrations = string[];
 
+/** A migration that failed; `sqlState` is PostgreSQL's error code when there is one. */
+export class MigrationError extends Error {
+  readonly sqlState: string | undefined;
+  constructor(message: string, sqlState: string | undefined, cause: unknown) {
+    super(message, { cause });
+    this.name = 'MigrationError';
+    this.sqlState = sqlState;
+  }
+}
+
+/**
+ * PostgreSQL failures worth another attempt; nothing of a failed attempt is kept.
+ * - 3F000 invalid_schema_name and 42P01 undefined_table: Kysely's migrator looks for its tables
+ *   by introspecting every table of the database, and the catalog functions it calls fail when
+ *   another session drops some other schema at that moment (tests do, in parallel; so can any
+ *   tenant of a shared database). The attempts are bounded, so a migration that really refers
+ *   to a missing table still fails.
+ * - class 40 (serialization failure, deadlock detected) and 55P03 lock_not_available, when
+ *   several processes migrate schemas of one database at once.
+ */
+export function isTransient(err: unknown): boolean {
+  const state = err instanceof MigrationError ? err.sqlState : undefined;
+  return (
+    state !== undefined &&
+    (state === '3F000' || state === '42P01' || state.startsWith('40') || state === '55P03')
+  );
+}
+
+const MIGRATION_ATTEMPTS = 3;
+
 async function runMigrator<DB>(
   db: Kysely<DB>,
   kind: StoreKind,
@@ -296,9 +326,15 @@ async function runMigrator<DB>(
   const { error, results } = await migrator.migrateToLatest();
   if (error !== undefined) {
     const failed = results?.find((r) => r.status === 'Error')?.migrationName;
-    throw new Error(failed === undefined ? 'store migration failed' : `store migration ${failed} failed`, {
-      cause: error,
-    });
+    // The SQLSTATE (never the message, which can name hosts or values) tells an operator what kind
+    // of failure it was.
+    const code = (error as { code?: unknown }).code;
+    const state = typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? ` (SQLSTATE ${code})` : '';
+    throw new MigrationError(
+      (failed === undefined ? 'store migration failed' : `store migration ${failed} failed`) + state,
+      typeof code === 'string' ? code : undefined,
+      error,
+    );
   }
   return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
 }
@@ -328,7 +364,15 @@ async function migratePostgres<DB>(db: Kysely<DB>, schema: string | undefined): 
         const { rows } = await sql`select 1 from pg_namespace where nspname = ${schema}`.execute(conn);
         if (rows.length === 0) await sql`create schema ${sql.id(schema)}`.execute(conn);
       }
-      applied = await runMigrator(conn, 'postgres', target);
+      for (let attempt = 1; ; attempt++) {
+        try {
+          applied = await runMigrator(conn, 'postgres', target);
+          break;
+        } catch (error) {
+          if (attempt >= MIGRATION_ATTEMPTS || !isTransient(error)) throw error;
+          await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
+        }
+      }
     } catch (error) {
       // Keep the migration error; an unlock failure here means the session is gone,
       // and PostgreSQL releases session locks with it.
