@@ -266,7 +266,7 @@ describe('GET /healthz and /readyz', () => {
     expect(after.status).toBe(503);
     expect(JSON.parse(after.body)).toMatchObject({
       status: 'not-ready',
-      checks: { store: { status: 'failed', detail: 'sqlite' }, config: { status: 'ok' } },
+      checks: { store: { status: 'failed', detail: 'sqlite unreachable' }, config: { status: 'ok' } },
     });
   });
 });

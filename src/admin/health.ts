@@ -73,8 +73,13 @@ export function configCheck(version: () => string): HealthCheck {
   return { name: 'config', check: () => ({ status: 'ok', detail: version().slice(0, 12) }) };
 }
 
-/** The store answers a trivial query. */
-export function storeCheck(store: Store): HealthCheck {
+/**
+ * The store answers a trivial query. Unreachable is `failed` by default; `degraded` where the
+ * processes keep serving without it (several gateways on one PostgreSQL: tokens are checked on
+ * cached keys and state changes are refused; taking every node out of the pool helps nobody).
+ */
+export function storeCheck(store: Store, options: { outage?: 'failed' | 'degraded' } = {}): HealthCheck {
+  const down: HealthStatus = options.outage ?? 'failed';
   return {
     name: 'store',
     check: async () => {
@@ -82,7 +87,7 @@ export function storeCheck(store: Store): HealthCheck {
         await sql`select 1`.execute(store.db);
         return { status: 'ok', detail: store.kind };
       } catch {
-        return { status: 'failed', detail: store.kind };
+        return { status: down, detail: `${store.kind} unreachable` };
       }
     },
   };

@@ -83,6 +83,7 @@ const DPOP_REJECTIONS = [
   'key-mismatch',
   'replayed',
   'replay-cache-full',
+  'replay-cache-unavailable',
 ] as const;
 const CLIENT_CERT_REJECTIONS = [
   'certificate-missing',

@@ -227,20 +227,25 @@ export function registerApiKeysCommands(program: Command): void {
       const json = opts.json === true;
       try {
         const rotated = await withContext(opts, (ctx) =>
-          ctx.audited(
-            'credential-lifecycle',
-            'apikey-rotate',
-            () =>
-              rotateApiKey(ctx.store, ctx.keys, id, {
-                graceHours: integer(opts.graceHours, '--grace-hours'),
+          ctx
+            .audited(
+              'credential-lifecycle',
+              'apikey-rotate',
+              () =>
+                rotateApiKey(ctx.store, ctx.keys, id, {
+                  graceHours: integer(opts.graceHours, '--grace-hours'),
+                }),
+              (r) => ({
+                'portcullis.api_key_id': r.id,
+                'portcullis.credential.type': 'api-key',
+                'event.reason': `replaces ${r.previous.id}`,
               }),
-            (r) => ({
-              'portcullis.api_key_id': r.id,
-              'portcullis.credential.type': 'api-key',
-              'event.reason': `replaces ${r.previous.id}`,
+              { 'portcullis.api_key_id': id, 'portcullis.credential.type': 'api-key' },
+            )
+            .then(async (r) => {
+              await ctx.announce({ kind: 'api-key-changed', id: r.previous.id });
+              return r;
             }),
-            { 'portcullis.api_key_id': id, 'portcullis.credential.type': 'api-key' },
-          ),
         );
         if (json) {
           process.stdout.write(
@@ -269,25 +274,32 @@ export function registerApiKeysCommands(program: Command): void {
     apikeys
       .command('revoke')
       .argument('<id>', 'the key to revoke')
-      .description(
-        'revoke an API key (running gateways refuse it once their cached copy is older than a few seconds)',
-      ),
+      .description('revoke an API key (gateways sharing Redis refuse it at once; others within 5 s)'),
   )
     .option('--json', 'machine-readable output')
     .action(async (id: string, opts: JsonOption) => {
       const json = opts.json === true;
       try {
         const record = await withContext(opts, (ctx) =>
-          ctx.audited(
-            'credential-lifecycle',
-            'apikey-revoke',
-            () => revokeApiKey(ctx.store, id),
-            (r) => ({ 'portcullis.api_key_id': r.id, 'portcullis.credential.type': 'api-key' }),
-            { 'portcullis.api_key_id': id, 'portcullis.credential.type': 'api-key' },
-          ),
+          ctx
+            .audited(
+              'credential-lifecycle',
+              'apikey-revoke',
+              () => revokeApiKey(ctx.store, id),
+              (r) => ({ 'portcullis.api_key_id': r.id, 'portcullis.credential.type': 'api-key' }),
+              { 'portcullis.api_key_id': id, 'portcullis.credential.type': 'api-key' },
+            )
+            .then(async (r) => ({ r, announced: await ctx.announce({ kind: 'api-key-changed', id: r.id }) })),
         );
-        if (json) process.stdout.write(JSON.stringify(apiKeyToJson(record), null, 2) + '\n');
-        else process.stderr.write(`revoked API key ${record.id}\n`);
+        if (json) process.stdout.write(JSON.stringify(apiKeyToJson(record.r), null, 2) + '\n');
+        else
+          process.stderr.write(
+            `revoked API key ${record.r.id}; ${
+              record.announced === 'sent'
+                ? 'running gateways were told and refuse it now'
+                : 'running gateways refuse it once their cached copy is older than 5 s'
+            }\n`,
+          );
       } catch (err) {
         fail(err, json);
       }

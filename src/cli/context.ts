@@ -17,6 +17,8 @@ import type { StoreKeyManager } from '../keys/index.ts';
 import type { Logger } from '../server/logging.ts';
 import { describeError } from '../server/logging.ts';
 import { openStore } from '../store/index.ts';
+import { createSignalBus } from '../store/signals.ts';
+import type { Signal } from '../store/signals.ts';
 import type { Store } from '../store/index.ts';
 
 /** What a CLI change records: the category, the action and the ids (never a secret). */
@@ -44,6 +46,13 @@ export interface CliContext {
     describe: (result: T) => CliAuditFields,
     onFailure?: CliAuditFields,
   ): Promise<T>;
+  /**
+   * Tells running gateways about a change (Redis pub/sub, when the configuration has Redis), so
+   * that they drop what they cached at once. `sent`, `no-redis` (they notice on their own within
+   * their cache lifetimes) or `failed` (Redis unreachable; likewise, and they revalidate when it
+   * is back). Never throws: the change itself is already made.
+   */
+  announce(signal: Signal): Promise<'sent' | 'no-redis' | 'failed'>;
   /** Closes the audit log (flushing it), stops the key manager and closes the store (idempotent). */
   close(): Promise<void>;
 }
@@ -108,6 +117,16 @@ export async function openCliContext(opts: CliContextOptions): Promise<CliContex
     store,
     keys,
     audit,
+    async announce(signal) {
+      const redis = loaded.config.redis;
+      if (redis === undefined) return 'no-redis';
+      const bus = createSignalBus({ url: redis.url, keyPrefix: redis.keyPrefix, subscribe: false });
+      try {
+        return (await bus.publish(signal)) ? 'sent' : 'failed';
+      } finally {
+        await bus.close();
+      }
+    },
     async audited(category, action, change, describe, onFailure) {
       let result: Awaited<ReturnType<typeof change>>;
       try {

@@ -63,6 +63,12 @@ function print(keys: readonly KeySummary[], json: boolean): void {
   else process.stdout.write(table(keys));
 }
 
+const PICKUP = {
+  sent: 'running gateways were told and switch now',
+  'no-redis': 'running gateways pick it up within 30 s',
+  failed: 'Redis is unreachable: running gateways pick it up within 30 s',
+} as const;
+
 export function registerKeysCommands(program: Command): void {
   const keys = program.command('keys').description('token-signing keys (public facts only)');
 
@@ -104,9 +110,10 @@ export function registerKeysCommands(program: Command): void {
             { 'event.reason': opts.reason },
           );
           print(listed, json);
+          const announced = await ctx.announce({ kind: 'keys-changed' });
           if (!json) {
             process.stderr.write(
-              `rotated: tokens are now signed with ${ctx.keys.current().kid}; running gateways pick it up on their next key refresh\n`,
+              `rotated: tokens are now signed with ${ctx.keys.current().kid}; ${PICKUP[announced]}\n`,
             );
           }
         } finally {

@@ -355,6 +355,28 @@ export function parseConfig(text: string, file: string, now: Date = new Date()):
   ) {
     issue(['redis'], 'a redis backend is configured: set redis.url');
   }
+  if (config.cluster.nodes > 1) {
+    // Per-process state would split what must be one: a limit N times over, a retry answered twice.
+    const n = String(config.cluster.nodes);
+    if (!config.store.url.startsWith('postgres')) {
+      issue(['store', 'url'], `cluster.nodes is ${n}: the processes must share a postgres:// store`);
+    }
+    if (config.redis === undefined) {
+      issue(['redis'], `cluster.nodes is ${n}: set redis.url (shared counters, revocations and signals)`);
+    }
+    if (config.rateLimits.mode !== 'off' && config.rateLimits.backend !== 'redis') {
+      issue(
+        ['rateLimits', 'backend'],
+        `cluster.nodes is ${n}: per-process counters would allow ${n} times each limit; set redis`,
+      );
+    }
+    if (config.idempotency.backend !== 'redis') {
+      issue(
+        ['idempotency', 'backend'],
+        `cluster.nodes is ${n}: a retry reaching another process would run twice; set redis`,
+      );
+    }
+  }
   if (!config.audit.requestEvents) {
     needs('audit-request-events', ['audit', 'requestEvents'], 'not auditing requests');
   }

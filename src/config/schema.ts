@@ -704,6 +704,19 @@ const RedisSection = Type.Optional(
   ),
 );
 
+const Cluster = Section(
+  {
+    nodes: Type.Integer({
+      minimum: 1,
+      maximum: 1024,
+      default: 1,
+      description:
+        'how many gateway processes serve this configuration, on every host and counting each --workers process; above 1 it needs PostgreSQL, Redis and the redis backends, and while Redis is unreachable each process enforces 1/nodes of every rate limit',
+    }),
+  },
+  'several gateway processes on one PostgreSQL and one Redis (see docs/deployment.md)',
+);
+
 const AlertRule = Type.Object(
   {
     id: Type.String({ pattern: '^[a-z][a-z0-9]*(-[a-z0-9]+)*$', maxLength: 64 }),
@@ -901,6 +914,7 @@ export const ConfigSchema = Type.Object(
     rateLimits: RateLimits,
     idempotency: Idempotency,
     redis: RedisSection,
+    cluster: Cluster,
     exceptions: Type.Array(Exception, { default: [], maxItems: 200 }),
     demoUpstream: Type.Optional(
       Type.Object(
@@ -926,5 +940,6 @@ export type AlertsConfig = Config['alerts'];
 export type RateLimitsConfig = Config['rateLimits'];
 export type IdempotencyConfig = Config['idempotency'];
 export type RedisConfig = NonNullable<Config['redis']>;
+export type ClusterConfig = Config['cluster'];
 
 export const DEFAULT_LIMITS = { bodyBytes: MiB, headerBytes: 16 * KiB, urlBytes: 8 * KiB } as const;

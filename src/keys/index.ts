@@ -443,6 +443,13 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
   }
 
   async function reload(): Promise<boolean> {
+    // The cheap question first: most refreshes find nothing changed.
+    const state = await store.db
+      .selectFrom('key_set_state')
+      .select('generation')
+      .where('id', '=', STATE_ID)
+      .executeTakeFirst();
+    if (state !== undefined && state.generation === set.generation) return false;
     const fresh = await readKeySet();
     if (fresh === undefined) throw new KeyManagerError('KEYS_INCONSISTENT', 'the key set is gone');
     if (fresh.generation === set.generation) return false;

@@ -40,6 +40,7 @@ import { createAdapterFactory, purgeExpired } from './adapter.ts';
 import type { OidcAdapter } from './adapter.ts';
 import { clientSecretMatches, providerClientMetadata } from './clients.ts';
 import { createGrantTokenTracker, refreshTokenTtl } from './grant-tokens.ts';
+import { UNAVAILABLE_RETRY_AFTER_SECONDS, isDependencyUnavailable } from '../store/unavailable.ts';
 import { createRevocationList } from './revocation.ts';
 import type { RevocationList } from './revocation.ts';
 
@@ -83,6 +84,8 @@ export interface AuthorizationServerOptions {
   readonly purgeIntervalMs?: number;
   /** Issuance, revocation and refusals, for the audit trail and metrics (never tokens). */
   readonly onEvent?: (event: AuthorizationServerEvent, context: RequestContext) => void;
+  /** The revocation list shared with the gateway (default: one on the store alone). */
+  readonly revocations?: RevocationList;
 }
 
 export interface AuthorizationServerEvent {
@@ -282,7 +285,7 @@ export async function createAuthorizationServer(
 ): Promise<AuthorizationServer> {
   const { store, keys, logger, interactions } = options;
   const log = logger.child({ component: 'oauth' });
-  const revocations = createRevocationList({ db: store.db });
+  const revocations = options.revocations ?? createRevocationList({ db: store.db });
   // JWT access tokens issued under a grant, revoked with it (grant-tokens.ts).
   const grantTokens = createGrantTokenTracker({ db: store.db, revocations });
   const revokeGrantTokens = async (grantId: string) => {
@@ -541,9 +544,34 @@ export async function createAuthorizationServer(
     ) {
       return clientSecretMatches(keys, this.clientSecret, actual);
     };
+    provider.use((ctx, next) => unavailableAs503(ctx, next));
     provider.use((ctx, next) => structuredTokens(ctx, next, s));
     observe(provider);
     return { provider, callback: provider.callback() };
+  };
+
+  /**
+   * The store (or Redis) unreachable: every state-changing endpoint fails closed, answered 503
+   * with Retry-After instead of oidc-provider's 500, so clients retry rather than give up.
+   */
+  const unavailable = new WeakSet<object>();
+  const unavailableAs503 = async (ctx: KoaContextWithOIDC, next: () => Promise<void>) => {
+    try {
+      await next();
+    } catch (err) {
+      if (!isDependencyUnavailable(err)) throw err;
+      log.warn(
+        { event: 'oauth-unavailable', error: describeError(err) },
+        'authorization server dependency down',
+      );
+      unavailable.add(ctx);
+      ctx.body = { error: 'server_error', error_description: 'temporarily unavailable; retry later' };
+    }
+    if (unavailable.has(ctx)) {
+      ctx.status = 503;
+      ctx.set('retry-after', String(UNAVAILABLE_RETRY_AFTER_SECONDS));
+      ctx.set('cache-control', 'no-store');
+    }
   };
 
   /**
@@ -687,7 +715,8 @@ export async function createAuthorizationServer(
         );
       });
     }
-    provider.on('server_error', (_ctx: KoaContextWithOIDC, err: unknown) => {
+    provider.on('server_error', (ctx: KoaContextWithOIDC, err: unknown) => {
+      if (isDependencyUnavailable(err)) unavailable.add(ctx);
       log.error({ event: 'oauth-server-error', error: describeError(err) }, 'authorization server error');
     });
   };

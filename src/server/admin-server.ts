@@ -33,6 +33,8 @@ export interface AdminServerOptions {
   readonly audit?: (AuditHealthSource & { emitDurable(input: AuditEventInput): Promise<void> }) | undefined;
   /** More readiness checks (Redis, …) beside config, store, audit and upstream circuits. */
   readonly checks?: readonly HealthCheck[] | undefined;
+  /** What a store outage makes `/readyz` say (default `failed`; see storeCheck). */
+  readonly storeOutage?: 'failed' | 'degraded' | undefined;
 }
 
 export type AdminApp = FastifyInstance<Server>;
@@ -53,7 +55,7 @@ export function createAdminServer(options: AdminServerOptions): AdminApp {
   const metrics = options.metrics ?? createMetrics();
   const checks: HealthCheck[] = [
     configCheck(() => options.holder.current.version),
-    storeCheck(options.store),
+    storeCheck(options.store, { outage: options.storeOutage ?? 'failed' }),
     ...(options.audit === undefined ? [] : [auditCheck(options.audit)]),
     circuitsCheck(metrics),
     ...(options.checks ?? []),

@@ -8,6 +8,7 @@
  *   body read within the limit → the operation's chain (cors → authenticate → proxy) →
  *   security headers on whatever is sent → one access-log line.
  */
+import { UNAVAILABLE_RETRY_AFTER_SECONDS, isDependencyUnavailable } from '../store/unavailable.ts';
 import { randomUUID } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import type { Http2SecureServer, Http2ServerRequest, Http2ServerResponse } from 'node:http2';
@@ -122,6 +123,13 @@ function toDenial(err: unknown): Denial {
     return new Denial('request-timeout', 'request-timeout', { cause: err });
   }
   if (fe.statusCode === 400) return new Denial('bad-request', 'malformed-request', { cause: err });
+  if (isDependencyUnavailable(err)) {
+    // The store or Redis is unreachable: fail closed, and say when to try again.
+    return new Denial('unavailable', 'dependency-unavailable', {
+      cause: err,
+      headers: { 'retry-after': String(UNAVAILABLE_RETRY_AFTER_SECONDS) },
+    });
+  }
   return new Denial('internal', 'unexpected-error', { cause: err });
 }
 
@@ -261,9 +269,11 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
         res.destroy();
         return;
       }
-      res.statusCode = 500;
+      const down = isDependencyUnavailable(err);
+      res.statusCode = down ? 503 : 500;
+      if (down) res.setHeader('retry-after', String(UNAVAILABLE_RETRY_AFTER_SECONDS));
       res.setHeader('content-type', 'application/problem+json');
-      res.end(JSON.stringify(problemBody('internal', state.correlationId)));
+      res.end(JSON.stringify(problemBody(down ? 'unavailable' : 'internal', state.correlationId)));
     }
   }
 

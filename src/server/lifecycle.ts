@@ -22,10 +22,8 @@ import { compileRuntime } from '../gateway/compile.ts';
 import { logCircuitStateChanges } from '../gateway/resilience/guard.ts';
 import { createLimitBackends } from '../gateway/stages/rate-limit/index.ts';
 import type { TokenSource } from '../gateway/compile.ts';
-import { createRevocationList } from '../oauth/revocation.ts';
 import { createServerInteractions } from '../oauth/interactions/hooks.ts';
 import { createApiKeyAuthority } from '../tokens/api-keys.ts';
-import { createMemoryReplayCache } from '../tokens/dpop.ts';
 import { createIdentitySigner } from '../tokens/identity.ts';
 import { createMetrics } from '../admin/metrics.ts';
 import { openAuditLog } from '../audit/index.ts';
@@ -34,7 +32,8 @@ import type { Metrics } from '../admin/metrics.ts';
 import { startAlerting } from '../audit/alerts.ts';
 import type { AlertEngine } from '../audit/alerts.ts';
 import type { CircuitStateChange } from '../gateway/resilience/guard.ts';
-import { onDegraded, onLimited } from '../gateway/stages/rate-limit/index.ts';
+import { onDegraded, onLimited, onRestored } from '../gateway/stages/rate-limit/index.ts';
+import { setupCluster } from './cluster.ts';
 import { createObserver } from './observe.ts';
 import type { Runtime } from '../gateway/compile.ts';
 import { openKeyManager } from '../keys/index.ts';
@@ -108,6 +107,8 @@ function listenerSettings(loaded: LoadedConfig): unknown {
     apiKeys: gateway.apiKeys,
     admin,
     store,
+    redis: loaded.config.redis,
+    cluster: loaded.config.cluster,
     demoUpstream,
     logging: loaded.config.logging,
   };
@@ -172,9 +173,6 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     }
     let authorizationServer: AuthorizationServer | undefined;
     let tokens: TokenSource | undefined;
-    // Replaced by the authorization server's list below when it runs in this process, so that
-    // its revocations apply here at once.
-    let revocations: { isRevoked(jti: string): Promise<boolean> } = createRevocationList({ db: store.db });
     // The key manager signs tokens and caller assertions and holds the peppers of keyed hashes
     // (API keys); its keys live in the store, shared by every process.
     const openedKeys = await openKeyManager({ store, dataDir, config: config.oauth, logger });
@@ -187,12 +185,19 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       tokens = {
         issuer: config.gateway.publicUrl,
         keys: () => openedKeys.publicJwks(),
-        isRevoked: (jti) => revocations.isRevoked(jti),
+        isRevoked: (jti) => cluster.revocations.isRevoked(jti),
       };
     }
     // Observation: one metrics registry, the audit log (durable before control-plane changes
     // report success), alert rules over its stream, and the observer that feeds both.
     const metrics = createMetrics();
+    // Rate-limit counters, Redis connections and idempotency records outlive each reload.
+    const backends = createLimitBackends({ logger, nodes: config.cluster.nodes });
+    cleanups.push(() => backends.close());
+    // Shared with the other gateway processes through Redis when there is one: the revocation
+    // denylist, the DPoP replay cache and the signals that keep caches in step.
+    const cluster = await setupCluster({ config, store, backends, metrics, logger });
+    cleanups.push(() => cluster.close());
     // Assigned once alerting starts; the audit log reports sink errors to it from then on.
     let alerts: AlertEngine | undefined = undefined;
     const audit = await openAuditLog({
@@ -230,7 +235,16 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
           'event.category': 'rate-limit',
           'event.action': 'limiter-degraded',
           'event.outcome': 'failure',
-          'event.reason': `redis unavailable (${e.error}); local limits apply`,
+          'event.reason': `redis unavailable (${e.error}); local limits apply: 1/${String(config.cluster.nodes)} of each limit per process`,
+          'portcullis.listener': 'gateway',
+        });
+      }),
+      onRestored(() => {
+        observer.event({
+          'event.category': 'rate-limit',
+          'event.action': 'limiter-restored',
+          'event.outcome': 'success',
+          'event.reason': 'redis reachable again; shared limits apply',
           'portcullis.listener': 'gateway',
         });
       }),
@@ -273,10 +287,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         logger.warn({ event: 'api-key-usage-error', error: describeError(err) }, 'API key usage'),
     });
     cleanups.push(() => apiKeys.close());
-    // Rate-limit counters, Redis connections and idempotency records outlive each reload.
-    const backends = createLimitBackends({ logger });
     const logCircuit = logCircuitStateChanges(logger);
-    cleanups.push(() => backends.close());
     const compileOptions = {
       backends,
       onCircuitStateChange: (change: CircuitStateChange) => {
@@ -292,7 +303,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       },
       tokens,
       apiKeys,
-      dpopReplay: createMemoryReplayCache(),
+      dpopReplay: cluster.dpopReplay,
       identity: createIdentitySigner({
         issuer: config.gateway.publicUrl,
         signingJwks: () => openedKeys.signingJwks(),
@@ -318,9 +329,9 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         logger,
         interactions,
         onEvent: (event, context) => observer.oauth(event, context),
+        revocations: cluster.revocations,
       });
       authorizationServer = as;
-      revocations = as.revocations; // this process's revocations apply at once
       cleanups.push(() => as.close());
     }
 
@@ -391,7 +402,17 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
 
     let adminUrl: string | undefined;
     if (config.admin.enabled) {
-      const admin = createAdminServer({ holder, store, logger, tls, metrics, audit });
+      const admin = createAdminServer({
+        holder,
+        store,
+        logger,
+        tls,
+        metrics,
+        audit,
+        checks: cluster.checks,
+        // With Redis (several processes) a store outage degrades: tokens keep flowing on cached keys.
+        storeOutage: config.redis === undefined ? 'failed' : 'degraded',
+      });
       await admin.ready();
       await listen(admin.server, config.admin.port, config.admin.host);
       cleanups.push(() => admin.close());
@@ -478,6 +499,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       holder.current = next;
       currentLoaded = next.loaded;
       retire(current);
+      if (trigger !== 'cluster-signal') cluster.configApplied(next.version);
       if (authorizationServer !== undefined) {
         await authorizationServer.reload(next.loaded).catch((err: unknown) => {
           logger.error(
@@ -564,6 +586,8 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       })();
       return closing;
     };
+
+    cluster.attach({ keys: openedKeys, apiKeys, reload, version: () => holder.current.version });
 
     if (options.signals) {
       process.on('SIGHUP', () => void reload('SIGHUP'));

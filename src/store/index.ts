@@ -158,7 +158,15 @@ function openPostgres(
   schema: string | undefined,
   onPoolError: ((error: Error) => void) | undefined,
 ): OpenedDatabase {
-  const pool = new pg.Pool({ connectionString, application_name: 'portcullis' });
+  // Bounded waits: an unreachable or partitioned server fails a request within seconds (503)
+  // instead of holding it; keep-alive notices a dead peer on an idle connection.
+  const pool = new pg.Pool({
+    connectionString,
+    application_name: 'portcullis',
+    connectionTimeoutMillis: 5_000,
+    query_timeout: 30_000,
+    keepAlive: true,
+  });
   pool.on('error', (error) => onPoolError?.(error));
   const searchPath = schema === undefined ? undefined : `"${schema}"`;
   const db = new Kysely<Database>({

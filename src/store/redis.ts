@@ -37,9 +37,16 @@ export function redactRedisUrl(url: string): string {
 }
 
 export function createRedisConnections(
-  options: { listener?: RedisHealthListener; connectTimeoutMs?: number; commandTimeoutMs?: number } = {},
+  options: {
+    listener?: RedisHealthListener;
+    connectTimeoutMs?: number;
+    commandTimeoutMs?: number;
+    /** How often a ready connection is pinged to notice a partition (default 1 s). */
+    pingIntervalMs?: number;
+  } = {},
 ): RedisConnections {
   const clients = new Map<string, Promise<Redis>>();
+  const watchdogs: NodeJS.Timeout[] = [];
   let closing = false;
   const connectTimeoutMs = options.connectTimeoutMs ?? 2_000;
   const open = async (url: string): Promise<Redis> => {
@@ -65,6 +72,26 @@ export function createRedisConnections(
       if (healthy === true && !closing) options.listener?.down(shown, 'connection-closed');
       healthy = false;
     });
+    // A partition (packets dropped, no reset) leaves the socket open and every command timing
+    // out, which ioredis does not treat as a lost connection. A ping that goes unanswered twice
+    // drops the connection, so the outage is reported and handled like a refused one.
+    let missed = 0;
+    const watchdog = setInterval(() => {
+      if (client.status !== 'ready') return;
+      client.ping().then(
+        () => (missed = 0),
+        () => {
+          if (++missed >= 2) {
+            missed = 0;
+            if (healthy !== false) options.listener?.down(shown, 'ETIMEDOUT');
+            healthy = false;
+            client.disconnect(true);
+          }
+        },
+      );
+    }, options.pingIntervalMs ?? 1_000);
+    watchdog.unref();
+    watchdogs.push(watchdog);
     await Promise.race([
       client.connect().catch(() => undefined),
       new Promise<void>((ok) => setTimeout(ok, connectTimeoutMs + 100).unref()),
@@ -82,6 +109,7 @@ export function createRedisConnections(
     },
     close: async () => {
       closing = true;
+      for (const w of watchdogs) clearInterval(w);
       const all = await Promise.all(clients.values());
       clients.clear();
       await Promise.all(

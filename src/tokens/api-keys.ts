@@ -37,6 +37,7 @@
  * source network the key was not used from before, a volume spike, any use after revocation,
  * expiry or the end of a rotation's grace period) are handed to `onAnomaly`.
  */
+import { isDependencyUnavailable } from '../store/unavailable.ts';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import { crc32 } from 'node:zlib';
@@ -489,6 +490,11 @@ export interface ApiKeyAuthorityOptions {
   readonly environment?: ApiKeyEnv;
   /** How long a key record is used from memory before it is read again (default 5000 ms). */
   readonly cacheTtlMs?: number;
+  /**
+   * While the store is unreachable, a cached record up to this old is still used (default
+   * 15 minutes); older ones, and keys never seen, are refused with 503.
+   */
+  readonly staleIfErrorMs?: number;
   /** Most key records kept in memory (default 10 000). */
   readonly cacheSize?: number;
   /** Usage is written to the store this often (default 10 000 ms; 0: only on flush()). */
@@ -548,6 +554,7 @@ export function createApiKeyAuthority(
 ): ApiKeyAuthority {
   const environment = options.environment ?? 'live';
   const ttl = options.cacheTtlMs ?? 5000;
+  const staleIfErrorMs = options.staleIfErrorMs ?? 15 * 60_000;
   const cacheSize = options.cacheSize ?? 10_000;
   const flushEvery = options.flushIntervalMs ?? 10_000;
   const windowMs = options.spike?.windowMs ?? 60_000;
@@ -597,8 +604,17 @@ export function createApiKeyAuthority(
   const lookup = async (hash: string): Promise<CachedKey | undefined> => {
     const cached = cache.get(hash);
     if (cached !== undefined && now() - cached.loadedAt < ttl) return cached;
+    let loaded: CachedKey | undefined;
+    try {
+      loaded = await load(hash);
+    } catch (err) {
+      // The store is down: a key verified recently keeps working for a while (its expiry and
+      // restrictions still apply; a revocation signalled meanwhile has dropped it already).
+      if (cached !== undefined && now() - cached.loadedAt < staleIfErrorMs && isDependencyUnavailable(err))
+        return cached;
+      throw err;
+    }
     cache.delete(hash);
-    const loaded = await load(hash);
     if (loaded === undefined) return undefined;
     if (cache.size >= cacheSize) {
       const oldest = cache.keys().next();

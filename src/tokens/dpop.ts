@@ -44,7 +44,8 @@ export type DpopRejection =
   | 'wrong-ath'
   | 'key-mismatch'
   | 'replayed'
-  | 'replay-cache-full';
+  | 'replay-cache-full'
+  | 'replay-cache-unavailable';
 
 export class DpopError extends Error {
   readonly reason: DpopRejection;
@@ -53,6 +54,40 @@ export class DpopError extends Error {
     this.name = 'DpopError';
     this.reason = reason;
   }
+}
+
+/**
+ * The shared replay cache is unreachable. A proof is then refused (fail closed): accepting it
+ * would let the same proof be replayed at another gateway process.
+ */
+export class ReplayCacheUnavailableError extends Error {
+  constructor(options?: { cause?: unknown }) {
+    super('DPoP replay cache is unavailable', options);
+    this.name = 'ReplayCacheUnavailableError';
+  }
+}
+
+/** The subset of an ioredis client the shared replay cache uses. */
+export interface ReplayRedis {
+  readonly status: string;
+  set(key: string, value: string, px: 'PXAT', at: number, nx: 'NX'): Promise<'OK' | null>;
+}
+
+/**
+ * A {@link ReplayCache} shared by every gateway process on one Redis: `SET key 1 PXAT exp NX`
+ * records a proof atomically, so a proof accepted by one process is a replay at all others.
+ */
+export function createRedisReplayCache(redis: ReplayRedis, keyPrefix: string): ReplayCache {
+  return {
+    async seen(jti, expiresAt) {
+      if (redis.status !== 'ready') throw new ReplayCacheUnavailableError();
+      try {
+        return (await redis.set(`${keyPrefix}dpop:${jti}`, '1', 'PXAT', expiresAt, 'NX')) === null;
+      } catch (err) {
+        throw new ReplayCacheUnavailableError({ cause: err });
+      }
+    },
+  };
 }
 
 /** Remembers proof `jti`s until they can no longer pass the `iat` check. */
@@ -250,6 +285,8 @@ export async function verifyDpopProof(check: DpopProofCheck): Promise<VerifiedDp
     replayed = await check.replay.seen(replayKey, Math.max(expiresAt, check.now + 1000));
   } catch (err) {
     if (err instanceof ReplayCacheFullError) throw new DpopError('replay-cache-full', { cause: err });
+    if (err instanceof ReplayCacheUnavailableError)
+      throw new DpopError('replay-cache-unavailable', { cause: err });
     throw err;
   }
   if (replayed) throw new DpopError('replayed');

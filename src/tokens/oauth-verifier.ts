@@ -134,7 +134,11 @@ export function oauthSchemeVerifier(
           ...(dpop.algorithms === undefined ? {} : { algorithms: dpop.algorithms }),
         });
       } catch (err) {
-        if (err instanceof DpopError) return refuse(401, `dpop-${err.reason}`, 'dpop', 'invalid_dpop_proof');
+        if (err instanceof DpopError) {
+          // Not the client's fault: fail closed as an outage (503), not as a bad proof.
+          if (err.reason === 'replay-cache-unavailable') throw err;
+          return refuse(401, `dpop-${err.reason}`, 'dpop', 'invalid_dpop_proof');
+        }
         throw err;
       }
     }

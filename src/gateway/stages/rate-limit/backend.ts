@@ -2,8 +2,10 @@
  * Where counters live. Memory limiters are kept per process and reused across configuration
  * reloads (same name and window: same counters), so a reload neither forgives an offender nor
  * resets a budget. Redis limiters (`RateLimiterRedis`) count for every gateway on the same Redis
- * and carry a memory limiter as insurance: while Redis is unreachable each process enforces the
- * same limits locally, and says so once per outage (a log line and {@link onDegraded}).
+ * and carry a memory limiter as insurance: while Redis is unreachable each process enforces its
+ * share of each limit locally — the limit divided by `cluster.nodes`, so that N processes together
+ * stay within it — and says so once per outage (a log line and {@link onDegraded}), and again when
+ * Redis is back ({@link onRestored}).
  */
 import { RateLimiterMemory, RateLimiterRedis } from 'rate-limiter-flexible';
 import type { RateLimiterAbstract } from 'rate-limiter-flexible';
@@ -32,6 +34,7 @@ export interface LimitedEvent {
 
 type Listener<T> = (event: T) => void;
 const degradedListeners = new Set<Listener<DegradedEvent>>();
+const restoredListeners = new Set<Listener<{ readonly redis: string }>>();
 const limitedListeners = new Set<Listener<LimitedEvent>>();
 
 /**
@@ -41,6 +44,12 @@ const limitedListeners = new Set<Listener<LimitedEvent>>();
 export function onDegraded(listener: Listener<DegradedEvent>): () => void {
   degradedListeners.add(listener);
   return () => degradedListeners.delete(listener);
+}
+
+/** Calls `listener` when a Redis used for rate limits is reachable again after an outage. */
+export function onRestored(listener: Listener<{ readonly redis: string }>): () => void {
+  restoredListeners.add(listener);
+  return () => restoredListeners.delete(listener);
 }
 
 /** Calls `listener` for every request refused (or, in shadow mode, that would be) by a limit. */
@@ -64,6 +73,8 @@ export interface LimitBackends {
   readonly redis: RedisConnections;
   /** A limiter counting `window` under `name`; with `redis`, shared through it. */
   limiter(name: string, window: Window, redis?: RedisTarget): Promise<Limiter>;
+  /** Redis endpoints used for rate limits that are unreachable now (limits are local). */
+  degraded(): readonly string[];
   /** A value kept across configuration versions (e.g. an in-memory idempotency store). */
   memo<T>(key: string, create: () => T): T;
   close(): Promise<void>;
@@ -72,16 +83,24 @@ export interface LimitBackends {
 /** Violations are counted, not limited: the limiter never refuses. */
 export const UNLIMITED = 1_000_000_000;
 
-export function createLimitBackends(options: { logger?: Logger } = {}): LimitBackends {
+/** The share of `points` one of `nodes` processes enforces alone (at least 1). */
+export function localShare(points: number, nodes: number): number {
+  if (points >= UNLIMITED || nodes <= 1) return points;
+  return Math.max(1, Math.floor(points / nodes));
+}
+
+export function createLimitBackends(options: { logger?: Logger; nodes?: number } = {}): LimitBackends {
   const { logger } = options;
+  const nodes = options.nodes ?? 1;
   /** Redis endpoints some limiter counts on: only their outages degrade rate limiting. */
   const limiting = new Set<string>();
-  const degraded = new Set<string>();
+  /** Unreachable endpoints and the error that said so. */
+  const degraded = new Map<string, string>();
   const redis = createRedisConnections({
     listener: {
       down: (url, error) => {
         if (degraded.has(url)) return;
-        degraded.add(url);
+        degraded.set(url, error);
         logger?.warn(
           { event: 'redis-unavailable', redis: url, error },
           'Redis unreachable: rate limits fall back to per-process limits; Redis-backed idempotency refuses with 503',
@@ -96,6 +115,9 @@ export function createLimitBackends(options: { logger?: Logger } = {}): LimitBac
           { event: 'redis-available', redis: url },
           'Redis reachable again: shared limits restored',
         );
+        if (limiting.has(url)) {
+          for (const l of restoredListeners) l({ redis: url });
+        }
       },
     },
   });
@@ -119,7 +141,13 @@ export function createLimitBackends(options: { logger?: Logger } = {}): LimitBac
       const id = `${target.url}|${target.keyPrefix}|${name}:${String(window.points)}:${String(window.seconds)}`;
       let limiter = stored.get(id);
       if (limiter === undefined) {
-        limiting.add(redactRedisUrl(target.url));
+        const shown = redactRedisUrl(target.url);
+        // Already known to be down (another part connected first): this outage now degrades limits.
+        const error = degraded.get(shown);
+        if (!limiting.has(shown) && error !== undefined) {
+          for (const l of degradedListeners) l({ redis: shown, error });
+        }
+        limiting.add(shown);
         limiter = redis.get(target.url).then((client) => {
           return new RateLimiterRedis({
             storeClient: client,
@@ -127,13 +155,17 @@ export function createLimitBackends(options: { logger?: Logger } = {}): LimitBac
             points: window.points,
             duration: window.seconds,
             rejectIfRedisNotReady: true,
-            insuranceLimiter: memoryLimiter(`insurance:${name}`, window),
+            insuranceLimiter: memoryLimiter(`insurance:${name}`, {
+              points: localShare(window.points, nodes),
+              seconds: window.seconds,
+            }),
           });
         });
         stored.set(id, limiter);
       }
       return limiter;
     },
+    degraded: () => [...degraded.keys()].filter((url) => limiting.has(url)),
     memo: <T>(key: string, create: () => T): T => {
       if (!memos.has(key)) memos.set(key, create());
       return memos.get(key) as T;

@@ -29,7 +29,7 @@ import type { Dimension, DimensionPolicy, OperationDimension } from './config.ts
 import { checkDimension, compileDimension, ipKey, principalKeys } from './stage.ts';
 import type { CheckContext, CompiledDimension, Tarpit } from './stage.ts';
 
-export { createLimitBackends, onDegraded, onLimited } from './backend.ts';
+export { createLimitBackends, localShare, onDegraded, onLimited, onRestored } from './backend.ts';
 export type { DegradedEvent, LimitBackends, LimitedEvent } from './backend.ts';
 export { ipKey } from './stage.ts';
 
