@@ -434,6 +434,51 @@ describe('parseConfig: semantic rules', () => {
   });
 });
 
+describe('distributed mode', () => {
+  const PG = 'postgres://postgres@127.0.0.1:5432/test';
+  const shared = `store:\n  url: ${PG}\nredis:\n  url: redis://127.0.0.1:6379\nrateLimits:\n  backend: redis\nidempotency:\n  backend: redis\n`;
+
+  it('accepts cluster.nodes above 1 on PostgreSQL with the Redis backends', () => {
+    expect(parse(`cluster:\n  nodes: 3\n${shared}`).config.cluster.nodes).toBe(3);
+    expect(parse('').config.cluster.nodes).toBe(1);
+  });
+
+  it('refuses cluster.nodes above 1 with per-process state, naming each key', () => {
+    const issues = issuesOf('cluster:\n  nodes: 3\n');
+    expect(issues.map((i) => i.path).sort()).toEqual(
+      ['idempotency.backend', 'rateLimits.backend', 'redis', 'store.url'].sort(),
+    );
+    expect(issues.find((i) => i.path === 'rateLimits.backend')?.message).toContain('3 times each limit');
+    const sqlite = issueOf(`cluster:\n  nodes: 2\n${shared.replace(`url: ${PG}`, 'url: sqlite:x.db')}`);
+    expect(sqlite).toMatchObject({ path: 'store.url', line: 4 });
+  });
+
+  it('takes connection URLs from ${env:NAME}, and names an unset variable', () => {
+    const env = { PC_REDIS_PASSWORD: 's3cr3t', PC_PG_URL: PG };
+    const text =
+      'store:\n  url: ${env:PC_PG_URL}\nredis:\n  url: redis://:${env:PC_REDIS_PASSWORD}@127.0.0.1:6379\n';
+    const loaded = parseConfig(text, FILE, NOW, env);
+    expect(loaded.config.store.url).toBe(PG);
+    expect(loaded.config.redis?.url).toBe('redis://:s3cr3t@127.0.0.1:6379');
+    expect(JSON.stringify(maskSecrets(loaded.config))).not.toContain('s3cr3t');
+    try {
+      parseConfig(text, FILE, NOW, { PC_PG_URL: PG });
+      expect.unreachable();
+    } catch (err) {
+      expect((err as ConfigError).issues).toEqual([
+        expect.objectContaining({
+          path: 'redis.url',
+          line: 4,
+          message: 'environment variable PC_REDIS_PASSWORD is not set',
+        }),
+      ]);
+    }
+    // Only connection URLs, only that form.
+    expect(issueOf('redis:\n  url: redis://${PC_X}@h:1\n')).toMatchObject({ path: 'redis.url' });
+    expect(issuesOf('gateway:\n  correlationHeader: x-${env:A}\n').length).toBeGreaterThan(0);
+  });
+});
+
 describe('loadConfig', () => {
   it('reads a file, and names an unreadable one', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'portcullis-load-'));

@@ -692,7 +692,8 @@ const RedisSection = Type.Optional(
       url: Type.String({
         pattern: '^rediss?://',
         maxLength: 2000,
-        description: 'redis://[user:password@]host:port[/db], or rediss:// for TLS',
+        description:
+          'redis://[user:password@]host:port[/db], or rediss:// for TLS; ${env:NAME} inserts an environment variable (e.g. the password)',
       }),
       keyPrefix: Type.String({
         pattern: '^[A-Za-z0-9:._-]{1,64}$',
@@ -891,7 +892,8 @@ export const ConfigSchema = Type.Object(
         url: Type.String({
           minLength: 1,
           default: 'sqlite:portcullis.db',
-          description: 'sqlite:FILE (relative to the data directory) or postgres://…',
+          description:
+            'sqlite:FILE (relative to the data directory) or postgres://…; ${env:NAME} inserts an environment variable (e.g. the password)',
         }),
       },
       'where state lives',
