@@ -34,6 +34,11 @@ export interface OpenAuditLogOptions {
   readonly stdout?: Writable;
   readonly registry?: Registry;
   readonly onError?: (error: unknown, sink: string) => void;
+  /**
+   * Names this process among several sharing the data directory (`--workers`): its spools go
+   * to `<dataDir>/audit/spool/<instance>/`, so that no two processes append to or replay one spool.
+   */
+  readonly instance?: string;
 }
 
 /** The file sink's path for a configuration. */
@@ -74,7 +79,10 @@ export async function openAuditLog(options: OpenAuditLogOptions): Promise<AuditL
     chain,
     forward,
     signer: options.signer ?? fileCheckpointSigner(dataDir),
-    spoolDir: join(dataDir, 'audit', 'spool'),
+    spoolDir:
+      options.instance === undefined
+        ? join(dataDir, 'audit', 'spool')
+        : join(dataDir, 'audit', 'spool', options.instance),
     durability: config.durability,
     maxBatch: config.batchMaxEvents,
     maxDelayMs: config.batchMaxDelayMs,

@@ -1,10 +1,13 @@
 /**
- * The "how to get a token" part of the `portcullis start` banner (DESIGN.md, quickstart
- * contract): the exact commands a new user copies, built from the configuration in force, so that
- * each one works as printed (test/quickstart.test.ts runs the same sequence).
+ * The `portcullis start` banner: where the listeners are ({@link startBanner}, printed once by
+ * the single process or by the primary of `--workers N`), and the "how to get a token" part
+ * (DESIGN.md, quickstart contract): the exact commands a new user copies, built from the
+ * configuration in force, so that each one works as printed (test/quickstart.test.ts runs the
+ * same sequence).
  */
 import { isAbsolute, relative } from 'node:path';
 import type { Runtime } from '../gateway/compile.ts';
+import type { TlsMaterial } from '../server/tls.ts';
 
 export interface TokenHowToInput {
   readonly runtime: Runtime;
@@ -108,6 +111,51 @@ export function tokenHowTo(input: TokenHowToInput): string[] {
     `    2. ${tokenCall}`,
     '       prints {"access_token": …}; set TOKEN to it.',
     `    3. ${apiCall}`,
+    '',
+  ];
+}
+
+export interface StartBannerInput extends Omit<TokenHowToInput, 'caFile'> {
+  readonly gatewayUrl: string;
+  readonly adminUrl: string | undefined;
+  readonly redirectUrl: string | undefined;
+  readonly demoUpstreamUrl: string | undefined;
+  readonly tls: TlsMaterial;
+  /** Processes serving these listeners (`--workers`); shown when more than one. */
+  readonly workers?: number;
+}
+
+/** The lines `portcullis start` prints on stderr once everything listens. */
+export function startBanner(input: StartBannerInput): string[] {
+  const cwd = input.cwd ?? process.cwd();
+  const origin = input.runtime.loaded.config.gateway.publicUrl;
+  const ca = input.tls.source === 'development' ? relative(cwd, input.tls.caCertFile) : undefined;
+  const workers = input.workers ?? 1;
+  return [
+    '',
+    workers > 1
+      ? `  Portcullis is running: ${String(workers)} worker processes (primary pid ${String(process.pid)}).`
+      : `  Portcullis is running.`,
+    `    gateway   ${input.gatewayUrl}  (public origin ${origin})`,
+    ...(input.adminUrl ? [`    admin     ${input.adminUrl}  (/healthz, /readyz)`] : []),
+    ...(input.redirectUrl ? [`    redirect  ${input.redirectUrl} -> HTTPS`] : []),
+    ...(input.demoUpstreamUrl
+      ? [`    demo API  ${input.demoUpstreamUrl}  (reached through the gateway under /v1)`]
+      : []),
+    ...(ca ? [`    dev CA    ${ca}  (trust it for local HTTPS)`] : []),
+    '',
+    ...(ca && input.demoUpstreamUrl
+      ? [
+          `  Try:  curl --cacert ${ca} ${origin}/v1/status`,
+          `        curl --cacert ${ca} -i ${origin}/v1/patients   # 401: a token is required`,
+          '',
+        ]
+      : []),
+    ...tokenHowTo({
+      ...input,
+      caFile: input.tls.source === 'development' ? input.tls.caCertFile : undefined,
+    }),
+    '  Reload: edit the configuration (or send SIGHUP). Stop: Ctrl-C.',
     '',
   ];
 }

@@ -3,7 +3,7 @@
  * go to stdout.
  */
 import { Command, Option } from 'commander';
-import { relative } from 'node:path';
+import cluster from 'node:cluster';
 import { stringify } from 'yaml';
 import { formatIssue, loadConfig, maskSecrets } from '../config/load.ts';
 import { compileRuntime } from '../gateway/compile.ts';
@@ -15,7 +15,9 @@ import { registerKeysCommands } from './keys.ts';
 import { registerAuditCommands } from './audit.ts';
 import { registerApiKeysCommands } from './apikeys.ts';
 import { registerUsersCommands } from './users.ts';
-import { tokenHowTo } from './banner.ts';
+import { startBanner } from './banner.ts';
+import { parseWorkerCount, runPrimary, runWorker } from './workers.ts';
+import type { Role } from './workers.ts';
 
 const program = new Command('portcullis')
   .description('Security-first API gateway with a built-in OAuth 2.1 / OpenID Connect authorization server')
@@ -28,8 +30,16 @@ common(program.command('start').description('start the gateway (and the listener
       .choices(['all', 'gateway', 'authorization-server'])
       .default('all'),
   )
-  .action(async (opts: CommonOptions & { role: 'all' | 'gateway' | 'authorization-server' }) => {
+  .addOption(
+    new Option('--workers <n>', 'processes on this host sharing its ports (counted in cluster.nodes)')
+      .argParser(parseWorkerCount)
+      .default(1),
+  )
+  .action(async (opts: CommonOptions & { role: Role; workers: number }) => {
     try {
+      const forCluster = { configArg: opts.config, dataDirArg: opts.dataDir, role: opts.role };
+      if (cluster.isWorker) return await runWorker(forCluster);
+      if (opts.workers > 1) return await runPrimary({ ...forCluster, workers: opts.workers });
       const p = await startPortcullis({
         configFile: opts.config,
         dataDir: opts.dataDir,
@@ -37,36 +47,19 @@ common(program.command('start').description('start the gateway (and the listener
         watch: true,
         role: opts.role,
       });
-      const ca = p.tls.source === 'development' ? relative(process.cwd(), p.tls.caCertFile) : undefined;
-      const lines = [
-        '',
-        `  Portcullis is running.`,
-        `    gateway   ${p.gatewayUrl}  (public origin ${p.runtime().loaded.config.gateway.publicUrl})`,
-        ...(p.adminUrl ? [`    admin     ${p.adminUrl}  (/healthz, /readyz)`] : []),
-        ...(p.redirectUrl ? [`    redirect  ${p.redirectUrl} -> HTTPS`] : []),
-        ...(p.demoUpstreamUrl
-          ? [`    demo API  ${p.demoUpstreamUrl}  (reached through the gateway under /v1)`]
-          : []),
-        ...(ca ? [`    dev CA    ${ca}  (trust it for local HTTPS)`] : []),
-        '',
-        ...(ca && p.demoUpstreamUrl
-          ? [
-              `  Try:  curl --cacert ${ca} ${p.runtime().loaded.config.gateway.publicUrl}/v1/status`,
-              `        curl --cacert ${ca} -i ${p.runtime().loaded.config.gateway.publicUrl}/v1/patients   # 401: a token is required`,
-              '',
-            ]
-          : []),
-        ...tokenHowTo({
-          runtime: p.runtime(),
-          role: opts.role,
-          configArg: opts.config,
-          dataDirArg: opts.dataDir,
-          caFile: p.tls.source === 'development' ? p.tls.caCertFile : undefined,
-        }),
-        '  Reload: edit the configuration (or send SIGHUP). Stop: Ctrl-C.',
-        '',
-      ];
-      process.stderr.write(lines.join('\n'));
+      const { gatewayUrl, adminUrl, redirectUrl, demoUpstreamUrl, tls } = p;
+      const banner = startBanner({
+        gatewayUrl,
+        adminUrl,
+        redirectUrl,
+        demoUpstreamUrl,
+        tls,
+        runtime: p.runtime(),
+        role: opts.role,
+        configArg: opts.config,
+        dataDirArg: opts.dataDir,
+      });
+      process.stderr.write(banner.join('\n'));
     } catch (err) {
       fail(err, false);
     }

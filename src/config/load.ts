@@ -417,6 +417,12 @@ export function parseConfig(
         `cluster.nodes is ${n}: per-process counters would allow ${n} times each limit; set redis`,
       );
     }
+    if (!config.audit.store.enabled) {
+      issue(
+        ['audit', 'store', 'enabled'],
+        `cluster.nodes is ${n}: the audit chain must be in the shared store (a file chain per process would fork)`,
+      );
+    }
     if (config.idempotency.backend !== 'redis') {
       issue(
         ['idempotency', 'backend'],

@@ -67,6 +67,8 @@ export interface StartOptions {
    * (only the OAuth/OIDC paths; `oauth.enabled` must be on).
    */
   readonly role?: 'all' | 'gateway' | 'authorization-server';
+  /** This process's name among several on one data directory (`--workers`), e.g. `worker-2`. */
+  readonly instance?: string;
 }
 
 export interface ReloadResult {
@@ -207,6 +209,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       // Checkpoints are signed by the key manager's audit-checkpoint key (KMS-wrapped).
       signer: openedKeys.auditCheckpointSigner(),
       registry: metrics.registry,
+      ...(options.instance === undefined ? {} : { instance: options.instance }),
       onError: (err, sink) => {
         alerts?.sinkError(sink);
         logger.warn({ event: 'audit-sink-error', sink, error: describeError(err) }, 'audit sink error');
