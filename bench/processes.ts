@@ -184,6 +184,8 @@ export interface GatewayOptions {
   accessLog: boolean;
   /** Further top-level configuration sections (e.g. `rateLimits`). */
   extraConfig?: Record<string, unknown>;
+  /** Further `portcullis start` arguments (e.g. `--workers 2`). */
+  args?: readonly string[];
 }
 
 export interface GatewayProcess {
@@ -250,7 +252,16 @@ async function startGatewayOnce(
   const logFd = openSync(logFile, 'a');
   const child = spawn(
     'sh',
-    ['scripts/node24.sh', 'src/cli/main.ts', 'start', '--config', configFile, '--data-dir', dataDir],
+    [
+      'scripts/node24.sh',
+      'src/cli/main.ts',
+      'start',
+      '--config',
+      configFile,
+      '--data-dir',
+      dataDir,
+      ...(options.args ?? []),
+    ],
     { cwd: ROOT, stdio: ['ignore', logFd, 'pipe'] },
   );
   closeSync(logFd);

@@ -1,0 +1,135 @@
+/**
+ * Distributed mode, side by side in one run: `GET /v1/status` direct to the upstream, and through
+ * four gateways that differ only in where their state lives —
+ *   single (memory)     one process, SQLite, memory limiter (the quickstart's shape)
+ *   single (pg+redis)   one process, PostgreSQL store and audit chain, Redis limiter
+ *   memory limiter      as above but the rate limiter in memory (isolates the limiter's cost)
+ *   --workers 2         two processes on this host sharing the port, PostgreSQL and Redis
+ * Limits are high enough that no request is refused: this measures counting, signalling and
+ * auditing, not refusing. Rounds alternate the targets; medians are reported, with each target's
+ * throughput and p99 as a ratio of the direct call's. Needs PostgreSQL and Redis
+ * (PORTCULLIS_BENCH_PG_URL, PORTCULLIS_BENCH_REDIS_URL; defaults on 127.0.0.1). Not part of `npm test`.
+ *
+ *   npm run bench:cluster -- [--duration 5] [--connections 16] [--rounds 3] [--json]
+ */
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { HIGH_RATE_LIMITS } from './apis.ts';
+import { BENCH_OPTIONS_USAGE, median, parseBenchOptions, progress, runBench, table } from './cli.ts';
+import type { BenchOptions } from './cli.ts';
+import { measure } from './load.ts';
+import type { LoadTarget, Measurement } from './load.ts';
+import { makeTempDir, onCleanup, startGateway, startUpstream } from './processes.ts';
+
+const USAGE = `usage: npm run bench:cluster -- [options]
+
+Measures GET /v1/status through Portcullis in single-process and distributed mode (PostgreSQL +
+Redis, one process and --workers 2), side by side with a direct call to the upstream.
+
+${BENCH_OPTIONS_USAGE}`;
+
+const PG_URL = process.env.PORTCULLIS_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const REDIS_URL = process.env.PORTCULLIS_BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+async function main(options: BenchOptions): Promise<void> {
+  const root = await makeTempDir();
+  const upstream = await startUpstream();
+  const schemas: string[] = [];
+  onCleanup(async () => {
+    const client = new pg.Client({ connectionString: PG_URL });
+    await client.connect();
+    try {
+      for (const s of schemas) await client.query(`drop schema if exists "${s}" cascade`);
+    } finally {
+      await client.end();
+    }
+  });
+  const distributed = (nodes: number, limiter: 'redis' | 'memory') => {
+    const schema = `bench_cluster_${randomUUID().replaceAll('-', '').slice(0, 12)}`;
+    schemas.push(schema);
+    const url = new URL(PG_URL);
+    url.searchParams.set('schema', schema);
+    return {
+      store: { url: url.href },
+      redis: { url: REDIS_URL, keyPrefix: `bench:${schema}:` },
+      cluster: { nodes },
+      rateLimits: { ...HIGH_RATE_LIMITS, backend: limiter },
+      idempotency: { backend: nodes > 1 ? 'redis' : 'memory' },
+    };
+  };
+  const variants = [
+    { label: 'single (memory)', extra: { rateLimits: HIGH_RATE_LIMITS }, args: [] },
+    { label: 'single (pg+redis)', extra: distributed(1, 'redis'), args: [] },
+    { label: 'memory limiter', extra: distributed(1, 'memory'), args: [] },
+    { label: '--workers 2', extra: distributed(2, 'redis'), args: ['--workers', '2'] },
+  ];
+  const targets: LoadTarget[] = [{ name: 'direct (http)', url: `${upstream.url}/status`, expectStatus: 200 }];
+  for (const v of variants) {
+    progress(`starting ${v.label}`);
+    const gw = await startGateway(root, {
+      name: v.label.replace(/[^a-z0-9]+/gi, '-'),
+      upstreamUrl: upstream.url,
+      logLevel: 'warn',
+      accessLog: false,
+      extraConfig: v.extra,
+      args: v.args,
+    });
+    targets.push({
+      name: v.label,
+      url: `${gw.url}/v1/status`,
+      expectStatus: 200,
+      servername: gw.servername,
+      ca: gw.ca,
+    });
+  }
+  const runs = new Map<string, Measurement[]>(targets.map((t) => [t.name, []]));
+  if (options.warmupS > 0) {
+    for (const t of targets)
+      await measure(t, { durationS: options.warmupS, connections: options.connections });
+  }
+  for (let r = 0; r < options.rounds; r++) {
+    for (const t of targets) {
+      const m = await measure(t, options);
+      runs.get(t.name)?.push(m);
+      progress(
+        `round ${String(r + 1)}/${String(options.rounds)} ${t.name}: ${m.rps.toFixed(0)} req/s, p99 ${m.p99.toFixed(2)} ms`,
+      );
+    }
+  }
+  const direct = runs.get('direct (http)') ?? [];
+  const baseRps = median(direct.map((m) => m.rps));
+  const baseP99 = median(direct.map((m) => m.p99));
+  const results = [...runs].map(([name, ms]) => ({
+    name,
+    rps: median(ms.map((m) => m.rps)),
+    p50: median(ms.map((m) => m.p50)),
+    p99: median(ms.map((m) => m.p99)),
+    unexpected: ms.reduce((n, m) => n + m.unexpected, 0),
+    errors: ms.reduce((n, m) => n + m.errors, 0),
+  }));
+  if (options.json) {
+    process.stdout.write(JSON.stringify({ options, baseline: 'direct (http)', results }, null, 2) + '\n');
+  } else {
+    const rows = [
+      ['target', 'req/s', 'p50 ms', 'p99 ms', 'rps/direct', 'p99/direct', 'unexpected', 'errors'],
+    ];
+    for (const r of results) {
+      rows.push([
+        r.name,
+        r.rps.toFixed(0),
+        r.p50.toFixed(2),
+        r.p99.toFixed(2),
+        (r.rps / baseRps).toFixed(3),
+        (r.p99 / baseP99).toFixed(1),
+        String(r.unexpected),
+        String(r.errors),
+      ]);
+    }
+    process.stdout.write(table(rows) + '\n');
+  }
+  if (results.some((r) => r.unexpected > 0 || r.errors > 0)) {
+    throw new Error('some requests failed or got an unexpected status: the figures are not comparable');
+  }
+}
+
+await runBench(USAGE, (argv) => parseBenchOptions(argv, USAGE), main);
