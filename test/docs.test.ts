@@ -23,3 +23,39 @@ describe('configuration reference', () => {
     expect(text).toBe(renderConfigReference());
   });
 });
+
+describe('deployment guide', () => {
+  it('its configuration example is a valid distributed configuration, passwords from the environment', async () => {
+    const { parseConfig } = await import('../src/config/load.ts');
+    const text = await readFile(new URL('../docs/deployment.md', import.meta.url), 'utf8');
+    const example = /## Configuration[\s\S]*?```yaml\n([\s\S]*?)```/.exec(text)?.[1];
+    expect(example).toBeDefined();
+    const loaded = parseConfig(example ?? '', '/etc/portcullis/portcullis.yaml', new Date(), {
+      PORTCULLIS_PG_PASSWORD: 'pg-pass',
+      PORTCULLIS_REDIS_PASSWORD: 'redis-pass',
+    });
+    expect(loaded.config.cluster.nodes).toBe(4);
+    expect(loaded.config.redis?.url).toContain(':redis-pass@');
+    // Without the variables it is refused, naming them.
+    expect(() => parseConfig(example ?? '', '/etc/portcullis/portcullis.yaml', new Date(), {})).toThrow(
+      /PORTCULLIS_PG_PASSWORD is not set/,
+    );
+  });
+
+  it('the systemd unit starts the command with options that exist', async () => {
+    const unit = await readFile(new URL('../deploy/portcullis.service', import.meta.url), 'utf8');
+    const exec = /^ExecStart=(.*)$/m.exec(unit)?.[1]?.split(/\s+/) ?? [];
+    expect(exec.slice(0, 3)).toEqual(['/usr/bin/node', '/opt/portcullis/src/cli/main.ts', 'start']);
+    const { execFileSync } = await import('node:child_process');
+    const help = execFileSync('sh', ['scripts/node24.sh', 'src/cli/main.ts', 'start', '--help'], {
+      cwd: new URL('..', import.meta.url),
+      encoding: 'utf8',
+    });
+    const options = exec.filter((a) => a.startsWith('--'));
+    expect(options).toEqual(['--config', '--data-dir', '--workers']);
+    for (const option of options) expect(help, option).toContain(`${option} <`);
+    expect(unit).toMatch(/^EnvironmentFile=\/etc\/portcullis\/secrets\.env$/m);
+    expect(unit).toMatch(/^User=portcullis$/m);
+    expect(unit).toMatch(/^NoNewPrivileges=yes$/m);
+  });
+});

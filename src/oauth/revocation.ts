@@ -24,6 +24,8 @@ export interface RevocationList {
   revoke(jti: string, clientId: string, expiresAt: number): Promise<void>;
   /** A revocation made by another process (a signal): refused from now on. */
   noteRevoked(jti: string, expiresAt: number): void;
+  /** The subscription is lost: cached "not revoked" answers are forgotten (they relied on it). */
+  forgetUnrevoked(): void;
   /**
    * After a gap in the signal subscription: forgets cached "not revoked" answers and copies the
    * store's unexpired revocations into the Redis denylist. Resolves the number copied.
@@ -142,6 +144,9 @@ export function createRevocationList(options: RevocationListOptions): Revocation
     noteRevoked(jti, expiresAt) {
       if (!valid(jti)) return;
       remember(jti, true, Math.max(now() + ttl, expiresAt * 1000));
+    },
+    forgetUnrevoked() {
+      for (const [jti, entry] of cache) if (!entry.revoked) cache.delete(jti);
     },
     async resync() {
       for (const [jti, entry] of cache) if (!entry.revoked) cache.delete(jti);

@@ -137,6 +137,7 @@ export async function setupCluster(options: ClusterOptions): Promise<Cluster> {
     onState: (state, error) => {
       subscribed.set(state === 'up' ? 1 : 0);
       if (state === 'down') {
+        revocations.forgetUnrevoked();
         logger.warn(
           { event: 'signals-down', error },
           'signal subscription lost: caches fall back to short lifetimes until it is back',
