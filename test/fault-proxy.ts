@@ -49,10 +49,12 @@ export async function startFaultProxy(target: { host: string; port: number }): P
   let accepted = 0;
   const pairs = new Set<Pair>();
 
+  // resetAndDestroy() on a half-closed socket leaves Node 24 spinning: destroy those instead.
+  const kill = (s: Socket) => (s.writableEnded ? s.destroy() : s.resetAndDestroy());
   const drop = (pair: Pair) => {
     pairs.delete(pair);
-    pair.client.resetAndDestroy();
-    pair.upstream?.resetAndDestroy();
+    kill(pair.client);
+    if (pair.upstream !== undefined) kill(pair.upstream);
   };
 
   /** Copies `from` to `to` while forwarding, with backpressure; pauses otherwise. */
@@ -96,7 +98,7 @@ export async function startFaultProxy(target: { host: string; port: number }): P
     pairs.add(pair);
     client.on('close', (hadError) => {
       pairs.delete(pair);
-      if (hadError) pair.upstream?.resetAndDestroy();
+      if (hadError && pair.upstream !== undefined) kill(pair.upstream);
       else pair.upstream?.end();
     });
     if (mode === 'forward') {

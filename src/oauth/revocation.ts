@@ -93,6 +93,19 @@ export function createRevocationList(options: RevocationListOptions): Revocation
     if (denylist === undefined) return;
     await denylist.redis.set(keyOf(jti), '1', 'PXAT', expiresAtMs);
   };
+  /**
+   * A denylist write that failed is retried (every 2 s, for as long as the token lives, at most
+   * 30 times): other processes ask Redis before the store, and must not miss a revocation
+   * because of one dropped write. A resync after an outage copies everything anyway.
+   */
+  const retryToRedis = (jti: string, expiresAtMs: number, attempt: number): void => {
+    if (attempt > 30 || expiresAtMs <= now()) return;
+    setTimeout(() => {
+      toRedis(jti, expiresAtMs).catch(() => {
+        retryToRedis(jti, expiresAtMs, attempt + 1);
+      });
+    }, 2_000).unref();
+  };
   const valid = (jti: unknown): jti is string =>
     typeof jti === 'string' && jti.length > 0 && jti.length <= MAX_JTI;
 
@@ -118,8 +131,10 @@ export function createRevocationList(options: RevocationListOptions): Revocation
       remember(jti, row !== undefined, t + ttl);
       return row !== undefined;
     },
-    async revoke(jti, clientId, expiresAt) {
+    async revoke(jti, clientId, exp) {
       if (!valid(jti)) throw new TypeError('jti is empty or too long');
+      if (!Number.isFinite(exp)) throw new TypeError('expiresAt must be a number of seconds');
+      const expiresAt = Math.ceil(exp);
       const t = now();
       await db
         .insertInto('revoked_tokens')
@@ -136,6 +151,7 @@ export function createRevocationList(options: RevocationListOptions): Revocation
         await toRedis(jti, expiresAt * 1000);
       } catch (err) {
         options.onError?.('denylist', err);
+        retryToRedis(jti, expiresAt * 1000, 1);
       }
       if (signals !== undefined && !(await signals.publish({ kind: 'token-revoked', jti, exp: expiresAt }))) {
         options.onError?.('signal', new Error('the signal could not be published'));

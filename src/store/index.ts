@@ -168,6 +168,11 @@ function openPostgres(
     keepAlive: true,
   });
   pool.on('error', (error) => onPoolError?.(error));
+  // A checked-out client's failure is reported to its query; without this listener the client's
+  // own 'error' event (a reset mid-query) would be an uncaught exception that ends the process.
+  pool.on('connect', (client) => {
+    client.on('error', () => undefined);
+  });
   const searchPath = schema === undefined ? undefined : `"${schema}"`;
   const db = new Kysely<Database>({
     dialect: new PostgresDialect({
