@@ -49,6 +49,27 @@ const OPENAPI = {
         responses: { '200': { description: 'ok' } },
       },
     },
+    '/orders': {
+      post: {
+        operationId: 'createOrder',
+        security: [{ oauth: ['items:read'] }],
+        'x-portcullis-idempotency': { required: true },
+        requestBody: {
+          required: true,
+          content: {
+            'application/json': {
+              schema: {
+                type: 'object',
+                properties: { n: { type: 'integer' } },
+                required: ['n'],
+                additionalProperties: false,
+              },
+            },
+          },
+        },
+        responses: { '200': { description: 'ok' } },
+      },
+    },
     '/keyed': {
       get: {
         operationId: 'keyed',
@@ -157,7 +178,8 @@ describe('distributed mode: three nodes on one PostgreSQL and one Redis', () => 
           // The sustained window is the one under test; the burst window stays out of the way.
           ip: { burst: { points: 100_000, seconds: 1 }, sustained: IP_SUSTAINED },
         },
-        idempotency: { backend: 'redis' },
+        // Records in PostgreSQL (durable); Redis carries counters, denylist, DPoP and signals.
+        idempotency: { backend: 'store' },
         oauth: { enabled: true },
         apis: [{ name: 'items', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }],
       },
@@ -253,6 +275,34 @@ describe('distributed mode: three nodes on one PostgreSQL and one Redis', () => 
     for (const node of nodes) {
       expect((await request(node, 'GET', '/v1/private', { headers: bearer(fresh) })).status).toBe(200);
     }
+  });
+
+  it('an idempotent request retried at another node is replayed, not run twice', async () => {
+    const token = await tokenFrom(nodes[0]!);
+    const post = (node: ClusterNode, key: string, body: string) =>
+      request(node, 'POST', '/v1/orders', {
+        headers: { ...bearer(token), 'content-type': 'application/json', 'idempotency-key': key },
+        body,
+      });
+    upstream.received.length = 0;
+    const first = await post(nodes[0]!, 'order-1', '{"n":1}');
+    expect(first.status, first.body).toBe(200);
+    const retries = await Promise.all([
+      post(nodes[1]!, 'order-1', '{"n":1}'),
+      post(nodes[2]!, 'order-1', '{"n":1}'),
+    ]);
+    for (const r of retries) {
+      expect(r.status).toBe(200);
+      expect(r.body).toBe(first.body);
+    }
+    expect(upstream.received.filter((r) => r.method === 'POST')).toHaveLength(1);
+    // The same key for a different request is refused on any node.
+    expect((await post(nodes[2]!, 'order-1', '{"n":2}')).status).toBe(422);
+    // Concurrent first attempts at three nodes: one reaches the upstream, the others wait (409) or replay.
+    const raced = await Promise.all(nodes.map((n) => post(n, 'order-2', '{"n":3}')));
+    expect(raced.filter((r) => r.status === 200).length).toBeGreaterThanOrEqual(1);
+    expect(raced.every((r) => r.status === 200 || r.status === 409)).toBe(true);
+    expect(upstream.received.filter((r) => r.method === 'POST')).toHaveLength(2);
   });
 
   it('an API key revoked with the CLI is refused by every node within one second', async () => {

@@ -423,10 +423,10 @@ export function parseConfig(
         `cluster.nodes is ${n}: the audit chain must be in the shared store (a file chain per process would fork)`,
       );
     }
-    if (config.idempotency.backend !== 'redis') {
+    if (config.idempotency.backend === 'memory') {
       issue(
         ['idempotency', 'backend'],
-        `cluster.nodes is ${n}: a retry reaching another process would run twice; set redis`,
+        `cluster.nodes is ${n}: a retry reaching another process would run twice; set redis or store`,
       );
     }
   }

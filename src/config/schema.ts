@@ -658,9 +658,10 @@ const RateLimits = Section(
 
 const Idempotency = Section(
   {
-    backend: Type.Union([Type.Literal('memory'), Type.Literal('redis')], {
+    backend: Type.Union([Type.Literal('memory'), Type.Literal('redis'), Type.Literal('store')], {
       default: 'memory',
-      description: 'where idempotency records live; redis: shared by every gateway on `redis.url`',
+      description:
+        'where idempotency records live; redis: shared by every gateway on `redis.url`; store: in the database (shared on PostgreSQL, durable)',
     }),
     defaultTtlSeconds: Seconds(
       86_400,

@@ -4,6 +4,8 @@
  * A configuration that cannot be compiled throws a ConfigError naming the key and line; the
  * caller keeps serving with the previous runtime.
  */
+import type { Kysely } from 'kysely';
+import type { Database } from '../store/schema.ts';
 import { createHash } from 'node:crypto';
 import { ConfigError, pathToString } from '../config/load.ts';
 import type { ConfigIssue, ConfigPath, LoadedConfig } from '../config/load.ts';
@@ -103,6 +105,8 @@ export interface CompileOptions {
   readonly dpopReplay?: ReplayCache;
   /** Signs the caller assertion sent upstream instead of the client's credential. */
   readonly identity?: IdentitySigner;
+  /** The store, for idempotency records with `idempotency.backend: store`. */
+  readonly db?: Kysely<Database>;
 }
 
 /** The verifiers for every scheme of one API's document that this gateway can check. */
@@ -247,7 +251,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
   const backends = options.backends ?? createLimitBackends();
   try {
     const rateLimits = await compileRateLimits(loaded, backends);
-    const idempotency = compileIdempotency(loaded, backends);
+    const idempotency = compileIdempotency(loaded, backends, options.db);
     for (const [i, api] of config.apis.entries()) {
       let document: OpenApiDocument;
       try {

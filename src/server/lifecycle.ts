@@ -307,6 +307,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       tokens,
       apiKeys,
       dpopReplay: cluster.dpopReplay,
+      db: store.db,
       identity: createIdentitySigner({
         issuer: config.gateway.publicUrl,
         signingJwks: () => openedKeys.signingJwks(),

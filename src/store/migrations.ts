@@ -262,6 +262,24 @@ export function migrations(kind: StoreKind): Record<string, Migration> {
           .execute();
       },
     },
+    '008_idempotency_records': {
+      // idempotency.backend: store. The primary key makes taking a key atomic (insert, or not).
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('idempotency_records')
+          .addColumn('record_key', 'varchar(64)', (col) => col.primaryKey())
+          .addColumn('fingerprint', 'varchar(128)', (col) => col.notNull())
+          .addColumn('state', 'varchar(1)', (col) => col.notNull())
+          .addColumn('response', 'text')
+          .addColumn('expires_at', 'varchar(32)', (col) => col.notNull())
+          .execute();
+        await db.schema
+          .createIndex('idempotency_records_expires_idx')
+          .on('idempotency_records')
+          .column('expires_at')
+          .execute();
+      },
+    },
   };
 }
 

@@ -191,6 +191,21 @@ export interface ApiKeyNetworksTable {
   first_seen_at: string;
 }
 
+/**
+ * An idempotency record (migration 008, `idempotency.backend: store`): a lock while the first
+ * request is in flight (`state` p), then its response (`state` d) until `expires_at`.
+ */
+export interface IdempotencyRecordsTable {
+  /** SHA-256 of API, operation, caller and Idempotency-Key (base64url). */
+  record_key: string;
+  fingerprint: string;
+  state: 'p' | 'd';
+  /** The stored response as JSON (status, headers, base64 body); null while in flight. */
+  response: string | null;
+  /** ISO-8601 UTC. */
+  expires_at: string;
+}
+
 /** The audit-checkpoint signing key (migration 007); the private JWK only wrapped by the KMS. */
 export interface AuditKeysTable {
   /** RFC 7638 JWK thumbprint (SHA-256, base64url). */
@@ -221,6 +236,7 @@ export interface Database {
   api_keys: ApiKeysTable;
   api_key_networks: ApiKeyNetworksTable;
   audit_keys: AuditKeysTable;
+  idempotency_records: IdempotencyRecordsTable;
 }
 
 export type ConfigVersionRow = Selectable<ConfigVersionsTable>;

@@ -6,7 +6,19 @@ import type { GatewayRequest, Stage, StageResponse } from '../../chain.ts';
 import { Denial } from '../../problems.ts';
 import { IdempotencyDeclarationError, readDeclaration } from './config.ts';
 import { idempotencyStage, parseIdempotencyKey } from './stage.ts';
-import { createMemoryIdempotencyStore, createRedisIdempotencyStore } from './store.ts';
+import {
+  createMemoryIdempotencyStore,
+  createRedisIdempotencyStore,
+  createStoreIdempotencyStore,
+} from './store.ts';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { openStore } from '../../../store/index.ts';
+import type { Store } from '../../../store/index.ts';
+
+const PG_URL = process.env.PORTCULLIS_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 import type { IdempotencyStore } from './store.ts';
 
 const LIMITS = { defaultTtlSeconds: 3600, maxTtlSeconds: 86_400 };
@@ -261,4 +273,70 @@ describe('Redis store', () => {
     await a.release('r2', 'f');
     expect(await b.begin('r2', 'f', 10_000)).toEqual({ kind: 'acquired' });
   });
+});
+
+/** SQLite in a temp dir and PostgreSQL in a fresh schema, closed and removed after the file. */
+function storeBackends(prefix: string) {
+  const opened: Store[] = [];
+  const schemas: string[] = [];
+  const tmp = mkdtempSync(join(tmpdir(), `portcullis-${prefix}-`));
+  afterAll(async () => {
+    for (const s of opened) await s.close();
+    rmSync(tmp, { recursive: true, force: true });
+    if (schemas.length === 0) return;
+    const client = new pg.Client({ connectionString: PG_URL });
+    await client.connect();
+    try {
+      for (const schema of schemas) await client.query(`drop schema if exists "${schema}" cascade`);
+    } finally {
+      await client.end();
+    }
+  });
+  return {
+    async open(kind: 'sqlite' | 'postgres'): Promise<Store> {
+      let url = `sqlite:${prefix}-${randomUUID()}.db`;
+      if (kind === 'postgres') {
+        const schema = `${prefix}_${randomUUID().replaceAll('-', '').slice(0, 16)}`;
+        schemas.push(schema);
+        url = `${PG_URL}?schema=${schema}`;
+      }
+      const store = await openStore({ url, dataDir: tmp });
+      opened.push(store);
+      return store;
+    },
+  };
+}
+
+describe('store-backed records (SQLite and PostgreSQL)', () => {
+  const backends = storeBackends('idem');
+  for (const kind of ['sqlite', 'postgres'] as const) {
+    it(`${kind}: one taker per key, replay after completion, own lock released only, expiry`, async () => {
+      const store = await backends.open(kind);
+      let now = Date.parse('2026-01-01T00:00:00Z');
+      const a = createStoreIdempotencyStore(store.db, { now: () => now });
+      const b = createStoreIdempotencyStore(store.db, { now: () => now });
+      // Two gateways racing for one key: exactly one acquires it.
+      const raced = await Promise.all([a.begin('r1', 'f1', 10_000), b.begin('r1', 'f1', 10_000)]);
+      expect(raced.map((r) => r.kind).sort()).toEqual(['acquired', 'in-flight']);
+      expect(await b.begin('r1', 'f2', 10_000)).toEqual({ kind: 'mismatch' });
+      await b.release('r1', 'f2'); // not its lock: nothing happens
+      expect(await b.begin('r1', 'f1', 10_000)).toEqual({ kind: 'in-flight' });
+      const response = { status: 201, headers: { a: 'b', 'set-x': ['1', '2'] }, body: 'eA==' };
+      await a.complete('r1', 'f1', response, 60_000);
+      expect(await b.begin('r1', 'f1', 10_000)).toEqual({ kind: 'replay', response });
+      // A released lock can be taken again; an expired lock or record is taken over.
+      expect(await a.begin('r2', 'f', 10_000)).toEqual({ kind: 'acquired' });
+      await a.release('r2', 'f');
+      expect(await b.begin('r2', 'f', 10_000)).toEqual({ kind: 'acquired' });
+      now += 10_001;
+      expect(await a.begin('r2', 'f', 10_000)).toEqual({ kind: 'acquired' });
+      now += 60_000;
+      expect(await b.begin('r1', 'f1', 10_000)).toEqual({ kind: 'acquired' });
+      // Expired rows are purged (at most once a minute).
+      now += 120_000;
+      await a.begin('r3', 'f', 10_000);
+      const left = await store.db.selectFrom('idempotency_records').select('record_key').execute();
+      expect(left.map((r) => r.record_key)).toEqual(['r3']);
+    });
+  }
 });

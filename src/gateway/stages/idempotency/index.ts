@@ -2,9 +2,10 @@
  * Idempotency for unsafe operations that declare `x-portcullis-idempotency` (see ./config.ts):
  * the first response to an `Idempotency-Key` is stored and replayed for retries, a reused key
  * with a different request is 422 and a concurrent duplicate is 409, so that it never reaches
- * the upstream twice. Records live in memory (per process, bounded) or in Redis
- * (`idempotency.backend: redis`), shared by every gateway; a Redis outage refuses keyed
- * requests with 503 rather than risking a duplicate.
+ * the upstream twice. Records live in memory (per process, bounded), in Redis
+ * (`idempotency.backend: redis`) or in the store (`store`: SQLite or PostgreSQL, durable), the
+ * last two shared by every gateway; an outage of either refuses keyed requests with 503 rather
+ * than risking a duplicate.
  *
  * @example
  * ```ts
@@ -18,12 +19,22 @@ import type { OpenApiOperation } from '../../openapi.ts';
 import type { LimitBackends } from '../rate-limit/backend.ts';
 import { readDeclaration } from './config.ts';
 import { idempotencyStage } from './stage.ts';
-import { createMemoryIdempotencyStore, createRedisIdempotencyStore } from './store.ts';
+import {
+  createMemoryIdempotencyStore,
+  createRedisIdempotencyStore,
+  createStoreIdempotencyStore,
+} from './store.ts';
 import type { IdempotencyStore } from './store.ts';
+import type { Kysely } from 'kysely';
+import type { Database } from '../../../store/schema.ts';
 
 export { EXTENSION, IdempotencyDeclarationError } from './config.ts';
 export type { IdempotencyDeclaration } from './config.ts';
-export { createMemoryIdempotencyStore, createRedisIdempotencyStore } from './store.ts';
+export {
+  createMemoryIdempotencyStore,
+  createRedisIdempotencyStore,
+  createStoreIdempotencyStore,
+} from './store.ts';
 export type { IdempotencyStore, StoredResponse } from './store.ts';
 export { parseIdempotencyKey } from './stage.ts';
 
@@ -35,7 +46,11 @@ export interface CompiledIdempotency {
   wrap(apiName: string, op: OpenApiOperation, template: string, next: Stage): Promise<Stage>;
 }
 
-export function compileIdempotency(loaded: LoadedConfig, backends: LimitBackends): CompiledIdempotency {
+export function compileIdempotency(
+  loaded: LoadedConfig,
+  backends: LimitBackends,
+  db?: Kysely<Database>,
+): CompiledIdempotency {
   const config = loaded.config.idempotency;
   let opening: Promise<IdempotencyStore> | undefined;
   // Opened at the first declaring operation, so an unused Redis is never dialled.
@@ -44,6 +59,14 @@ export function compileIdempotency(loaded: LoadedConfig, backends: LimitBackends
       return backends.memo(`idempotency:memory:${String(config.memoryMaxBytes)}`, () =>
         createMemoryIdempotencyStore({ maxBytes: config.memoryMaxBytes }),
       );
+    }
+    if (config.backend === 'store') {
+      // Without a store (`config validate` compiles without one) nothing is ever served.
+      if (db === undefined) {
+        const none = () => Promise.reject(new Error('idempotency.backend store: no store open'));
+        return { begin: none, complete: none, release: none };
+      }
+      return createStoreIdempotencyStore(db);
     }
     const redis = loaded.config.redis;
     if (redis === undefined) throw new TypeError('idempotency.backend redis needs redis.url');

@@ -1,9 +1,12 @@
 /**
  * Idempotency records: a lock while the first request is in flight, then its response, each
  * with the fingerprint of the request that made it. Memory (per process, bounded in bytes) or
- * Redis (`SET NX PX` as the lock; the stored response replaces it with its own expiry).
+ * Redis (`SET NX PX` as the lock; the stored response replaces it with its own expiry), or the
+ * store (a row per key; the primary key is the lock).
  */
 import type { Redis } from 'ioredis';
+import type { Kysely } from 'kysely';
+import type { Database } from '../../../store/schema.ts';
 
 export interface StoredResponse {
   readonly status: number;
@@ -137,6 +140,77 @@ export function createRedisIdempotencyStore(client: Redis, keyPrefix: string): I
     },
     release: async (key, fingerprint) => {
       await client.eval(RELEASE, 1, k(key), JSON.stringify({ f: fingerprint, s: 'p' } satisfies Pending));
+    },
+  };
+}
+
+/**
+ * Records in the store (SQLite or PostgreSQL: `idempotency.backend: store`), shared by every
+ * gateway on it and durable across restarts. Taking a key is one insert on the primary key
+ * (exactly one caller succeeds); an expired lock or record is deleted and the insert retried.
+ * Expired rows are purged at most once a minute, by whichever request comes by. A store outage
+ * refuses keyed requests with 503, like a Redis outage for the Redis backend.
+ */
+export function createStoreIdempotencyStore(
+  db: Kysely<Database>,
+  options: { now?: () => number } = {},
+): IdempotencyStore {
+  const now = options.now ?? Date.now;
+  const iso = (ms: number) => new Date(ms).toISOString();
+  let lastPurge = 0;
+  const purge = async (t: number) => {
+    if (t - lastPurge < 60_000) return;
+    lastPurge = t;
+    await db.deleteFrom('idempotency_records').where('expires_at', '<=', iso(t)).execute();
+  };
+  return {
+    begin: async (key, fingerprint, lockMs) => {
+      const t = now();
+      await purge(t);
+      for (let attempt = 0; attempt < 2; attempt++) {
+        const inserted = await db
+          .insertInto('idempotency_records')
+          .values({ record_key: key, fingerprint, state: 'p', response: null, expires_at: iso(t + lockMs) })
+          .onConflict((oc) => oc.column('record_key').doNothing())
+          .executeTakeFirst();
+        if (Number(inserted.numInsertedOrUpdatedRows ?? 0) === 1) return { kind: 'acquired' };
+        const row = await db
+          .selectFrom('idempotency_records')
+          .selectAll()
+          .where('record_key', '=', key)
+          .executeTakeFirst();
+        if (row === undefined) continue; // gone in between: try again
+        if (row.expires_at <= iso(t)) {
+          await db
+            .deleteFrom('idempotency_records')
+            .where('record_key', '=', key)
+            .where('expires_at', '<=', iso(t))
+            .execute();
+          continue;
+        }
+        const value: RecordValue =
+          row.state === 'd' && row.response !== null
+            ? { f: row.fingerprint, s: 'd', r: JSON.parse(row.response) as StoredResponse }
+            : { f: row.fingerprint, s: 'p' };
+        return outcome(value, fingerprint);
+      }
+      return { kind: 'in-flight' };
+    },
+    complete: async (key, fingerprint, response, ttlMs) => {
+      await db
+        .updateTable('idempotency_records')
+        .set({ state: 'd', response: JSON.stringify(response), expires_at: iso(now() + ttlMs) })
+        .where('record_key', '=', key)
+        .where('fingerprint', '=', fingerprint)
+        .execute();
+    },
+    release: async (key, fingerprint) => {
+      await db
+        .deleteFrom('idempotency_records')
+        .where('record_key', '=', key)
+        .where('fingerprint', '=', fingerprint)
+        .where('state', '=', 'p')
+        .execute();
     },
   };
 }
