@@ -20,10 +20,18 @@ export interface Run {
   stderr: string;
 }
 
-/** Runs `portcullis ARGS`; `stdin` is written and closed (undefined: no stdin at all). */
-export function runPortcullis(args: readonly string[], stdin?: string): Promise<Run> {
-  const env = { ...process.env };
+/**
+ * Runs `portcullis ARGS`; `stdin` is written and closed (undefined: no stdin at all). The
+ * master key is not inherited; `extraEnv` adds variables (e.g. a master key of the test's).
+ */
+export function runPortcullis(
+  args: readonly string[],
+  stdin?: string,
+  extraEnv: Readonly<Record<string, string>> = {},
+): Promise<Run> {
+  const env: NodeJS.ProcessEnv = { ...process.env };
   delete env.PORTCULLIS_MASTER_KEY;
+  Object.assign(env, extraEnv);
   return new Promise((ok, fail) => {
     const child = spawn('sh', ['scripts/node24.sh', 'src/cli/main.ts', ...args], {
       cwd: ROOT,

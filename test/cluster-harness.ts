@@ -36,7 +36,8 @@ import pg from 'pg';
 import { Agent, request as undiciRequest } from 'undici';
 import { afterAll, beforeAll } from 'vitest';
 import { stringify } from 'yaml';
-import { PG_URL, ROOT } from './cli-harness.ts';
+import { PG_URL, ROOT, runPortcullis } from './cli-harness.ts';
+import type { Run } from './cli-harness.ts';
 import { startFaultProxy } from './fault-proxy.ts';
 import type { FaultProxy } from './fault-proxy.ts';
 import { ca as makeCa, DAY, EC, pkcs8, serial, SIG } from './pki.ts';
@@ -358,29 +359,11 @@ export async function startNodes(options: StartNodesOptions): Promise<ClusterNod
  * started in `dir`, a data directory of its own (`dir/cli`) and the same master key. Output
  * has the master key redacted.
  */
-export function runCli(
-  dir: string,
-  args: readonly string[],
-  stdin?: string,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export async function runCli(dir: string, args: readonly string[], stdin?: string): Promise<Run> {
   const masterKey = masterKeyFor(dir);
   const full = [...args, '--config', join(dir, 'portcullis.yaml'), '--data-dir', join(dir, 'cli')];
-  return new Promise((ok, fail) => {
-    const child = spawn('sh', ['scripts/node24.sh', 'src/cli/main.ts', ...full], {
-      cwd: ROOT,
-      stdio: [stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-      env: { ...process.env, PORTCULLIS_MASTER_KEY: masterKey },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout?.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
-    child.stderr?.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
-    child.on('error', fail);
-    child.on('close', (code) => {
-      ok({ code, stdout: redact(stdout, masterKey), stderr: redact(stderr, masterKey) });
-    });
-    if (stdin !== undefined) child.stdin?.end(stdin);
-  });
+  const run = await runPortcullis(full, stdin, { PORTCULLIS_MASTER_KEY: masterKey });
+  return { ...run, stdout: redact(run.stdout, masterKey), stderr: redact(run.stderr, masterKey) };
 }
 
 /** Stops `nodes` (default: every node still running) with SIGTERM and waits for them. */

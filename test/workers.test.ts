@@ -7,7 +7,6 @@
  */
 import { spawn } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { randomBytes, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -20,6 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { createRestartPolicy, DEFAULT_RESTART_POLICY } from '../src/cli/workers.ts';
 import { PG_URL, ROOT, runPortcullis } from './cli-harness.ts';
+import { pgSchema, redisPrefix } from './cluster-harness.ts';
 import { FUNCTIONAL_TEST_LIMITS, startRecordingUpstream, tempDir, TEST_OPENAPI } from './helpers.ts';
 import type { RecordingUpstream } from './helpers.ts';
 
@@ -101,13 +101,14 @@ async function waitUntilGone(pids: readonly number[]): Promise<number[]> {
   return pids.filter(alive);
 }
 
-const schema = `portcullis_workers_${randomBytes(8).toString('hex')}`;
+// Dropped / deleted after the file, once this file's afterAll has stopped every process.
+const schema = pgSchema('workers');
 const storeUrl = (() => {
   const url = new URL(PG_URL);
   url.searchParams.set('schema', schema);
   return url.href;
 })();
-const keyPrefix = `test:workers:${randomUUID()}:`;
+const keyPrefix = redisPrefix('workers');
 const redisAdmin = new Redis(REDIS_URL, { maxRetriesPerRequest: 1, lazyConnect: true });
 
 let dir: string;
@@ -155,15 +156,6 @@ afterAll(async () => {
   for (const pid of workerPids) if (alive(pid)) process.kill(pid, 'SIGKILL');
   await upstream.close();
   await rm(dir, { recursive: true, force: true });
-  const client = new pg.Client({ connectionString: PG_URL });
-  await client.connect();
-  try {
-    await client.query(`drop schema if exists "${schema}" cascade`);
-  } finally {
-    await client.end();
-  }
-  const keys = await redisAdmin.keys(`${keyPrefix}*`);
-  if (keys.length > 0) await redisAdmin.del(...keys);
   await redisAdmin.quit();
 });
 

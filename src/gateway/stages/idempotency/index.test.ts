@@ -11,14 +11,8 @@ import {
   createRedisIdempotencyStore,
   createStoreIdempotencyStore,
 } from './store.ts';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import pg from 'pg';
-import { openStore } from '../../../store/index.ts';
+import { testBackends } from '../../../oauth/test-backends.ts';
 import type { Store } from '../../../store/index.ts';
-
-const PG_URL = process.env.PORTCULLIS_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 import type { IdempotencyStore } from './store.ts';
 
 const LIMITS = { defaultTtlSeconds: 3600, maxTtlSeconds: 86_400 };
@@ -275,43 +269,17 @@ describe('Redis store', () => {
   });
 });
 
-/** SQLite in a temp dir and PostgreSQL in a fresh schema, closed and removed after the file. */
-function storeBackends(prefix: string) {
+describe('store-backed records (SQLite and PostgreSQL)', () => {
+  const backends = testBackends();
   const opened: Store[] = [];
-  const schemas: string[] = [];
-  const tmp = mkdtempSync(join(tmpdir(), `portcullis-${prefix}-`));
   afterAll(async () => {
     for (const s of opened) await s.close();
-    rmSync(tmp, { recursive: true, force: true });
-    if (schemas.length === 0) return;
-    const client = new pg.Client({ connectionString: PG_URL });
-    await client.connect();
-    try {
-      for (const schema of schemas) await client.query(`drop schema if exists "${schema}" cascade`);
-    } finally {
-      await client.end();
-    }
+    await backends.cleanup();
   });
-  return {
-    async open(kind: 'sqlite' | 'postgres'): Promise<Store> {
-      let url = `sqlite:${prefix}-${randomUUID()}.db`;
-      if (kind === 'postgres') {
-        const schema = `${prefix}_${randomUUID().replaceAll('-', '').slice(0, 16)}`;
-        schemas.push(schema);
-        url = `${PG_URL}?schema=${schema}`;
-      }
-      const store = await openStore({ url, dataDir: tmp });
-      opened.push(store);
-      return store;
-    },
-  };
-}
-
-describe('store-backed records (SQLite and PostgreSQL)', () => {
-  const backends = storeBackends('idem');
-  for (const kind of ['sqlite', 'postgres'] as const) {
+  for (const kind of backends.names) {
     it(`${kind}: one taker per key, replay after completion, own lock released only, expiry`, async () => {
       const store = await backends.open(kind);
+      opened.push(store);
       let now = Date.parse('2026-01-01T00:00:00Z');
       const a = createStoreIdempotencyStore(store.db, { now: () => now });
       const b = createStoreIdempotencyStore(store.db, { now: () => now });
