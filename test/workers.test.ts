@@ -235,6 +235,24 @@ describe('portcullis start --workers 2', () => {
     expect(upstream.received.length - before).toBe(12);
   });
 
+  it("answers /metrics on the shared admin listener with every worker's counts", async () => {
+    const admin = String(primary.find((l) => l.event === 'cluster-started')[0]?.admin);
+    const scrape = async () => {
+      const res = await request(`${admin}/metrics`, { dispatcher: agent, reset: true });
+      const text = await res.body.text();
+      expect(res.statusCode).toBe(200);
+      const line = text
+        .split('\n')
+        .find((l) => l.startsWith('portcullis_http_requests_total{') && l.includes('items/search"'));
+      return Number(line?.split(' ').at(-1) ?? 0);
+    };
+    expect(await scrape()).toBe(0);
+    const pids = await spread(10, '/v1/items/search');
+    expect(pids.size).toBe(2); // both workers counted some
+    // Whichever worker answers the scrape, it reports the sum over both.
+    for (let i = 0; i < 4; i++) expect(await scrape()).toBe(10);
+  });
+
   it('restarts a worker killed with SIGKILL, and requests keep succeeding meanwhile', async () => {
     const [victim, survivor] = current as [number, number];
     const from = primary.lines.length;

@@ -262,6 +262,7 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     help: 'Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open',
     labelNames: ['upstream'],
     registers,
+    aggregator: 'max', // --workers: the worst worker's state
   });
   const tokens = new Counter({
     name: 'portcullis_tokens_issued_total',

@@ -21,6 +21,7 @@
  * (the same watcher as a single process), so an edit reloads every worker without the primary.
  * A worker exits when the primary disappears (node:cluster closes the IPC channel).
  */
+import { AggregatorRegistry } from 'prom-client';
 import cluster from 'node:cluster';
 import type { Worker } from 'node:cluster';
 import { mkdir } from 'node:fs/promises';
@@ -148,10 +149,15 @@ type WorkerMessage =
       readonly redirectUrl: string | undefined;
       readonly demoUpstreamUrl: string | undefined;
     }
-  | { readonly type: 'failed'; readonly error: string };
+  | { readonly type: 'failed'; readonly error: string }
+  /** `/metrics` on this worker's admin listener: the primary answers with every worker's. */
+  | { readonly type: 'metrics-request'; readonly id: number };
 
 /** Primary → worker. */
-type PrimaryMessage = { readonly type: 'shutdown' } | { readonly type: 'reload'; readonly trigger: string };
+type PrimaryMessage =
+  | { readonly type: 'shutdown' }
+  | { readonly type: 'reload'; readonly trigger: string }
+  | { readonly type: 'metrics'; readonly id: number; readonly text?: string; readonly error?: string };
 
 const isRecord = (m: unknown): m is Record<string, unknown> => typeof m === 'object' && m !== null;
 const optionalString = (v: unknown): v is string | undefined => v === undefined || typeof v === 'string';
@@ -159,6 +165,8 @@ const optionalString = (v: unknown): v is string | undefined => v === undefined 
 function asWorkerMessage(m: unknown): WorkerMessage | undefined {
   if (!isRecord(m)) return undefined;
   if (m.type === 'failed' && typeof m.error === 'string') return { type: 'failed', error: m.error };
+  if (m.type === 'metrics-request' && Number.isSafeInteger(m.id))
+    return { type: 'metrics-request', id: m.id as number };
   if (
     m.type === 'listening' &&
     typeof m.pid === 'number' &&
@@ -183,6 +191,19 @@ function asPrimaryMessage(m: unknown): PrimaryMessage | undefined {
   if (!isRecord(m)) return undefined;
   if (m.type === 'shutdown') return { type: 'shutdown' };
   if (m.type === 'reload' && typeof m.trigger === 'string') return { type: 'reload', trigger: m.trigger };
+  if (
+    m.type === 'metrics' &&
+    Number.isSafeInteger(m.id) &&
+    optionalString(m.text) &&
+    optionalString(m.error)
+  ) {
+    return {
+      type: 'metrics',
+      id: m.id as number,
+      ...(m.text === undefined ? {} : { text: m.text }),
+      ...(m.error === undefined ? {} : { error: m.error }),
+    };
+  }
   return undefined;
 }
 
@@ -363,6 +384,8 @@ export async function runPrimary(options: WorkersOptions): Promise<void> {
     }, decision.delayMs);
   };
 
+  // Sums every worker's registry (gauges by their own aggregator), for any worker's /metrics.
+  const aggregator = new AggregatorRegistry();
   const fork = (slot: Slot) => {
     const worker = cluster.fork({ [SLOT_ENV]: String(slot.n) });
     slot.worker = worker;
@@ -372,6 +395,12 @@ export async function runPrimary(options: WorkersOptions): Promise<void> {
       const m = asWorkerMessage(raw);
       if (m?.type === 'listening') onListening(slot, m);
       else if (m?.type === 'failed') slot.startError = m.error;
+      else if (m?.type === 'metrics-request') {
+        aggregator.clusterMetrics().then(
+          (text) => send(worker, { type: 'metrics', id: m.id, text }),
+          (err: unknown) => send(worker, { type: 'metrics', id: m.id, error: messageOf(err) }),
+        );
+      }
     });
     worker.on('error', (err: unknown) =>
       logger.warn({ event: 'worker-ipc-error', worker: slot.n, error: describeError(err) }, 'worker IPC'),
@@ -426,10 +455,40 @@ export async function runWorker(options: Omit<WorkersOptions, 'workers'>): Promi
   process.on('SIGINT', () => undefined);
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGHUP', () => void p?.reload('SIGHUP'));
+  // Answers the primary's collection of metrics (prom-client's cluster protocol), and asks it
+  // for the whole host's when this worker's admin listener is scraped.
+  new AggregatorRegistry();
+  const metricsWaiting = new Map<number, { ok: (text: string) => void; fail: (err: Error) => void }>();
+  let metricsIds = 0;
+  const clusterMetrics = (): Promise<string> =>
+    new Promise((ok, fail) => {
+      const id = ++metricsIds;
+      const timer = setTimeout(() => {
+        metricsWaiting.delete(id);
+        fail(new Error('metrics: the primary did not answer'));
+      }, 5_000);
+      metricsWaiting.set(id, {
+        ok: (text) => {
+          clearTimeout(timer);
+          ok(text);
+        },
+        fail: (err) => {
+          clearTimeout(timer);
+          fail(err);
+        },
+      });
+      void tell({ type: 'metrics-request', id });
+    });
   process.on('message', (raw: unknown) => {
     const m = asPrimaryMessage(raw);
     if (m?.type === 'shutdown') stop('shutdown');
     else if (m?.type === 'reload') void p?.reload(m.trigger);
+    else if (m?.type === 'metrics') {
+      const waiting = metricsWaiting.get(m.id);
+      metricsWaiting.delete(m.id);
+      if (m.text !== undefined) waiting?.ok(m.text);
+      else waiting?.fail(new Error(m.error ?? 'metrics: no answer'));
+    }
   });
   const tell = (message: WorkerMessage) =>
     new Promise<void>((ok) => {
@@ -449,7 +508,9 @@ export async function runWorker(options: Omit<WorkersOptions, 'workers'>): Promi
       signals: false,
       watch: true,
       instance: `worker-${String(slot)}`,
+      metricsText: clusterMetrics,
     });
+    AggregatorRegistry.setRegistries([p.metrics.registry]);
   } catch (err) {
     logger?.error({ event: 'start-failed', error: describeError(err) }, 'could not start');
     await tell({ type: 'failed', error: messageOf(err) });

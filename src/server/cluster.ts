@@ -71,6 +71,7 @@ export async function setupCluster(options: ClusterOptions): Promise<Cluster> {
     name: 'portcullis_rate_limit_local',
     help: '1 while Redis is unreachable and rate limits are enforced per process (limit / cluster.nodes)',
     registers,
+    aggregator: 'max', // --workers: 1 when any worker is on local limits
   });
   localLimits.set(0);
   const limiterCheck: HealthCheck = {
@@ -111,6 +112,7 @@ export async function setupCluster(options: ClusterOptions): Promise<Cluster> {
     name: 'portcullis_signals_subscribed',
     help: '1 while this process receives signals from the others (Redis pub/sub)',
     registers,
+    aggregator: 'min', // --workers: 0 when any worker misses signals
   });
   subscribed.set(0);
   const received = new Counter({

@@ -69,6 +69,8 @@ export interface StartOptions {
   readonly role?: 'all' | 'gateway' | 'authorization-server';
   /** This process's name among several on one data directory (`--workers`), e.g. `worker-2`. */
   readonly instance?: string;
+  /** What the admin `/metrics` answers instead of this process's registry (every worker's). */
+  readonly metricsText?: () => Promise<string>;
 }
 
 export interface ReloadResult {
@@ -411,7 +413,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         store,
         logger,
         tls,
-        metrics,
+        metrics: options.metricsText === undefined ? metrics : { ...metrics, text: options.metricsText },
         audit,
         checks: cluster.checks,
         // With Redis (several processes) a store outage degrades: tokens keep flowing on cached keys.
