@@ -835,3 +835,16 @@ describe('stdout sink', () => {
     await store.close();
   });
 });
+
+describe('auditFilePath', () => {
+  it('gives each worker its own file, and keeps a single process on the configured one', async () => {
+    const { auditFilePath } = await import('./index.ts');
+    const { parseConfig } = await import('../config/load.ts');
+    const { config } = parseConfig(
+      'audit:\n  file:\n    enabled: true\n    path: audit/events.jsonl\n',
+      '/x.yaml',
+    );
+    expect(auditFilePath(config.audit, '/data')).toBe('/data/audit/events.jsonl');
+    expect(auditFilePath(config.audit, '/data', 'worker-2')).toBe('/data/audit/events.worker-2.jsonl');
+  });
+});

@@ -3,7 +3,7 @@
  * and sinks. `openAuditLog` builds the log the configuration describes.
  */
 import { readFileSync } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
+import { extname, isAbsolute, join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import type { Registry } from 'prom-client';
 import type { AuditConfig } from '../config/schema.ts';
@@ -42,8 +42,12 @@ export interface OpenAuditLogOptions {
 }
 
 /** The file sink's path for a configuration. */
-export function auditFilePath(config: AuditConfig, dataDir: string): string {
-  return isAbsolute(config.file.path) ? config.file.path : resolve(dataDir, config.file.path);
+export function auditFilePath(config: AuditConfig, dataDir: string, instance?: string): string {
+  const path = isAbsolute(config.file.path) ? config.file.path : resolve(dataDir, config.file.path);
+  if (instance === undefined) return path;
+  // One file per worker: several processes appending to (and rotating) one file would interleave.
+  const ext = extname(path);
+  return `${path.slice(0, path.length - ext.length)}.${instance}${ext}`;
 }
 
 /** Opens the audit log with the sinks the configuration enables. */
@@ -54,9 +58,17 @@ export async function openAuditLog(options: OpenAuditLogOptions): Promise<AuditL
   if (config.store.enabled) {
     chain = storeSink(options.store);
     if (config.file.enabled)
-      forward.push(await fileSink({ path: auditFilePath(config, dataDir), maxBytes: config.file.maxBytes }));
+      forward.push(
+        await fileSink({
+          path: auditFilePath(config, dataDir, options.instance),
+          maxBytes: config.file.maxBytes,
+        }),
+      );
   } else if (config.file.enabled) {
-    chain = await fileSink({ path: auditFilePath(config, dataDir), maxBytes: config.file.maxBytes });
+    chain = await fileSink({
+      path: auditFilePath(config, dataDir, options.instance),
+      maxBytes: config.file.maxBytes,
+    });
   } else {
     throw new Error('audit: enable the store sink or the file sink (one of them holds the chain)');
   }
