@@ -15,6 +15,7 @@
  * metrics.authFailure('token-expired');
  * ```
  */
+import { AUTHORIZATION_SERVER_PATHS } from '../oauth/paths.ts';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 /** Route label of requests that matched no operation (404, 405, refused before routing). */
@@ -187,27 +188,12 @@ export function statusClass(status: number): string {
     : OTHER;
 }
 
-const OAUTH_ROUTES: ReadonlySet<string> = new Set([
-  '/.well-known/openid-configuration',
-  '/.well-known/oauth-authorization-server',
-  '/jwks',
-  '/auth',
-  '/token',
-  '/token/introspection',
-  '/token/revocation',
-  '/request',
-  '/me',
-  '/session/end',
-  '/session/end/confirm',
-  '/session/end/success',
-]);
-
 /**
  * The route template for a path the authorization server answers: its fixed endpoints as they
  * are, `/auth/{uid}`, `/interaction/{uid}` (and sub-paths), anything else `other`.
  */
 export function oauthRoute(path: string): string {
-  if (OAUTH_ROUTES.has(path)) return path;
+  if (AUTHORIZATION_SERVER_PATHS.has(path)) return path;
   if (path.startsWith('/auth/')) return '/auth/{uid}';
   if (path.startsWith('/interaction/')) {
     const rest = path.slice('/interaction/'.length).split('/');

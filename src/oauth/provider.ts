@@ -41,6 +41,7 @@ import type { OidcAdapter } from './adapter.ts';
 import { clientSecretMatches, providerClientMetadata } from './clients.ts';
 import { createGrantTokenTracker, refreshTokenTtl } from './grant-tokens.ts';
 import { UNAVAILABLE_RETRY_AFTER_SECONDS, isDependencyUnavailable } from '../store/unavailable.ts';
+import { isAuthorizationServerPath } from './paths.ts';
 import { createRevocationList } from './revocation.ts';
 import type { RevocationList } from './revocation.ts';
 
@@ -132,29 +133,7 @@ export interface AuthorizationServer {
   close(): Promise<void>;
 }
 
-/** Paths oidc-provider serves with its default routes. */
-const EXACT_PATHS: ReadonlySet<string> = new Set([
-  '/.well-known/openid-configuration',
-  '/.well-known/oauth-authorization-server',
-  '/jwks',
-  '/auth',
-  '/token',
-  '/token/introspection',
-  '/token/revocation',
-  '/request',
-  '/me',
-  '/session/end',
-  '/session/end/confirm',
-  '/session/end/success',
-]);
-const PREFIXES = ['/auth/', '/interaction/'];
-
-/** True for the paths the authorization server answers (discovery, endpoints, interactions). */
-export function isAuthorizationServerPath(pathname: string): boolean {
-  return (
-    EXACT_PATHS.has(pathname) || PREFIXES.some((p) => pathname.startsWith(p) && pathname.length > p.length)
-  );
-}
+export { isAuthorizationServerPath };
 
 interface ResourceInfo {
   readonly audience: string;
