@@ -3,10 +3,11 @@
  * plain-text table, and a runner that cleans up its processes and temp dirs on success, failure,
  * Ctrl-C or SIGTERM and exits with a meaningful code (2 for bad options).
  */
+import { availableParallelism, cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import type { LoadOptions } from './load.ts';
-import { stopActiveLoad } from './load.ts';
-import { cleanup } from './processes.ts';
+import type { LoadOptions, LoadTarget, Measurement } from './load.ts';
+import { measure, stopActiveLoad } from './load.ts';
+import { cleanup, cpuSeconds } from './processes.ts';
 
 export interface BenchOptions extends LoadOptions {
   rounds: number;
@@ -62,6 +63,53 @@ export function progress(message: string): void {
   process.stderr.write(`bench: ${message}\n`);
 }
 
+export interface RoundResult {
+  readonly m: Measurement;
+  /** CPU seconds the `cpuPid` process used per wall second of the measurement. */
+  readonly cores: number | undefined;
+}
+
+/**
+ * Warms every target up, then measures them `rounds` times, rotating the order each round so
+ * that no target always runs right after another; progress goes to stderr. With `cpuPid`, also
+ * how many cores that process (the gateway) used during each measurement.
+ */
+export async function measureRounds(
+  targets: readonly LoadTarget[],
+  options: LoadOptions & { readonly rounds: number; readonly warmupS: number },
+  cpuPid?: number,
+): Promise<Map<LoadTarget, RoundResult[]>> {
+  const load: LoadOptions = { durationS: options.durationS, connections: options.connections };
+  if (options.warmupS > 0) {
+    for (const t of targets) {
+      progress(`warm-up ${t.name} ${String(options.warmupS)} s`);
+      await measure(t, { ...load, durationS: options.warmupS });
+    }
+  }
+  const width = Math.max(...targets.map((t) => t.name.length));
+  const runs = new Map<LoadTarget, RoundResult[]>(targets.map((t) => [t, []]));
+  for (let round = 0; round < options.rounds; round++) {
+    const order = targets.map((_, i) => targets[(i + round) % targets.length] as LoadTarget);
+    for (const t of order) {
+      const cpu0 = cpuPid === undefined ? 0 : cpuSeconds(cpuPid);
+      const wall0 = performance.now();
+      const m = await measure(t, load);
+      const cores =
+        cpuPid === undefined ? undefined : (cpuSeconds(cpuPid) - cpu0) / ((performance.now() - wall0) / 1000);
+      runs.get(t)?.push({ m, cores });
+      progress(
+        `round ${String(round + 1)}/${String(options.rounds)}  ${t.name.padEnd(width)} ${m.rps.toFixed(0).padStart(6)} req/s` +
+          `  p50 ${m.p50.toFixed(2)} ms  p99 ${m.p99.toFixed(2)} ms` +
+          (cores === undefined ? '' : `  gateway ${cores.toFixed(2)} cores`) +
+          (m.unexpected + m.errors > 0
+            ? `  (${String(m.unexpected)} unexpected, ${String(m.errors)} errors)`
+            : ''),
+      );
+    }
+  }
+  return runs;
+}
+
 export const median = (values: number[]): number => {
   const s = [...values].sort((a, b) => a - b);
   const mid = Math.floor(s.length / 2);
@@ -76,6 +124,72 @@ export function table(rows: string[][]): string {
       row.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  '),
     )
     .join('\n');
+}
+
+/** One target's medians over the rounds, with the gateway's CPU use. */
+export interface CpuRow {
+  target: string;
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  /** CPU seconds the gateway used per wall second during the runs (median). */
+  gatewayCores: number;
+  /** Requests per CPU-second of the gateway process. */
+  perCoreSecond: number;
+  rpsPerRound: number[];
+  bad: number;
+}
+
+/** Medians per target of rounds measured with a `cpuPid` (see {@link measureRounds}). */
+export function cpuRows(targets: readonly LoadTarget[], runs: Map<LoadTarget, RoundResult[]>): CpuRow[] {
+  return targets.map((t) => {
+    const r = (runs.get(t) ?? []).map((x) => ({ m: x.m, cores: x.cores ?? 0 }));
+    return {
+      target: t.name,
+      rps: median(r.map((x) => x.m.rps)),
+      p50Ms: median(r.map((x) => x.m.p50)),
+      p99Ms: median(r.map((x) => x.m.p99)),
+      gatewayCores: median(r.map((x) => x.cores)),
+      perCoreSecond: median(r.map((x) => (x.cores > 0 ? x.m.rps / x.cores : 0))),
+      rpsPerRound: r.map((x) => x.m.rps),
+      bad: r.reduce((n, x) => n + x.m.unexpected + x.m.errors, 0),
+    };
+  });
+}
+
+/** The machine the figures come from. */
+export function machineInfo() {
+  return {
+    cpus: availableParallelism(),
+    cpuModel: cpus()[0]?.model ?? 'unknown',
+    node: process.version,
+    loadAverageAtEnd: loadavg().map((l) => Number(l.toFixed(2))),
+  };
+}
+
+/** The human report of {@link cpuRows}: machine, settings and the table (lines). */
+export function cpuReport(rows: readonly CpuRow[], options: BenchOptions): string[] {
+  const machine = machineInfo();
+  return [
+    '',
+    `${String(machine.cpus)} CPUs (${machine.cpuModel}), Node ${machine.node}, load average ${machine.loadAverageAtEnd.join(' ')}`,
+    `${String(options.rounds)} rounds x ${String(options.durationS)} s, ${String(options.connections)} connections, pipelining 1`,
+    '',
+    table([
+      ['target', 'req/s', 'p50 ms', 'p99 ms', 'gw cores', 'req per core-s', 'req/s per round', 'bad'],
+      ...rows.map((r) => [
+        r.target,
+        r.rps.toFixed(0),
+        r.p50Ms.toFixed(2),
+        r.p99Ms.toFixed(2),
+        r.gatewayCores.toFixed(2),
+        r.perCoreSecond.toFixed(0),
+        r.rpsPerRound.map((x) => x.toFixed(0)).join(' / '),
+        String(r.bad),
+      ]),
+    ]),
+    '',
+  ];
 }
 
 /**

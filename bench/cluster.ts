@@ -15,9 +15,16 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { HIGH_RATE_LIMITS } from './apis.ts';
-import { BENCH_OPTIONS_USAGE, median, parseBenchOptions, progress, runBench, table } from './cli.ts';
+import {
+  BENCH_OPTIONS_USAGE,
+  measureRounds,
+  median,
+  parseBenchOptions,
+  progress,
+  runBench,
+  table,
+} from './cli.ts';
 import type { BenchOptions } from './cli.ts';
-import { measure } from './load.ts';
 import type { LoadTarget, Measurement } from './load.ts';
 import { makeTempDir, onCleanup, startGateway, startUpstream } from './processes.ts';
 
@@ -82,20 +89,10 @@ async function main(options: BenchOptions): Promise<void> {
       ca: gw.ca,
     });
   }
-  const runs = new Map<string, Measurement[]>(targets.map((t) => [t.name, []]));
-  if (options.warmupS > 0) {
-    for (const t of targets)
-      await measure(t, { durationS: options.warmupS, connections: options.connections });
-  }
-  for (let r = 0; r < options.rounds; r++) {
-    for (const t of targets) {
-      const m = await measure(t, options);
-      runs.get(t.name)?.push(m);
-      progress(
-        `round ${String(r + 1)}/${String(options.rounds)} ${t.name}: ${m.rps.toFixed(0)} req/s, p99 ${m.p99.toFixed(2)} ms`,
-      );
-    }
-  }
+  const measured = await measureRounds(targets, options);
+  const runs = new Map<string, Measurement[]>(
+    [...measured].map(([t, rounds]) => [t.name, rounds.map((r) => r.m)]),
+  );
   const direct = runs.get('direct (http)') ?? [];
   const baseRps = median(direct.map((m) => m.rps));
   const baseP99 = median(direct.map((m) => m.p99));

@@ -3,7 +3,7 @@
  * loopback ports with temporary data directories, and always cleaned up (normal end, failure,
  * Ctrl-C or SIGTERM).
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { closeSync, openSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
@@ -95,6 +95,40 @@ export interface HttpsAnswer {
   body: string;
 }
 
+/**
+ * One HTTPS request that verifies the server certificate against `tls.ca` for the name
+ * `tls.servername` (autocannon does not; see load.ts).
+ */
+export function httpsCall(
+  url: string,
+  tls: { readonly ca: string; readonly servername: string },
+  method: 'GET' | 'POST',
+  headers: Record<string, string> = {},
+  body?: string,
+  timeoutMs = 10_000,
+): Promise<HttpsAnswer> {
+  return new Promise((ok, fail) => {
+    const options = {
+      method,
+      ca: tls.ca,
+      servername: tls.servername,
+      agent: false,
+      headers,
+      timeout: timeoutMs,
+    };
+    const req = request(url, options, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => ok({ status: res.statusCode ?? 0, headers: res.headers, body: text }));
+      res.on('error', fail);
+    });
+    req.on('timeout', () => req.destroy(new Error(`${method} ${url}: timed out`)));
+    req.on('error', fail);
+    req.end(body);
+  });
+}
+
 /** One HTTPS GET that verifies the server certificate against `ca` for the name `servername`. */
 export function httpsGet(
   url: string,
@@ -102,18 +136,53 @@ export function httpsGet(
   servername: string,
   timeoutMs = 2_000,
 ): Promise<HttpsAnswer> {
-  return new Promise((ok, fail) => {
-    const req = request(url, { method: 'GET', ca, servername, agent: false, timeout: timeoutMs }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => ok({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      res.on('error', fail);
-    });
-    req.on('timeout', () => req.destroy(new Error(`GET ${url}: timed out`)));
-    req.on('error', fail);
-    req.end();
-  });
+  return httpsCall(url, { ca, servername }, 'GET', {}, undefined, timeoutMs);
+}
+
+let clockTicks: number | undefined;
+
+/** CPU seconds (user + system) a process has used, from /proc/<pid>/stat. */
+export function cpuSeconds(pid: number): number {
+  if (clockTicks === undefined) {
+    try {
+      const n = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+      clockTicks = Number.isInteger(n) && n > 0 ? n : 100;
+    } catch {
+      clockTicks = 100;
+    }
+  }
+  const stat = readFileSync(`/proc/${String(pid)}/stat`, 'utf8');
+  // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / clockTicks;
+}
+
+/** Runs `portcullis ARGS --json` on a gateway's configuration and data; returns the JSON output. */
+export async function runCliJson(
+  args: readonly string[],
+  gw: { readonly configFile: string; readonly dataDir: string },
+): Promise<Record<string, unknown>> {
+  const child = spawn(
+    'sh',
+    [
+      'scripts/node24.sh',
+      'src/cli/main.ts',
+      ...args,
+      '--json',
+      '--config',
+      gw.configFile,
+      '--data-dir',
+      gw.dataDir,
+    ],
+    { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
+  child.stderr.on('data', (c: Buffer) => (err += c.toString('utf8')));
+  const [code] = (await once(child, 'close')) as [number];
+  if (code !== 0) throw new Error(`${args.slice(0, 2).join(' ')} failed: ${err}`);
+  return JSON.parse(out) as Record<string, unknown>;
 }
 
 /** A field of /proc/<pid>/status in KiB (VmHWM: peak resident set; VmRSS: current). */

@@ -10,11 +10,10 @@
  */
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { measure } from './load.ts';
 import type { LoadOptions, LoadTarget, Measurement } from './load.ts';
 import { httpsGet, makeTempDir, procStatusKiB, startGateway, startUpstream } from './processes.ts';
 import type { GatewayProcess } from './processes.ts';
-import { intOption, median, progress, runBench, table } from './cli.ts';
+import { intOption, measureRounds, median, progress, runBench, table } from './cli.ts';
 import { HIGH_RATE_LIMITS } from './apis.ts';
 
 const USAGE = `usage: npm run bench -- [options]
@@ -184,28 +183,10 @@ async function main(options: Options): Promise<void> {
   progress('checks passed: 200 direct and through the gateway (certificate verified), 404 when undeclared');
 
   const rssAtStart = new Map(gateways.map(({ gw: g }) => [g.pid, procStatusKiB(g.pid, 'VmRSS')]));
-  const load: LoadOptions = { durationS: options.durationS, connections: options.connections };
-  if (options.warmupS > 0) {
-    for (const t of targets) {
-      progress(`warm-up ${t.name} ${options.warmupS} s`);
-      await measure(t, { ...load, durationS: options.warmupS });
-    }
-  }
-
-  const runs = new Map<LoadTarget, Measurement[]>(targets.map((t) => [t, []]));
-  for (let round = 0; round < options.rounds; round++) {
-    // Rotate the order each round so that no target always runs right after another.
-    const order = targets.map((_, i) => targets[(i + round) % targets.length]!);
-    for (const t of order) {
-      const m = await measure(t, load);
-      runs.get(t)!.push(m);
-      progress(
-        `round ${round + 1}/${options.rounds}  ${t.name.padEnd(22)} ${m.rps.toFixed(0).padStart(6)} req/s` +
-          `  p50 ${m.p50.toFixed(2)} ms  p99 ${m.p99.toFixed(2)} ms` +
-          (m.unexpected + m.errors > 0 ? `  (${m.unexpected} unexpected, ${m.errors} errors)` : ''),
-      );
-    }
-  }
+  const measured = await measureRounds(targets, options);
+  const runs = new Map<LoadTarget, Measurement[]>(
+    [...measured].map(([t, rounds]) => [t, rounds.map((r) => r.m)]),
+  );
 
   const memory = gateways.map(({ gw: g, label }) => ({
     gateway: label,

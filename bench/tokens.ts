@@ -31,15 +31,18 @@
  * the secret, an ES256 signature and oidc-provider's grant pipeline). A 1-round x 2 s run minutes
  * earlier gave 1247 tokens/s, 1321 per core-second. Figures move by up to 2x with the load.
  */
-import { execFileSync, spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
-import { request } from 'node:https';
-import { availableParallelism, cpus, loadavg } from 'node:os';
-import { measure } from './load.ts';
-import type { LoadOptions, LoadTarget, Measurement } from './load.ts';
-import { makeTempDir, ROOT, startGateway } from './processes.ts';
-import { BENCH_OPTIONS_USAGE, median, parseBenchOptions, progress, runBench, table } from './cli.ts';
+import type { LoadTarget } from './load.ts';
+import { httpsCall, makeTempDir, runCliJson, startGateway } from './processes.ts';
+import {
+  BENCH_OPTIONS_USAGE,
+  cpuReport,
+  cpuRows,
+  machineInfo,
+  measureRounds,
+  parseBenchOptions,
+  progress,
+  runBench,
+} from './cli.ts';
 import type { BenchOptions } from './cli.ts';
 
 type Options = BenchOptions;
@@ -50,89 +53,6 @@ Client-credentials tokens per second from a real Portcullis process, beside GET 
 discovery document served by the same process.
 
 ${BENCH_OPTIONS_USAGE}`;
-
-function clockTicks(): number {
-  try {
-    const n = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
-    return Number.isInteger(n) && n > 0 ? n : 100;
-  } catch {
-    return 100;
-  }
-}
-
-/** CPU seconds (user + system) a process has used, from /proc/<pid>/stat. */
-function cpuSeconds(pid: number, ticks: number): number {
-  const stat = readFileSync(`/proc/${String(pid)}/stat`, 'utf8');
-  // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / ticks;
-}
-
-/** One HTTPS POST that verifies the certificate (autocannon does not; see load.ts). */
-function httpsPost(
-  url: string,
-  ca: string,
-  servername: string,
-  headers: Record<string, string>,
-  body: string,
-): Promise<{ status: number; body: string }> {
-  return new Promise((ok, fail) => {
-    const req = request(url, { method: 'POST', ca, servername, agent: false, headers }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (text += c));
-      res.on('end', () => ok({ status: res.statusCode ?? 0, body: text }));
-      res.on('error', fail);
-    });
-    req.on('error', fail);
-    req.end(body);
-  });
-}
-
-async function createClient(configFile: string, dataDir: string): Promise<{ id: string; secret: string }> {
-  const child = spawn(
-    'sh',
-    [
-      'scripts/node24.sh',
-      'src/cli/main.ts',
-      'clients',
-      'create',
-      '--name',
-      'bench',
-      '--grant',
-      'client_credentials',
-      '--scope',
-      'patients:read',
-      '--json',
-      '--config',
-      configFile,
-      '--data-dir',
-      dataDir,
-    ],
-    { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
-  child.stderr.on('data', (c: Buffer) => (err += c.toString('utf8')));
-  const [code] = (await once(child, 'close')) as [number];
-  if (code !== 0) throw new Error(`clients create failed: ${err}`);
-  const parsed = JSON.parse(out) as { client_id: string; client_secret: string };
-  return { id: parsed.client_id, secret: parsed.client_secret };
-}
-
-interface Row {
-  target: string;
-  rps: number;
-  p50Ms: number;
-  p99Ms: number;
-  /** CPU seconds the gateway used per wall second during the runs (median). */
-  gatewayCores: number;
-  /** Requests per CPU-second of the gateway process. */
-  perCoreSecond: number;
-  rpsPerRound: number[];
-  bad: number;
-}
 
 async function main(options: Options): Promise<void> {
   const root = await makeTempDir();
@@ -150,7 +70,11 @@ async function main(options: Options): Promise<void> {
     extraConfig: { rateLimits: { token: generous, ip: generous } },
   });
   progress(`portcullis ${gw.url} (pid ${String(gw.pid)})`);
-  const client = await createClient(gw.configFile, gw.dataDir);
+  const created = await runCliJson(
+    ['clients', 'create', '--name', 'bench', '--grant', 'client_credentials', '--scope', 'patients:read'],
+    gw,
+  );
+  const client = { id: String(created.client_id), secret: String(created.client_secret) };
   progress(`client ${client.id} created with the CLI`);
 
   const tokenHeaders = {
@@ -179,62 +103,23 @@ async function main(options: Options): Promise<void> {
   ];
 
   // One verified request per target: the certificate checks out and a token comes back.
-  const check = await httpsPost(`${gw.url}/token`, gw.ca, gw.servername, tokenHeaders, tokenBody);
+  const check = await httpsCall(`${gw.url}/token`, gw, 'POST', tokenHeaders, tokenBody);
   const issued = check.status === 200 ? (JSON.parse(check.body) as { access_token?: string }) : {};
   if (typeof issued.access_token !== 'string' || !issued.access_token.startsWith('ey')) {
     throw new Error(`POST /token: expected a token, got HTTP ${String(check.status)}`);
   }
   progress('check passed: POST /token issues a JWT (certificate verified)');
 
-  const ticks = clockTicks();
-  const load: LoadOptions = { durationS: options.durationS, connections: options.connections };
-  if (options.warmupS > 0) {
-    for (const t of targets) {
-      progress(`warm-up ${t.name} ${String(options.warmupS)} s`);
-      await measure(t, { ...load, durationS: options.warmupS });
-    }
-  }
-  const runs = new Map<LoadTarget, { m: Measurement; cores: number }[]>(targets.map((t) => [t, []]));
-  for (let round = 0; round < options.rounds; round++) {
-    const order = targets.map((_, i) => targets[(i + round) % targets.length] as LoadTarget);
-    for (const t of order) {
-      const cpu0 = cpuSeconds(gw.pid, ticks);
-      const wall0 = performance.now();
-      const m = await measure(t, load);
-      const cores = (cpuSeconds(gw.pid, ticks) - cpu0) / ((performance.now() - wall0) / 1000);
-      runs.get(t)?.push({ m, cores });
-      progress(
-        `round ${String(round + 1)}/${String(options.rounds)}  ${t.name.padEnd(40)} ${m.rps.toFixed(0).padStart(6)} req/s` +
-          `  p50 ${m.p50.toFixed(2)} ms  p99 ${m.p99.toFixed(2)} ms  gateway ${cores.toFixed(2)} cores` +
-          (m.unexpected + m.errors > 0
-            ? `  (${String(m.unexpected)} unexpected, ${String(m.errors)} errors)`
-            : ''),
-      );
-    }
-  }
-
-  const rows: Row[] = targets.map((t) => {
-    const r = runs.get(t) ?? [];
-    const rps = median(r.map((x) => x.m.rps));
-    const cores = median(r.map((x) => x.cores));
-    return {
-      target: t.name,
-      rps,
-      p50Ms: median(r.map((x) => x.m.p50)),
-      p99Ms: median(r.map((x) => x.m.p99)),
-      gatewayCores: cores,
-      perCoreSecond: median(r.map((x) => (x.cores > 0 ? x.m.rps / x.cores : 0))),
-      rpsPerRound: r.map((x) => x.m.rps),
-      bad: r.reduce((n, x) => n + x.m.unexpected + x.m.errors, 0),
-    };
-  });
-  const machine = {
-    cpus: availableParallelism(),
-    cpuModel: cpus()[0]?.model ?? 'unknown',
-    node: process.version,
-    loadAverageAtEnd: loadavg().map((l) => Number(l.toFixed(2))),
+  const runs = await measureRounds(targets, options, gw.pid);
+  const rows = cpuRows(targets, runs);
+  const machine = machineInfo();
+  const settings = {
+    durationS: options.durationS,
+    connections: options.connections,
+    pipelining: 1,
+    rounds: options.rounds,
+    warmupS: options.warmupS,
   };
-  const settings = { ...load, pipelining: 1, rounds: options.rounds, warmupS: options.warmupS };
   if (options.json) {
     process.stdout.write(JSON.stringify({ machine, settings, results: rows }, null, 2) + '\n');
     return;
@@ -243,24 +128,7 @@ async function main(options: Options): Promise<void> {
   const jwks = rows[0];
   process.stdout.write(
     [
-      '',
-      `${String(machine.cpus)} CPUs (${machine.cpuModel}), Node ${machine.node}, load average ${machine.loadAverageAtEnd.join(' ')}`,
-      `${String(options.rounds)} rounds x ${String(options.durationS)} s, ${String(options.connections)} connections, pipelining 1`,
-      '',
-      table([
-        ['target', 'req/s', 'p50 ms', 'p99 ms', 'gw cores', 'req per core-s', 'req/s per round', 'bad'],
-        ...rows.map((r) => [
-          r.target,
-          r.rps.toFixed(0),
-          r.p50Ms.toFixed(2),
-          r.p99Ms.toFixed(2),
-          r.gatewayCores.toFixed(2),
-          r.perCoreSecond.toFixed(0),
-          r.rpsPerRound.map((x) => x.toFixed(0)).join(' / '),
-          String(r.bad),
-        ]),
-      ]),
-      '',
+      ...cpuReport(rows, options),
       token !== undefined && jwks !== undefined
         ? `client-credentials tokens: ${token.rps.toFixed(0)}/s, ${token.perCoreSecond.toFixed(0)} per core-second; ` +
           `${(token.rps / jwks.rps).toFixed(2)} of the JWKS baseline`

@@ -19,10 +19,17 @@
  * medians are reported, ratios against (a).
  */
 import { apisFor, HIGH_RATE_LIMITS, RATE_LIMITS_OFF, VALID_PATIENT, writeBenchDocs } from './apis.ts';
-import { measure } from './load.ts';
 import type { LoadTarget, Measurement } from './load.ts';
 import { makeTempDir, procStatusKiB, startGateway, startUpstream } from './processes.ts';
-import { BENCH_OPTIONS_USAGE, median, parseBenchOptions, progress, runBench, table } from './cli.ts';
+import {
+  BENCH_OPTIONS_USAGE,
+  measureRounds,
+  median,
+  parseBenchOptions,
+  progress,
+  runBench,
+  table,
+} from './cli.ts';
 import type { BenchOptions } from './cli.ts';
 
 type Options = BenchOptions;
@@ -73,20 +80,10 @@ async function main(options: Options): Promise<void> {
     progress(`started ${v.label} at ${gw.url} (pid ${String(gw.pid)})`);
   }
 
-  const load = { durationS: options.durationS, connections: options.connections };
-  if (options.warmupS > 0) {
-    for (const t of targets) await measure(t, { ...load, durationS: options.warmupS });
-  }
-  const runs = new Map<string, Measurement[]>(targets.map((t) => [t.name, []]));
-  for (let r = 0; r < options.rounds; r++) {
-    // Rotate the order, so that no target always runs right after another.
-    const order = targets.map((_, i) => targets[(i + r) % targets.length]!);
-    for (const t of order) {
-      const m = await measure(t, load);
-      runs.get(t.name)?.push(m);
-      progress(`round ${String(r + 1)} ${t.name}: ${m.rps.toFixed(0)} req/s, p99 ${m.p99.toFixed(2)} ms`);
-    }
-  }
+  const measured = await measureRounds(targets, options);
+  const runs = new Map<string, Measurement[]>(
+    [...measured].map(([t, rounds]) => [t.name, rounds.map((r) => r.m)]),
+  );
 
   const bare = runs.get(BARE) ?? [];
   const baseRps = median(bare.map((m) => m.rps));

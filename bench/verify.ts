@@ -40,18 +40,22 @@
  * and the same assertion. A 1-round x 1 s run minutes earlier gave 810 / 617 / 726 req/s.
  * Figures move by up to 2x with the load.
  */
-import { execFileSync, spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { request } from 'node:https';
-import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { measure } from './load.ts';
-import type { LoadOptions, LoadTarget, Measurement } from './load.ts';
-import { makeTempDir, ROOT, startGateway, startUpstream } from './processes.ts';
-import { BENCH_OPTIONS_USAGE, median, parseBenchOptions, progress, runBench, table } from './cli.ts';
+import type { LoadTarget } from './load.ts';
+import { httpsCall, makeTempDir, runCliJson, startGateway, startUpstream } from './processes.ts';
+import {
+  BENCH_OPTIONS_USAGE,
+  cpuReport,
+  cpuRows,
+  machineInfo,
+  measureRounds,
+  parseBenchOptions,
+  progress,
+  runBench,
+} from './cli.ts';
+import type { CpuRow } from './cli.ts';
 import type { BenchOptions } from './cli.ts';
 
 type Options = BenchOptions;
@@ -62,72 +66,6 @@ Requests per second and p99 through a real Portcullis process on a public operat
 operation with an OAuth access token, and with an API key.
 
 ${BENCH_OPTIONS_USAGE}`;
-
-function clockTicks(): number {
-  try {
-    const n = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
-    return Number.isInteger(n) && n > 0 ? n : 100;
-  } catch {
-    return 100;
-  }
-}
-
-/** CPU seconds (user + system) a process has used, from /proc/<pid>/stat. */
-function cpuSeconds(pid: number, ticks: number): number {
-  const stat = readFileSync(`/proc/${String(pid)}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / ticks;
-}
-
-/** One HTTPS request that verifies the certificate (autocannon does not; see load.ts). */
-function httpsCall(
-  url: string,
-  gw: { ca: string; servername: string },
-  method: 'GET' | 'POST',
-  headers: Record<string, string>,
-  body?: string,
-): Promise<{ status: number; body: string }> {
-  return new Promise((ok, fail) => {
-    const req = request(
-      url,
-      { method, ca: gw.ca, servername: gw.servername, agent: false, headers },
-      (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => ok({ status: res.statusCode ?? 0, body: text }));
-        res.on('error', fail);
-      },
-    );
-    req.on('error', fail);
-    req.end(body);
-  });
-}
-
-/** Runs a CLI command against the gateway's configuration and returns its JSON output. */
-async function cli(args: string[], configFile: string, dataDir: string): Promise<Record<string, unknown>> {
-  const child = spawn(
-    'sh',
-    [
-      'scripts/node24.sh',
-      'src/cli/main.ts',
-      ...args,
-      '--json',
-      '--config',
-      configFile,
-      '--data-dir',
-      dataDir,
-    ],
-    { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
-  child.stderr.on('data', (c: Buffer) => (err += c.toString('utf8')));
-  const [code] = (await once(child, 'close')) as [number];
-  if (code !== 0) throw new Error(`${args.slice(0, 2).join(' ')} failed: ${err}`);
-  return JSON.parse(out) as Record<string, unknown>;
-}
 
 /** The demo upstream's GET /status, under one `security` requirement. */
 function statusDocument(security: Record<string, string[]>[]): Record<string, unknown> {
@@ -174,17 +112,6 @@ function statusDocument(security: Record<string, string[]>[]): Record<string, un
   };
 }
 
-interface Row {
-  target: string;
-  rps: number;
-  p50Ms: number;
-  p99Ms: number;
-  gatewayCores: number;
-  perCoreSecond: number;
-  rpsPerRound: number[];
-  bad: number;
-}
-
 async function main(options: Options): Promise<void> {
   const root = await makeTempDir();
   const upstream = await startUpstream();
@@ -226,10 +153,9 @@ async function main(options: Options): Promise<void> {
   });
   progress(`portcullis ${gw.url} (pid ${String(gw.pid)})`);
 
-  const client = await cli(
+  const client = await runCliJson(
     ['clients', 'create', '--name', 'bench', '--grant', 'client_credentials', '--scope', 'bench:read'],
-    gw.configFile,
-    gw.dataDir,
+    gw,
   );
   const resource = `https://localhost:${new URL(gw.url).port}/v2`;
   const tokenAnswer = await httpsCall(
@@ -246,11 +172,7 @@ async function main(options: Options): Promise<void> {
   if (tokenAnswer.status !== 200 || typeof accessToken !== 'string') {
     throw new Error(`POST /token: HTTP ${String(tokenAnswer.status)} ${tokenAnswer.body.slice(0, 200)}`);
   }
-  const issued = await cli(
-    ['apikeys', 'issue', '--name', 'bench', '--api', 'keyed'],
-    gw.configFile,
-    gw.dataDir,
-  );
+  const issued = await runCliJson(['apikeys', 'issue', '--name', 'bench', '--api', 'keyed'], gw);
   const apiKey = issued.key;
   if (typeof apiKey !== 'string') throw new Error('apikeys issue printed no key');
   progress('client, token and API key created');
@@ -285,87 +207,27 @@ async function main(options: Options): Promise<void> {
   }
   progress('checks passed: 200 with the credential, 401 without (certificate verified)');
 
-  const ticks = clockTicks();
-  const load: LoadOptions = { durationS: options.durationS, connections: options.connections };
-  if (options.warmupS > 0) {
-    for (const t of targets) {
-      progress(`warm-up ${t.name} ${String(options.warmupS)} s`);
-      await measure(t, { ...load, durationS: options.warmupS });
-    }
-  }
-  const runs = new Map<LoadTarget, { m: Measurement; cores: number }[]>(targets.map((t) => [t, []]));
-  for (let round = 0; round < options.rounds; round++) {
-    const order = targets.map((_, i) => targets[(i + round) % targets.length] as LoadTarget);
-    for (const t of order) {
-      const cpu0 = cpuSeconds(gw.pid, ticks);
-      const wall0 = performance.now();
-      const m = await measure(t, load);
-      const cores = (cpuSeconds(gw.pid, ticks) - cpu0) / ((performance.now() - wall0) / 1000);
-      runs.get(t)?.push({ m, cores });
-      progress(
-        `round ${String(round + 1)}/${String(options.rounds)}  ${t.name.padEnd(38)} ${m.rps.toFixed(0).padStart(6)} req/s` +
-          `  p50 ${m.p50.toFixed(2)} ms  p99 ${m.p99.toFixed(2)} ms  gateway ${cores.toFixed(2)} cores` +
-          (m.unexpected + m.errors > 0
-            ? `  (${String(m.unexpected)} unexpected, ${String(m.errors)} errors)`
-            : ''),
-      );
-    }
-  }
-
-  const rows: Row[] = targets.map((t) => {
-    const r = runs.get(t) ?? [];
-    return {
-      target: t.name,
-      rps: median(r.map((x) => x.m.rps)),
-      p50Ms: median(r.map((x) => x.m.p50)),
-      p99Ms: median(r.map((x) => x.m.p99)),
-      gatewayCores: median(r.map((x) => x.cores)),
-      perCoreSecond: median(r.map((x) => (x.cores > 0 ? x.m.rps / x.cores : 0))),
-      rpsPerRound: r.map((x) => x.m.rps),
-      bad: r.reduce((n, x) => n + x.m.unexpected + x.m.errors, 0),
-    };
-  });
-  const machine = {
-    cpus: availableParallelism(),
-    cpuModel: cpus()[0]?.model ?? 'unknown',
-    node: process.version,
-    loadAverageAtEnd: loadavg().map((l) => Number(l.toFixed(2))),
+  const runs = await measureRounds(targets, options, gw.pid);
+  const rows = cpuRows(targets, runs);
+  const machine = machineInfo();
+  const settings = {
+    durationS: options.durationS,
+    connections: options.connections,
+    pipelining: 1,
+    rounds: options.rounds,
+    warmupS: options.warmupS,
   };
-  const settings = { ...load, pipelining: 1, rounds: options.rounds, warmupS: options.warmupS };
   if (options.json) {
     process.stdout.write(JSON.stringify({ machine, settings, results: rows }, null, 2) + '\n');
     return;
   }
   const base = rows[0];
-  const relative = (r: Row) =>
+  const relative = (r: CpuRow) =>
     base === undefined || base.perCoreSecond === 0
       ? ''
       : `${r.target.split(' (')[0] ?? ''}: ${(r.rps / base.rps).toFixed(2)} of public req/s, ` +
         `${(r.perCoreSecond / base.perCoreSecond).toFixed(2)} per core-second, p99 ${r.p99Ms.toFixed(2)} vs ${base.p99Ms.toFixed(2)} ms`;
-  process.stdout.write(
-    [
-      '',
-      `${String(machine.cpus)} CPUs (${machine.cpuModel}), Node ${machine.node}, load average ${machine.loadAverageAtEnd.join(' ')}`,
-      `${String(options.rounds)} rounds x ${String(options.durationS)} s, ${String(options.connections)} connections, pipelining 1`,
-      '',
-      table([
-        ['target', 'req/s', 'p50 ms', 'p99 ms', 'gw cores', 'req per core-s', 'req/s per round', 'bad'],
-        ...rows.map((r) => [
-          r.target,
-          r.rps.toFixed(0),
-          r.p50Ms.toFixed(2),
-          r.p99Ms.toFixed(2),
-          r.gatewayCores.toFixed(2),
-          r.perCoreSecond.toFixed(0),
-          r.rpsPerRound.map((x) => x.toFixed(0)).join(' / '),
-          String(r.bad),
-        ]),
-      ]),
-      '',
-      ...rows.slice(1).map(relative),
-      '',
-    ].join('\n'),
-  );
+  process.stdout.write([...cpuReport(rows, options), ...rows.slice(1).map(relative), ''].join('\n'));
 }
 
 await runBench(USAGE, (argv) => parseBenchOptions(argv, USAGE), main);
