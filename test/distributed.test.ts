@@ -127,10 +127,14 @@ describe('distributed mode: three nodes on one PostgreSQL and one Redis', () => 
       }).toString(),
     });
   /** An access token issued by `node`. */
+  /** Every credential the tests used, for the log scan after the file. */
+  const used: Record<string, string> = {};
   const tokenFrom = async (node: ClusterNode): Promise<string> => {
     const res = await tokenRequest(node);
     expect(res.status, res.body).toBe(200);
-    return (JSON.parse(res.body) as { access_token: string }).access_token;
+    const token = (JSON.parse(res.body) as { access_token: string }).access_token;
+    used[`access token ${String(Object.keys(used).length)}`] = token;
+    return token;
   };
   const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
   /**
@@ -207,6 +211,7 @@ describe('distributed mode: three nodes on one PostgreSQL and one Redis', () => 
     ]);
     expect(created.code, created.stderr).toBe(0);
     client = JSON.parse(created.stdout) as { client_id: string; client_secret: string };
+    used['client secret'] = client.client_secret;
   }, 90_000);
 
   afterAll(async () => {
@@ -215,7 +220,7 @@ describe('distributed mode: three nodes on one PostgreSQL and one Redis', () => 
     redis.disconnect();
     // After stopping, so that shutdown output is scanned too (labels only, never the secret).
     const leaks = (nodes as ClusterNode[] | undefined)?.flatMap((n) =>
-      n.leakedSecrets().map((label) => `node ${String(n.index)}: ${label}`),
+      n.leakedSecrets(used).map((label) => `node ${String(n.index)}: ${label}`),
     );
     expect(leaks ?? []).toEqual([]);
   });
@@ -326,6 +331,7 @@ describe('distributed mode: three nodes on one PostgreSQL and one Redis', () => 
     ]);
     expect(issued.code, issued.stderr).toBe(0);
     const { id, key } = JSON.parse(issued.stdout) as { id: string; key: string };
+    used['api key'] = key;
     for (const node of nodes) {
       expect((await request(node, 'GET', '/v1/keyed', { headers: { 'x-api-key': key } })).status).toBe(200);
     }
@@ -402,6 +408,10 @@ describe('distributed mode: three nodes on one PostgreSQL and one Redis', () => 
     }
     // Back by itself: ready again, shared limits again.
     await allReadyAgain();
+    // The metrics say so too, without anyone asking /readyz first.
+    const after = (await adminRequest(nodes[0]!, 'GET', '/metrics')).body;
+    expect(after).toMatch(/^portcullis_rate_limit_local 0$/m);
+    expect(after).toMatch(/^portcullis_signals_subscribed 1$/m);
     const from = '127.0.12.1';
     const byNode = await spread(nodes, 360, 12, (node) => request(node, 'GET', '/v1/items', { from }));
     expect(byNode.flat().filter((a) => a.status === 200)).toHaveLength(300);
@@ -463,6 +473,15 @@ describe('distributed mode: three nodes on one PostgreSQL and one Redis', () => 
       expect(issue.status, issue.body).toBe(503);
       expect(issue.headers['retry-after']).toBe('5');
       expect(issue.body).not.toMatch(/postgres|ECONN|5432|stack/i);
+      const revocation = await request(nodes[1]!, 'POST', '/token/revocation', {
+        headers: {
+          authorization: `Basic ${Buffer.from(`${client.client_id}:${client.client_secret}`).toString('base64')}`,
+          'content-type': 'application/x-www-form-urlencoded',
+        },
+        body: new URLSearchParams({ token, token_type_hint: 'access_token' }).toString(),
+      });
+      expect(revocation.status, revocation.body).toBe(503);
+      expect(revocation.headers['retry-after']).toBe('5');
       // Readiness: degraded, not failed (all nodes share the store; none should leave the pool).
       const r = await readyz(nodes[2]!);
       expect(r.status).toBe(200);

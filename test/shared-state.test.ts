@@ -639,6 +639,9 @@ describe('Redis DPoP replay cache', () => {
       expect(rejection).toBeInstanceOf(DpopError);
       expect((rejection as DpopError).reason).toBe('replay-cache-unavailable');
       expect((rejection as DpopError).cause).toBeInstanceOf(ReplayCacheUnavailableError);
+      // The gateway answers it as an outage (503 + Retry-After), not as a bad proof (401).
+      expect(isDependencyUnavailable(rejection)).toBe(true);
+      expect(isDependencyUnavailable(new DpopError('replayed'))).toBe(false);
     }
     p.restore();
   });

@@ -67,18 +67,19 @@ export async function setupCluster(options: ClusterOptions): Promise<Cluster> {
   const { config, store, backends, metrics, logger } = options;
   const nodes = config.cluster.nodes;
   const registers = [metrics.registry];
-  const localLimits = new Gauge({
+  new Gauge({
     name: 'portcullis_rate_limit_local',
     help: '1 while Redis is unreachable and rate limits are enforced per process (limit / cluster.nodes)',
     registers,
     aggregator: 'max', // --workers: 1 when any worker is on local limits
+    collect() {
+      this.set(backends.degraded().length > 0 ? 1 : 0);
+    },
   });
-  localLimits.set(0);
   const limiterCheck: HealthCheck = {
     name: 'rateLimits',
     check: () => {
       const down = backends.degraded();
-      localLimits.set(down.length > 0 ? 1 : 0);
       return down.length > 0
         ? { status: 'degraded', detail: `local limits: 1/${String(nodes)} of each limit per process` }
         : { status: 'ok', detail: config.rateLimits.backend };
@@ -108,13 +109,15 @@ export async function setupCluster(options: ClusterOptions): Promise<Cluster> {
     };
   }
 
-  const subscribed = new Gauge({
+  new Gauge({
     name: 'portcullis_signals_subscribed',
     help: '1 while this process receives signals from the others (Redis pub/sub)',
     registers,
     aggregator: 'min', // --workers: 0 when any worker misses signals
+    collect() {
+      this.set(bus.subscribed ? 1 : 0);
+    },
   });
-  subscribed.set(0);
   const received = new Counter({
     name: 'portcullis_signals_received_total',
     help: 'Signals received from other processes, by kind (invalid: not a valid signal)',
@@ -137,7 +140,6 @@ export async function setupCluster(options: ClusterOptions): Promise<Cluster> {
     url: redis.url,
     keyPrefix: redis.keyPrefix,
     onState: (state, error) => {
-      subscribed.set(state === 'up' ? 1 : 0);
       if (state === 'down') {
         revocations.forgetUnrevoked();
         logger.warn(
