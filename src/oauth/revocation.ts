@@ -106,6 +106,9 @@ export function createRevocationList(options: RevocationListOptions): Revocation
       });
     }, 2_000).unref();
   };
+  const forgetUnrevoked = () => {
+    for (const [jti, entry] of cache) if (!entry.revoked) cache.delete(jti);
+  };
   const valid = (jti: unknown): jti is string =>
     typeof jti === 'string' && jti.length > 0 && jti.length <= MAX_JTI;
 
@@ -161,11 +164,9 @@ export function createRevocationList(options: RevocationListOptions): Revocation
       if (!valid(jti)) return;
       remember(jti, true, Math.max(now() + ttl, expiresAt * 1000));
     },
-    forgetUnrevoked() {
-      for (const [jti, entry] of cache) if (!entry.revoked) cache.delete(jti);
-    },
+    forgetUnrevoked,
     async resync() {
-      for (const [jti, entry] of cache) if (!entry.revoked) cache.delete(jti);
+      forgetUnrevoked();
       if (denylist === undefined) return 0;
       const t = now();
       const rows = await db

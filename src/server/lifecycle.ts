@@ -184,14 +184,6 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     cleanups.push(async () => {
       openedKeys.close();
     });
-    if (config.oauth.enabled) {
-      // The gateway verifies the built-in server's tokens in every role.
-      tokens = {
-        issuer: config.gateway.publicUrl,
-        keys: () => openedKeys.publicJwks(),
-        isRevoked: (jti) => cluster.revocations.isRevoked(jti),
-      };
-    }
     // Observation: one metrics registry, the audit log (durable before control-plane changes
     // report success), alert rules over its stream, and the observer that feeds both.
     const metrics = createMetrics();
@@ -202,6 +194,14 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     // denylist, the DPoP replay cache and the signals that keep caches in step.
     const cluster = await setupCluster({ config, store, backends, metrics, logger });
     cleanups.push(() => cluster.close());
+    if (config.oauth.enabled) {
+      // The gateway verifies the built-in server's tokens in every role.
+      tokens = {
+        issuer: config.gateway.publicUrl,
+        keys: () => openedKeys.publicJwks(),
+        isRevoked: (jti) => cluster.revocations.isRevoked(jti),
+      };
+    }
     // Assigned once alerting starts; the audit log reports sink errors to it from then on.
     let alerts: AlertEngine | undefined = undefined;
     const audit = await openAuditLog({
