@@ -1,3 +1,5 @@
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
@@ -8,5 +10,7 @@ export default defineConfig({
     maxWorkers: 2,
     testTimeout: 30_000,
     hookTimeout: 60_000,
+    // `portcullis start` records where it ran (src/cli/paths.ts); tests keep that out of $HOME.
+    env: { PORTCULLIS_STATE_DIR: join(tmpdir(), `portcullis-test-state-${String(process.pid)}`) },
   },
 });

@@ -28,13 +28,14 @@ export function runPortcullis(
   args: readonly string[],
   stdin?: string,
   extraEnv: Readonly<Record<string, string>> = {},
+  cwd: string = ROOT,
 ): Promise<Run> {
   const env: NodeJS.ProcessEnv = { ...process.env };
   delete env.PORTCULLIS_MASTER_KEY;
   Object.assign(env, extraEnv);
   return new Promise((ok, fail) => {
-    const child = spawn('sh', ['scripts/node24.sh', 'src/cli/main.ts', ...args], {
-      cwd: ROOT,
+    const child = spawn('sh', [join(ROOT, 'scripts/node24.sh'), join(ROOT, 'src/cli/main.ts'), ...args], {
+      cwd,
       stdio: [stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
       env,
     });

@@ -179,9 +179,10 @@ describe('the quickstart banner', () => {
     expect(banner).toContain('Get a token and call the API:');
     const [create, token, call] = steps();
     expect(create).toMatch(
-      /^npx portcullis clients create --name demo --grant client_credentials --scope "patients:read" --json --config /,
+      /^npx portcullis clients create --name demo --grant client_credentials --scope "patients:read" --json --data-dir /,
     );
-    expect(create).toContain('--data-dir');
+    // The data directory's start record names the configuration (src/cli/paths.ts): no --config.
+    expect(create).not.toContain('--config');
     expect(token).toContain(`${publicUrl}/token`);
     expect(token).toContain('-d grant_type=client_credentials');
     expect(call).toContain(`${publicUrl}/v1/patients`);

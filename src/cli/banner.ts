@@ -8,14 +8,15 @@
 import { isAbsolute, relative } from 'node:path';
 import type { Runtime } from '../gateway/compile.ts';
 import type { TlsMaterial } from '../server/tls.ts';
+import { resolvePaths } from './paths.ts';
 
 export interface TokenHowToInput {
   readonly runtime: Runtime;
   /** What this process serves. */
   readonly role: 'all' | 'gateway' | 'authorization-server';
-  /** The `--config` and `--data-dir` values as given (defaults are left out of the commands). */
-  readonly configArg: string;
-  readonly dataDirArg: string;
+  /** The configuration file and data directory in force (absolute). */
+  readonly configFile: string;
+  readonly dataDir: string;
   /** The development CA file, when the listener uses the development certificate. */
   readonly caFile: string | undefined;
   /** Working directory the commands are meant for (default `process.cwd()`). */
@@ -29,8 +30,36 @@ interface Example {
   readonly resource: string | undefined;
 }
 
-const DEFAULT_CONFIG = 'portcullis.yaml';
-const DEFAULT_DATA_DIR = '.portcullis';
+/**
+ * The fewest of `--config` / `--data-dir` a command run from `cwd` needs to find what `start` uses
+ * (src/cli/paths.ts): none from the folder the quickstart starts in.
+ */
+export function locatorArgs(configFile: string, dataDir: string, cwd: string): string[] {
+  const candidates: { config?: string; dataDir?: string }[] = [
+    {},
+    { dataDir },
+    { config: configFile, dataDir },
+  ];
+  for (const c of candidates) {
+    try {
+      const found = resolvePaths({ ...c, command: 'other', cwd });
+      if (found.configFile === configFile && found.dataDir === dataDir) {
+        return [
+          ...(c.config === undefined ? [] : ['--config', shellQuote(displayPath(cwd, c.config))]),
+          ...(c.dataDir === undefined ? [] : ['--data-dir', shellQuote(displayPath(cwd, c.dataDir))]),
+        ];
+      }
+    } catch {
+      // not found that way: try with more flags
+    }
+  }
+  return [
+    '--config',
+    shellQuote(displayPath(cwd, configFile)),
+    '--data-dir',
+    shellQuote(displayPath(cwd, dataDir)),
+  ];
+}
 
 /** POSIX shell quoting, only where needed. */
 export function shellQuote(value: string): string {
@@ -83,10 +112,7 @@ export function tokenHowTo(input: TokenHowToInput): string[] {
   if (ex === undefined) return [];
   const cwd = input.cwd ?? process.cwd();
   const origin = config.gateway.publicUrl;
-  const common = [
-    ...(input.configArg === DEFAULT_CONFIG ? [] : ['--config', shellQuote(input.configArg)]),
-    ...(input.dataDirArg === DEFAULT_DATA_DIR ? [] : ['--data-dir', shellQuote(input.dataDirArg)]),
-  ];
+  const common = locatorArgs(input.configFile, input.dataDir, cwd);
   const scope = ex.scopes.join(' ');
   const create = [
     'npx portcullis clients create --name demo --grant client_credentials',

@@ -9,6 +9,7 @@ import { formatIssue, loadConfig, maskSecrets } from '../config/load.ts';
 import { compileRuntime } from '../gateway/compile.ts';
 import { startPortcullis } from '../server/lifecycle.ts';
 import { common, fail } from './common.ts';
+import { recordStart } from './paths.ts';
 import type { CommonOptions } from './common.ts';
 import { registerClientsCommands } from './clients.ts';
 import { registerKeysCommands } from './keys.ts';
@@ -24,7 +25,10 @@ const program = new Command('portcullis')
   .showHelpAfterError()
   .configureOutput({ writeOut: (s) => process.stdout.write(s), writeErr: (s) => process.stderr.write(s) });
 
-common(program.command('start').description('start the gateway (and the listeners the configuration names)'))
+common(
+  program.command('start').description('start the gateway (and the listeners the configuration names)'),
+  'start',
+)
   .addOption(
     new Option('--role <role>', 'what to serve: APIs and the authorization server, or one of them')
       .choices(['all', 'gateway', 'authorization-server'])
@@ -47,6 +51,7 @@ common(program.command('start').description('start the gateway (and the listener
         watch: true,
         role: opts.role,
       });
+      recordStart({ configFile: opts.config, dataDir: opts.dataDir });
       const { gatewayUrl, adminUrl, redirectUrl, demoUpstreamUrl, tls } = p;
       const banner = startBanner({
         gatewayUrl,
@@ -56,8 +61,8 @@ common(program.command('start').description('start the gateway (and the listener
         tls,
         runtime: p.runtime(),
         role: opts.role,
-        configArg: opts.config,
-        dataDirArg: opts.dataDir,
+        configFile: opts.config,
+        dataDir: opts.dataDir,
       });
       process.stderr.write(banner.join('\n'));
     } catch (err) {
@@ -70,6 +75,7 @@ common(
   configCmd
     .command('validate')
     .description('validate the configuration and print the effective configuration'),
+  'config',
 )
   .option('--json', 'machine-readable output')
   .action(async (opts: CommonOptions & { json?: boolean }) => {

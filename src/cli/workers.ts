@@ -40,6 +40,7 @@ import { loadTlsMaterial } from '../server/tls.ts';
 import type { TlsMaterial } from '../server/tls.ts';
 import { openStore } from '../store/index.ts';
 import { startBanner } from './banner.ts';
+import { recordStart } from './paths.ts';
 
 export const MAX_WORKERS = 64;
 /** The environment variable that gives a worker its slot (1..N), kept across restarts. */
@@ -261,6 +262,7 @@ export async function runPrimary(options: WorkersOptions): Promise<void> {
   checkWorkerCount(loaded, options.workers);
   const logger = createLogger(loaded.config.logging.level).child({ pid: process.pid });
   const { tls, runtime } = await prepare(loaded, dataDir, logger);
+  recordStart({ configFile, dataDir });
   let closingRuntime: Promise<void> | undefined;
   const closeRuntime = () => (closingRuntime ??= runtime.close().catch(() => undefined));
 
@@ -336,8 +338,8 @@ export async function runPrimary(options: WorkersOptions): Promise<void> {
         tls,
         runtime,
         role: options.role,
-        configArg: options.configArg,
-        dataDirArg: options.dataDirArg,
+        configFile,
+        dataDir,
         workers: slots.length,
       }).join('\n'),
     );
