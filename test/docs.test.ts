@@ -42,6 +42,24 @@ describe('deployment guide', () => {
     );
   });
 
+  it('its master-key command produces a key the gateway accepts', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { loadLocalKek } = await import('../src/keys/kms.ts');
+    const text = await readFile(new URL('../docs/deployment.md', import.meta.url), 'utf8');
+    // The command as a reader copies it out of the table (`\|` is a table cell's escaped pipe).
+    const command = /`(openssl rand 32 [^`]+)`/.exec(text)?.[1]?.replaceAll('\\|', '|');
+    expect(command).toBeDefined();
+    const key = execFileSync('sh', ['-c', command ?? ''], { encoding: 'utf8' }).trim();
+    const loaded = loadLocalKek({
+      dataDir: '/nonexistent',
+      masterKeyFile: 'master.key',
+      masterKeyEnv: 'PORTCULLIS_MASTER_KEY',
+      env: { PORTCULLIS_MASTER_KEY: key },
+    });
+    expect(loaded.kek.length).toBe(32);
+    expect(loaded.source).toBe('env:PORTCULLIS_MASTER_KEY');
+  });
+
   it('the systemd unit starts the command with options that exist', async () => {
     const unit = await readFile(new URL('../deploy/portcullis.service', import.meta.url), 'utf8');
     const exec = /^ExecStart=(.*)$/m.exec(unit)?.[1]?.split(/\s+/) ?? [];
