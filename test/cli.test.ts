@@ -2,7 +2,7 @@
  * The real `portcullis` command, run as a child process on Node 24 with no stdin.
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -90,6 +90,13 @@ describe('portcullis --help', () => {
     expect(r.stdout).toMatch(/^Usage: portcullis/);
     expect(r.stdout).toMatch(/^\s+start\b/m);
     expect(r.stdout).toMatch(/^\s+config\b/m);
+  });
+
+  it('--version prints the version of the package', async () => {
+    const r = await portcullis('--version');
+    expect(r.code).toBe(0);
+    const { version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+    expect(r.stdout.trim()).toBe(version);
   });
 
   it('config validate --help documents --config, --data-dir and --json', async () => {

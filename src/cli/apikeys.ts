@@ -17,7 +17,7 @@ import {
   rotateApiKey,
 } from '../tokens/api-keys.ts';
 import type { ApiKeyEnv, ApiKeyRecord } from '../tokens/api-keys.ts';
-import { common, fail } from './common.ts';
+import { common, fail, formatTable } from './common.ts';
 import type { CommonOptions } from './common.ts';
 import { openCliContext } from './context.ts';
 
@@ -76,9 +76,9 @@ export function apiKeyToJson(record: ApiKeyRecord, now: number = Date.now()): Ap
 }
 
 function table(records: readonly ApiKeyRecord[]): string {
-  const rows = [
+  return formatTable(
     ['ID', 'NAME', 'ENV', 'STATUS', 'APIS', 'EXPIRES', 'USES', 'LAST USED'],
-    ...records.map((r) => {
+    records.map((r) => {
       const j = apiKeyToJson(r);
       return [
         j.id,
@@ -91,17 +91,6 @@ function table(records: readonly ApiKeyRecord[]): string {
         j.lastUsedAt ?? '-',
       ];
     }),
-  ];
-  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
-  return (
-    rows
-      .map((r) =>
-        r
-          .map((c, i) => c.padEnd(widths[i] ?? 0))
-          .join('  ')
-          .trimEnd(),
-      )
-      .join('\n') + '\n'
   );
 }
 

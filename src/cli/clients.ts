@@ -15,7 +15,7 @@ import {
   listClients,
 } from '../oauth/clients.ts';
 import type { ClientAuthMethod, ClientGrant, ClientRecord } from '../oauth/clients.ts';
-import { common, fail } from './common.ts';
+import { common, fail, formatTable } from './common.ts';
 import type { CommonOptions } from './common.ts';
 import { openCliContext } from './context.ts';
 
@@ -151,11 +151,12 @@ export function registerClientsCommands(program: Command): void {
           process.stdout.write(JSON.stringify({ clients: all.map(clientToJson) }, null, 2) + '\n');
           return;
         }
-        for (const c of all) {
-          process.stdout.write(
-            `${c.clientId}  ${c.metadata.grant_types.join(',')}  ${c.metadata.client_name}\n`,
-          );
-        }
+        process.stdout.write(
+          formatTable(
+            ['CLIENT ID', 'GRANTS', 'NAME'],
+            all.map((c) => [c.clientId, c.metadata.grant_types.join(','), c.metadata.client_name]),
+          ),
+        );
       } catch (err) {
         fail(err, json);
       }

@@ -65,3 +65,19 @@ export function fail(err: unknown, json: boolean): never {
   else process.stderr.write(`portcullis: ${message}\n`);
   process.exit(1);
 }
+
+/** Rows under a header, in columns two spaces apart: what `list` commands print without --json. */
+export function formatTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const all = [header, ...rows];
+  const widths = header.map((_, i) => Math.max(...all.map((r) => (r[i] ?? '').length)));
+  return (
+    all
+      .map((r) =>
+        r
+          .map((c, i) => c.padEnd(widths[i] ?? 0))
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
+}

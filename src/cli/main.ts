@@ -3,6 +3,7 @@
  * go to stdout.
  */
 import { Command, Option } from 'commander';
+import { readFileSync } from 'node:fs';
 import cluster from 'node:cluster';
 import { stringify } from 'yaml';
 import { formatIssue, loadConfig, maskSecrets } from '../config/load.ts';
@@ -20,7 +21,12 @@ import { startBanner } from './banner.ts';
 import { parseWorkerCount, runPrimary, runWorker } from './workers.ts';
 import type { Role } from './workers.ts';
 
+const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+  version: string;
+};
+
 const program = new Command('portcullis')
+  .version(version, '-V, --version', 'print the version of Portcullis')
   .description('Security-first API gateway with a built-in OAuth 2.1 / OpenID Connect authorization server')
   .showHelpAfterError()
   .configureOutput({ writeOut: (s) => process.stdout.write(s), writeErr: (s) => process.stderr.write(s) });

@@ -1,13 +1,13 @@
 /**
- * `portcullis users create|disable`: end users of the authorization server. The password is read
- * from stdin (without echo on a terminal, one line from a pipe), never from the command line; the
+ * `portcullis users create|list|show|reset-password|disable`: end users of the authorization
+ * server. Passwords are read from stdin (without echo on a terminal, one line from a pipe), never from the command line; the
  * TOTP provisioning URI is printed once, when `--totp` asks for a second factor.
  */
 import type { Command } from 'commander';
 import { openKms } from '../keys/kms.ts';
 import { createUsers, kmsSecretWrapper } from '../oauth/users.ts';
-import type { UserInfo, Users } from '../oauth/users.ts';
-import { common, fail } from './common.ts';
+import type { UserInfo, UserRecord, Users } from '../oauth/users.ts';
+import { common, fail, formatTable } from './common.ts';
 import type { CommonOptions } from './common.ts';
 import { openCliContext } from './context.ts';
 import type { CliContext } from './context.ts';
@@ -89,6 +89,28 @@ function userJson(u: UserInfo) {
   return { id: u.id, username: u.username, disabled: u.disabled, totp: u.hasTotp, createdAt: u.createdAt };
 }
 
+function recordJson(u: UserRecord) {
+  return {
+    ...userJson(u),
+    federated: u.federated,
+    lastLoginAt: u.lastLoginAt,
+    passwordChangedAt: u.passwordChangedAt,
+  };
+}
+
+/** Opens the CLI context, runs `fn` with the user directory, and closes the context. */
+async function withUsers<T>(
+  opts: CommonOptions,
+  fn: (users: Users, ctx: CliContext) => Promise<T>,
+): Promise<T> {
+  const ctx = await openCliContext(opts);
+  try {
+    return await fn(usersOf(ctx, opts.dataDir), ctx);
+  } finally {
+    await ctx.close();
+  }
+}
+
 export function registerUsersCommands(program: Command): void {
   const users = program.command('users').description('end users of the authorization server');
 
@@ -160,6 +182,84 @@ export function registerUsersCommands(program: Command): void {
         } finally {
           await ctx.close();
         }
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(users.command('list').description('list the users (never a password or second-factor secret)'))
+    .option('--json', 'machine-readable output')
+    .action(async (opts: CommonOptions & { json?: boolean }) => {
+      const json = opts.json === true;
+      try {
+        const all = await withUsers(opts, (u) => u.list());
+        if (json) {
+          process.stdout.write(JSON.stringify({ users: all.map(recordJson) }, null, 2) + '\n');
+          return;
+        }
+        process.stdout.write(
+          formatTable(
+            ['USERNAME', 'ID', 'STATUS', 'TOTP', 'CREATED', 'LAST LOGIN'],
+            all.map((u) => [
+              u.username,
+              u.id,
+              u.disabled ? 'disabled' : 'active',
+              u.hasTotp ? 'yes' : 'no',
+              u.createdAt,
+              u.lastLoginAt ?? '-',
+            ]),
+          ),
+        );
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(users.command('show').description('show one user'))
+    .requiredOption('--username <name>', 'login name')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: UserOptions) => {
+      const json = opts.json === true;
+      try {
+        const u = await withUsers(opts, (users) => users.show(opts.username));
+        if (json) {
+          process.stdout.write(JSON.stringify(recordJson(u), null, 2) + '\n');
+          return;
+        }
+        const j = recordJson(u);
+        process.stdout.write(
+          formatTable(
+            ['FIELD', 'VALUE'],
+            Object.entries(j).map(([k, v]) => [k, v === null ? '-' : String(v)]),
+          ),
+        );
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(
+    users
+      .command('reset-password')
+      .description('set a new password (read from stdin) and clear the sign-in throttle of the account'),
+  )
+    .requiredOption('--username <name>', 'login name')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: UserOptions) => {
+      const json = opts.json === true;
+      try {
+        const password = await readPassword();
+        const u = await withUsers(opts, (users, ctx) =>
+          ctx.audited(
+            'credential-lifecycle',
+            'user-reset-password',
+            () => users.resetPassword(opts.username, password),
+            (r) => ({ 'user.id': r.id, 'portcullis.credential.type': 'user' }),
+            { 'portcullis.credential.type': 'user' },
+          ),
+        );
+        if (json) process.stdout.write(JSON.stringify(recordJson(u), null, 2) + '\n');
+        else process.stderr.write(`password of ${u.username} changed\n`);
       } catch (err) {
         fail(err, json);
       }

@@ -258,10 +258,25 @@ export class UserError extends Error {
   }
 }
 
+/** What an operator sees of a user (`portcullis users list|show`): never a secret. */
+export interface UserRecord extends UserInfo {
+  readonly lastLoginAt: string | null;
+  readonly passwordChangedAt: string | null;
+}
+
 export interface Users {
   create(input: { username: string; password: string; totp?: boolean }): Promise<CreatedUser>;
   /** Disables the account (idempotent); throws UserError('not-found'). */
   disable(username: string): Promise<UserInfo>;
+  /** Every user, by username. */
+  list(): Promise<UserRecord[]>;
+  /** One user by username; throws UserError('not-found'). */
+  show(username: string): Promise<UserRecord>;
+  /**
+   * Sets a new password (the policy applies) and clears the account's sign-in throttle; throws
+   * UserError('not-found') for an unknown or federated account.
+   */
+  resetPassword(username: string, password: string): Promise<UserRecord>;
   /** First factor. `ip` is the client address the throttle counts per. */
   authenticate(input: { username: string; password: string; ip: string }): Promise<LoginOutcome>;
   /** Second factor for a user the first factor accepted; a used time step is refused. */
@@ -304,6 +319,12 @@ function info(row: {
     federated: row.federated_issuer !== null,
     createdAt: row.created_at,
   };
+}
+
+function record(
+  row: Parameters<typeof info>[0] & { last_login_at: string | null; password_changed_at: string | null },
+): UserRecord {
+  return { ...info(row), lastLoginAt: row.last_login_at, passwordChangedAt: row.password_changed_at };
 }
 
 const MAX_ID_LENGTH = 300;
@@ -380,6 +401,18 @@ export function createUsers(options: UsersOptions): Users {
     'disabled',
     'created_at',
   ] as const;
+  const recordColumns = [...columns, 'last_login_at', 'password_changed_at'] as const;
+
+  async function recordOf(username: string): Promise<UserRecord> {
+    const name = normalizeUsername(username) ?? username;
+    const row = await db
+      .selectFrom('users')
+      .select(recordColumns)
+      .where('username', '=', name)
+      .executeTakeFirst();
+    if (!row) throw new UserError('not-found', 'no such user');
+    return record(row);
+  }
 
   async function byUsername(username: string) {
     return db.selectFrom('users').select(columns).where('username', '=', username).executeTakeFirst();
@@ -436,6 +469,30 @@ export function createUsers(options: UsersOptions): Users {
       const row = await byUsername(name);
       if (!row) throw new UserError('not-found', 'no such user');
       return info(row);
+    },
+
+    async list() {
+      const rows = await db.selectFrom('users').select(recordColumns).orderBy('username').execute();
+      return rows.map(record);
+    },
+
+    show: recordOf,
+
+    async resetPassword(username, password) {
+      const name = normalizeUsername(username);
+      const row = name === undefined ? undefined : await byUsername(name);
+      if (name === undefined || row === undefined || row.federated_issuer !== null) {
+        throw new UserError('not-found', 'no such local user');
+      }
+      const problem = passwordPolicyProblem(name, password);
+      if (problem !== undefined) throw new UserError('weak-password', problem);
+      await db
+        .updateTable('users')
+        .set({ password_hash: await hashPassword(password, iterations), password_changed_at: iso(now()) })
+        .where('id', '=', row.id)
+        .execute();
+      await reset(throttleKeys(name, '')[0] ?? '');
+      return recordOf(name);
     },
 
     async authenticate({ username, password, ip }) {
