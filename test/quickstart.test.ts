@@ -238,4 +238,31 @@ describe('the quickstart banner', () => {
     expect(logs + banner).not.toContain(created.client_secret);
     expect(logs + banner).not.toContain(token);
   });
+
+  it('config validate prints the version the running gateway reports', async () => {
+    const validate = spawn(
+      'sh',
+      [
+        join(ROOT, 'scripts/node24.sh'),
+        join(ROOT, 'src/cli/main.ts'),
+        'config',
+        'validate',
+        '--json',
+        '--config',
+        join(dir, 'portcullis.yaml'),
+      ],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    validate.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
+    const [code] = (await once(validate, 'close')) as [number];
+    expect(code).toBe(0);
+    const { version } = JSON.parse(out) as { version: string };
+    const admin = /admin\s+(https:\/\/\S+)/.exec(banner)?.[1] ?? '';
+    const ready = await curl(['curl', '--cacert', join(dir, 'data', 'tls', 'ca.crt'), `${admin}/readyz`]);
+    const { checks } = JSON.parse(ready.body) as { checks: Record<string, { detail?: string }> };
+    const reported = checks.config?.detail;
+    expect(reported).toMatch(/^[0-9a-f]{12}$/);
+    expect(version.startsWith(reported ?? '-')).toBe(true);
+  });
 });

@@ -95,14 +95,14 @@ common(
       if (json) {
         process.stdout.write(
           JSON.stringify(
-            { valid: true, file: loaded.file, version: loaded.sha256, warnings, config: effective },
+            { valid: true, file: loaded.file, version: runtime.version, warnings, config: effective },
             null,
             2,
           ) + '\n',
         );
       } else {
         for (const w of warnings) process.stderr.write(`warning: ${w}\n`);
-        process.stderr.write(`${loaded.file}: valid (version ${loaded.sha256.slice(0, 12)})\n`);
+        process.stderr.write(`${loaded.file}: valid (version ${runtime.version.slice(0, 12)})\n`);
         process.stdout.write(stringify(effective));
       }
     } catch (err) {
