@@ -79,7 +79,7 @@ export function renderConfigReference(): string {
     '',
     'Generated from `src/config/schema.ts` by `npm run docs:config`; a test fails when this file is stale.',
     '',
-    'One YAML file (`--config`, default `portcullis.yaml`). Every key is optional unless marked',
+    'One YAML file (`--config`; README, Commands, says how commands find it). Every key is optional unless marked',
     '**required**; what a file leaves out takes the secure default shown. Unknown keys are errors.',
     'Paths to files are relative to the configuration file. Errors name the key path and line.',
     '',
