@@ -9,9 +9,9 @@
  *
  *   baseline       no flood
  *   connections    idle TCP connections that never send a ClientHello (bench/flood.ts)
- *   rapid reset    HTTP/2 streams opened and cancelled at once, one session per source
  *   slow headers   slowloris: a header line every --interval-ms, never the end of the block
  *   slow bodies    complete headers for 64 KiB, then a body byte every --interval-ms
+ *   rapid reset    HTTP/2 streams opened and cancelled at once, one session per source
  *   after          no flood again: does the gateway recover (latency, open files)?
  *
  * Floods come from 127.0.0.1–127.0.0.8, in a child process (bench/flood.ts) so that they never
@@ -20,7 +20,9 @@
  * request, 20 ms apart, each request abandoned after 5 s. Per phase: the legitimate client's
  * p50/p99 (keep-alive and new connections apart), failures, the gateway's peak open files
  * (`/proc/<pid>/fd` sampled every 250 ms) and peak RSS (VmRSS sampled), open files 2 s after the
- * flood stopped, and whether the process survived. If it exits, the run says so and stops.
+ * flood stopped, and whether the process survived. If it exits, the run says so and stops. The
+ * verdict (exit code 1 unless both) is whether it survived and whether it recovered: every
+ * legitimate request of the last phase answered 200.
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -80,11 +82,12 @@ interface Options {
   json: boolean;
 }
 
+/** The floods in their default order: rapid reset last, as it has left the gateway wedged. */
 const FLOODS: Record<FloodKind, string> = {
   connections: 'connections',
-  'rapid-reset': 'rapid reset',
   'slow-headers': 'slow headers',
   'slow-bodies': 'slow bodies',
+  'rapid-reset': 'rapid reset',
 };
 
 function parseOptions(argv: string[]): Options {
@@ -363,14 +366,18 @@ async function main(options: Options): Promise<number> {
     );
   }
   const survived = up();
+  const last = results.at(-1);
+  const recovered =
+    survived && last?.phase === 'after' && last.legit.ok > 0 && Object.keys(last.legit.failures).length === 0;
   const hwm = procStatusKiB(gw.pid, 'VmHWM') ?? lastHwm;
-  // Why it exited, in its own words: the last lines of its log (stdout, JSON).
+  // Why it exited, in its own words: the last lines of its log (stdout, JSON) and its stderr.
   const lastLog = survived
     ? []
-    : (await readFile(gw.logFile, 'utf8').catch(() => ''))
-        .trimEnd()
+    : [(await readFile(gw.logFile, 'utf8').catch(() => '')).trimEnd(), gw.stderrTail().trimEnd()]
+        .join('\n')
         .split('\n')
-        .slice(-5)
+        .filter((l) => l !== '')
+        .slice(-10)
         .map((l) => l.slice(0, 400));
   const notRun = phases.slice(results.length).map(([p]) => p);
 
@@ -380,7 +387,7 @@ async function main(options: Options): Promise<number> {
         {
           machine: machineInfo(),
           options,
-          gateway: { openFilesLimit: limit, openFilesAtStart, peakRssKiB: hwm, survived, lastLog },
+          gateway: { openFilesLimit: limit, openFilesAtStart, peakRssKiB: hwm, survived, recovered, lastLog },
           results,
           notRun,
         },
@@ -444,15 +451,19 @@ async function main(options: Options): Promise<number> {
         `gateway peak RSS (VmHWM) ${hwm === undefined ? 'n/a' : (hwm / 1024).toFixed(1)} MiB` +
           (survived ? '' : ' (last seen before it exited)'),
         survived
-          ? 'verdict: the gateway survived every flood'
+          ? recovered
+            ? 'verdict: the gateway survived every flood and recovered'
+            : `verdict: FAILED: the gateway survived but did not recover: ${String(
+                Object.values(last?.legit.failures ?? {}).reduce((a, b) => a + b, 0),
+              )} of the legitimate requests after the floods failed, ${String(last?.legit.ok ?? 0)} answered`
           : `verdict: FAILED: the gateway process exited during "${results.at(-1)?.phase ?? '?'}"` +
             (notRun.length > 0 ? `; not run: ${notRun.join(', ')}` : '') +
-            `\nits last log lines:\n${lastLog.map((l) => `  ${l}`).join('\n')}`,
+            `\nits last log and stderr lines:\n${lastLog.map((l) => `  ${l}`).join('\n')}`,
         '',
       ].join('\n'),
     );
   }
-  return survived ? 0 : 1;
+  return recovered ? 0 : 1;
 }
 
 await runBench(USAGE, parseOptions, main);

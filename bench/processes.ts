@@ -330,6 +330,8 @@ export interface GatewayProcess {
   /** The configuration file and data directory it was started with (for CLI commands). */
   configFile: string;
   dataDir: string;
+  /** The last lines the gateway wrote on stderr (e.g. why it exited). */
+  stderrTail(): string;
 }
 
 /** Starts `portcullis start` as a child process and waits until its admin /readyz answers 200. */
@@ -441,6 +443,7 @@ async function startGatewayOnce(
           logFile,
           configFile,
           dataDir,
+          stderrTail: () => tail(stderr, 10),
         };
       }
     }
