@@ -52,6 +52,7 @@ options:
   --rounds <n>        rounds over the targets, medians reported (default 3)
   --warmup <s>        warm-up seconds per target before the rounds (default 2)
   --no-workers        skip Portcullis --workers 2 (it needs PostgreSQL and Redis)
+  --fastify           add the bare proxy's handler behind Fastify 5 (what Fastify adds)
   --json              print the results as JSON on stdout (progress stays on stderr)
   -h, --help          this help
 
@@ -66,6 +67,7 @@ interface Options {
   rounds: number;
   warmupS: number;
   workers: boolean;
+  fastify: boolean;
   json: boolean;
 }
 
@@ -80,6 +82,7 @@ function parseOptions(argv: string[]): Options {
       rounds: { type: 'string', default: '3' },
       warmup: { type: 'string', default: '2' },
       workers: { type: 'boolean', default: true },
+      fastify: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -98,6 +101,7 @@ function parseOptions(argv: string[]): Options {
     rounds: intOption('rounds', values.rounds, 1, 50),
     warmupS: intOption('warmup', values.warmup, 0, 60),
     workers: values.workers,
+    fastify: values.fastify,
     json: values.json,
   };
 }
@@ -173,6 +177,14 @@ async function main(options: Options): Promise<number> {
     'the bare proxy',
   );
   progress(`bare proxy ${bare.url} (pid ${String(bare.pid)})`);
+  const fastify = options.fastify
+    ? await startReadyChild(
+        'bench/bare-proxy.ts',
+        [certs.certFile, certs.keyFile, upstream.url, '--fastify'],
+        'the Fastify proxy',
+      )
+    : undefined;
+  if (fastify !== undefined) progress(`fastify proxy ${fastify.url} (pid ${String(fastify.pid)})`);
   const haproxy = await startHaproxy({
     dir: root,
     upstreamUrl: upstream.url,
@@ -239,6 +251,17 @@ async function main(options: Options): Promise<number> {
       expectStatus: 200,
       headers: bearer,
     },
+    ...(fastify === undefined
+      ? []
+      : [
+          {
+            name: 'fastify proxy',
+            server: 'fastify proxy',
+            ...https(`${fastify.url}/v1${record}`),
+            expectStatus: 200,
+            headers: bearer,
+          },
+        ]),
     {
       name: 'haproxy + jwt',
       server: 'haproxy',
@@ -340,6 +363,7 @@ async function main(options: Options): Promise<number> {
   const servers = [
     { server: 'upstream', pid: upstream.pid, tree: false },
     { server: 'bare proxy', pid: bare.pid, tree: false },
+    ...(fastify === undefined ? [] : [{ server: 'fastify proxy', pid: fastify.pid, tree: false }]),
     { server: 'haproxy', pid: haproxy.pid, tree: false },
     { server: 'portcullis', pid: gw.pid, tree: false },
     ...(workers === undefined ? [] : [{ server: 'portcullis --workers 2', pid: workers.pid, tree: true }]),
