@@ -11,10 +11,12 @@
  *   schema (passed as bytes, not parsed), and every response declared without content (passed
  *   unchanged).
  */
+import { randomUUID } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import pg from 'pg';
 import { parse, stringify } from 'yaml';
-import { ROOT } from './processes.ts';
+import { onCleanup, ROOT } from './processes.ts';
 
 /** A body that `PatientInput` accepts and the demo upstream stores (201). */
 export const VALID_PATIENT = {
@@ -89,4 +91,42 @@ export async function writeBenchDocs(dir: string): Promise<BenchDocs> {
 /** The `apis` section for one document, proxying to `upstreamUrl` under `/v1`. */
 export function apisFor(openapi: string, upstreamUrl: string): Json {
   return { apis: [{ name: 'patients', openapi, basePath: '/v1', upstream: { url: upstreamUrl } }] };
+}
+
+export const BENCH_PG_URL = process.env.PORTCULLIS_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+export const BENCH_REDIS_URL = process.env.PORTCULLIS_BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+const schemas: string[] = [];
+let schemaCleanup = false;
+
+/**
+ * Distributed mode for `nodes` gateway processes (`cluster.nodes`; `--workers N` needs it): the
+ * store in a fresh PostgreSQL schema (dropped at cleanup), Redis under its own key prefix, the
+ * rate limiter (raised, never refusing) in Redis or in memory.
+ */
+export function distributedConfig(nodes: number, limiter: 'redis' | 'memory'): Json {
+  if (!schemaCleanup) {
+    schemaCleanup = true;
+    onCleanup(async () => {
+      if (schemas.length === 0) return;
+      const client = new pg.Client({ connectionString: BENCH_PG_URL });
+      await client.connect();
+      try {
+        for (const s of schemas) await client.query(`drop schema if exists "${s}" cascade`);
+      } finally {
+        await client.end();
+      }
+    });
+  }
+  const schema = `bench_cluster_${randomUUID().replaceAll('-', '').slice(0, 12)}`;
+  schemas.push(schema);
+  const url = new URL(BENCH_PG_URL);
+  url.searchParams.set('schema', schema);
+  return {
+    store: { url: url.href },
+    redis: { url: BENCH_REDIS_URL, keyPrefix: `bench:${schema}:` },
+    cluster: { nodes },
+    rateLimits: { ...HIGH_RATE_LIMITS, backend: limiter },
+    idempotency: { backend: nodes > 1 ? 'redis' : 'memory' },
+  };
 }

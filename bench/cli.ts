@@ -72,28 +72,30 @@ export interface RoundResult {
 /**
  * Warms every target up, then measures them `rounds` times, rotating the order each round so
  * that no target always runs right after another; progress goes to stderr. With `cpuPid`, also
- * how many cores that process (the gateway) used during each measurement.
+ * how many cores that process (the gateway) used during each measurement. `run` is the load
+ * generator: autocannon by default, or wrk (bench/wrk.ts).
  */
-export async function measureRounds(
-  targets: readonly LoadTarget[],
+export async function measureRounds<T extends LoadTarget = LoadTarget>(
+  targets: readonly T[],
   options: LoadOptions & { readonly rounds: number; readonly warmupS: number },
   cpuPid?: number,
-): Promise<Map<LoadTarget, RoundResult[]>> {
+  run: (target: T, options: LoadOptions) => Promise<Measurement> = measure,
+): Promise<Map<T, RoundResult[]>> {
   const load: LoadOptions = { durationS: options.durationS, connections: options.connections };
   if (options.warmupS > 0) {
     for (const t of targets) {
       progress(`warm-up ${t.name} ${String(options.warmupS)} s`);
-      await measure(t, { ...load, durationS: options.warmupS });
+      await run(t, { ...load, durationS: options.warmupS });
     }
   }
   const width = Math.max(...targets.map((t) => t.name.length));
-  const runs = new Map<LoadTarget, RoundResult[]>(targets.map((t) => [t, []]));
+  const runs = new Map<T, RoundResult[]>(targets.map((t) => [t, []]));
   for (let round = 0; round < options.rounds; round++) {
-    const order = targets.map((_, i) => targets[(i + round) % targets.length] as LoadTarget);
+    const order = targets.map((_, i) => targets[(i + round) % targets.length] as T);
     for (const t of order) {
       const cpu0 = cpuPid === undefined ? 0 : cpuSeconds(cpuPid);
       const wall0 = performance.now();
-      const m = await measure(t, load);
+      const m = await run(t, load);
       const cores =
         cpuPid === undefined ? undefined : (cpuSeconds(cpuPid) - cpu0) / ((performance.now() - wall0) / 1000);
       runs.get(t)?.push({ m, cores });

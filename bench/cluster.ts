@@ -8,13 +8,11 @@
  * Limits are high enough that no request is refused: this measures counting, signalling and
  * auditing, not refusing. Rounds alternate the targets; medians are reported, with each target's
  * throughput and p99 as a ratio of the direct call's. Needs PostgreSQL and Redis
- * (PORTCULLIS_BENCH_PG_URL, PORTCULLIS_BENCH_REDIS_URL; defaults on 127.0.0.1). Not part of `npm test`.
+ * (PORTCULLIS_BENCH_PG_URL, PORTCULLIS_BENCH_REDIS_URL; defaults on 127.0.0.1; bench/apis.ts). Not part of `npm test`.
  *
  *   npm run bench:cluster -- [--duration 5] [--connections 16] [--rounds 3] [--json]
  */
-import { randomUUID } from 'node:crypto';
-import pg from 'pg';
-import { HIGH_RATE_LIMITS } from './apis.ts';
+import { distributedConfig, HIGH_RATE_LIMITS } from './apis.ts';
 import {
   BENCH_OPTIONS_USAGE,
   measureRounds,
@@ -26,7 +24,7 @@ import {
 } from './cli.ts';
 import type { BenchOptions } from './cli.ts';
 import type { LoadTarget, Measurement } from './load.ts';
-import { makeTempDir, onCleanup, startGateway, startUpstream } from './processes.ts';
+import { makeTempDir, startGateway, startUpstream } from './processes.ts';
 
 const USAGE = `usage: npm run bench:cluster -- [options]
 
@@ -35,40 +33,14 @@ Redis, one process and --workers 2), side by side with a direct call to the upst
 
 ${BENCH_OPTIONS_USAGE}`;
 
-const PG_URL = process.env.PORTCULLIS_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-const REDIS_URL = process.env.PORTCULLIS_BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
-
 async function main(options: BenchOptions): Promise<void> {
   const root = await makeTempDir();
   const upstream = await startUpstream();
-  const schemas: string[] = [];
-  onCleanup(async () => {
-    const client = new pg.Client({ connectionString: PG_URL });
-    await client.connect();
-    try {
-      for (const s of schemas) await client.query(`drop schema if exists "${s}" cascade`);
-    } finally {
-      await client.end();
-    }
-  });
-  const distributed = (nodes: number, limiter: 'redis' | 'memory') => {
-    const schema = `bench_cluster_${randomUUID().replaceAll('-', '').slice(0, 12)}`;
-    schemas.push(schema);
-    const url = new URL(PG_URL);
-    url.searchParams.set('schema', schema);
-    return {
-      store: { url: url.href },
-      redis: { url: REDIS_URL, keyPrefix: `bench:${schema}:` },
-      cluster: { nodes },
-      rateLimits: { ...HIGH_RATE_LIMITS, backend: limiter },
-      idempotency: { backend: nodes > 1 ? 'redis' : 'memory' },
-    };
-  };
   const variants = [
     { label: 'single (memory)', extra: { rateLimits: HIGH_RATE_LIMITS }, args: [] },
-    { label: 'single (pg+redis)', extra: distributed(1, 'redis'), args: [] },
-    { label: 'memory limiter', extra: distributed(1, 'memory'), args: [] },
-    { label: '--workers 2', extra: distributed(2, 'redis'), args: ['--workers', '2'] },
+    { label: 'single (pg+redis)', extra: distributedConfig(1, 'redis'), args: [] },
+    { label: 'memory limiter', extra: distributedConfig(1, 'memory'), args: [] },
+    { label: '--workers 2', extra: distributedConfig(2, 'redis'), args: ['--workers', '2'] },
   ];
   const targets: LoadTarget[] = [{ name: 'direct (http)', url: `${upstream.url}/status`, expectStatus: 200 }];
   for (const v of variants) {

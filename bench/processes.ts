@@ -6,7 +6,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { closeSync, openSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
 import { createServer } from 'node:net';
@@ -217,29 +217,83 @@ export interface UpstreamProcess {
   pid: number;
 }
 
-export async function startUpstream(): Promise<UpstreamProcess> {
+/** Tracks a child process: stopped by {@link cleanup} (SIGTERM, then SIGKILL) and on exit. */
+export function trackChild(child: ChildProcess): void {
+  children.add(child);
+}
+
+/** Stops a tracked child now (SIGTERM, then SIGKILL after `graceMs`). */
+export function stopTracked(child: ChildProcess, graceMs = 5_000): Promise<void> {
+  return stopChild(child, graceMs);
+}
+
+/**
+ * Starts `node <script> ARGS` (a file under bench/) that prints one JSON line `{"url", "pid"}`
+ * once it listens, and resolves with that line. The child stays tracked for cleanup.
+ */
+export async function startReadyChild(
+  script: string,
+  args: readonly string[] = [],
+  what = script,
+): Promise<UpstreamProcess> {
   const child = spawn(
     process.execPath,
-    ['--disable-warning=ExperimentalWarning', join(ROOT, 'bench/upstream.ts')],
-    {
-      cwd: ROOT,
-      stdio: ['pipe', 'pipe', 'inherit'],
-    },
+    ['--disable-warning=ExperimentalWarning', join(ROOT, script), ...args],
+    { cwd: ROOT, stdio: ['pipe', 'pipe', 'inherit'] },
   );
   children.add(child);
   const lines = createInterface({ input: child.stdout });
   const exited = once(child, 'exit').then(([code]) => {
-    throw new Error(`the demo upstream exited early (code ${String(code)})`);
+    throw new Error(`${what} exited early (code ${String(code)})`);
   });
   const first = (async () => {
     for await (const line of lines) return JSON.parse(line) as UpstreamProcess;
-    throw new Error('the demo upstream closed its stdout');
+    throw new Error(`${what} closed its stdout`);
   })();
   const info = await Promise.race([first, exited]);
   exited.catch(() => undefined);
   lines.close();
   child.stdout.resume();
   return info;
+}
+
+/** The demo upstream, or with `fixed` the fixed one (bench/fixed-upstream.ts), in its own process. */
+export function startUpstream(kind: 'demo' | 'fixed' = 'demo'): Promise<UpstreamProcess> {
+  return startReadyChild(
+    'bench/upstream.ts',
+    kind === 'fixed' ? ['--fixed'] : [],
+    kind === 'fixed' ? 'the fixed upstream' : 'the demo upstream',
+  );
+}
+
+/** The pids of a process's direct children (`/proc/<pid>/task/*\/children`). */
+export function procChildren(pid: number): number[] {
+  const out: number[] = [];
+  try {
+    for (const task of readdirSync(`/proc/${String(pid)}/task`)) {
+      const text = readFileSync(`/proc/${String(pid)}/task/${task}/children`, 'utf8').trim();
+      if (text !== '') out.push(...text.split(/\s+/).map(Number));
+    }
+  } catch {
+    // The process is gone.
+  }
+  return out;
+}
+
+/** Sum of a /proc status field over a process and its direct children (e.g. `--workers N`). */
+export function procTreeStatusKiB(pid: number, field: 'VmHWM' | 'VmRSS'): number | undefined {
+  const own = procStatusKiB(pid, field);
+  if (own === undefined) return undefined;
+  return procChildren(pid).reduce((n, child) => n + (procStatusKiB(child, field) ?? 0), own);
+}
+
+/** Open file descriptors of a process (entries of /proc/<pid>/fd), undefined when it is gone. */
+export function openFiles(pid: number): number | undefined {
+  try {
+    return readdirSync(`/proc/${String(pid)}/fd`).length;
+  } catch {
+    return undefined;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -255,6 +309,8 @@ export interface GatewayOptions {
   extraConfig?: Record<string, unknown>;
   /** Further `portcullis start` arguments (e.g. `--workers 2`). */
   args?: readonly string[];
+  /** Start it under `ulimit -n <nofile>` (its open-files limit, soft and hard). */
+  nofile?: number;
 }
 
 export interface GatewayProcess {
@@ -274,6 +330,8 @@ export interface GatewayProcess {
   /** The configuration file and data directory it was started with (for CLI commands). */
   configFile: string;
   dataDir: string;
+  /** The last lines the gateway wrote on stderr (e.g. why it exited). */
+  stderrTail(): string;
 }
 
 /** Starts `portcullis start` as a child process and waits until its admin /readyz answers 200. */
@@ -319,20 +377,24 @@ async function startGatewayOnce(
 
   const logFile = join(dir, 'stdout.log');
   const logFd = openSync(logFile, 'a');
-  const child = spawn(
-    'sh',
-    [
-      'scripts/node24.sh',
-      'src/cli/main.ts',
-      'start',
-      '--config',
-      configFile,
-      '--data-dir',
-      dataDir,
-      ...(options.args ?? []),
-    ],
-    { cwd: ROOT, stdio: ['ignore', logFd, 'pipe'] },
-  );
+  const startArgs = [
+    'scripts/node24.sh',
+    'src/cli/main.ts',
+    'start',
+    '--config',
+    configFile,
+    '--data-dir',
+    dataDir,
+    ...(options.args ?? []),
+  ];
+  // `ulimit -n` then `exec`: the pid stays the gateway's (node24.sh execs node in turn).
+  const child =
+    options.nofile === undefined
+      ? spawn('sh', startArgs, { cwd: ROOT, stdio: ['ignore', logFd, 'pipe'] })
+      : spawn('sh', ['-c', `ulimit -n ${String(options.nofile)} && exec sh "$@"`, 'sh', ...startArgs], {
+          cwd: ROOT,
+          stdio: ['ignore', logFd, 'pipe'],
+        });
   closeSync(logFd);
   children.add(child);
   let stderr = '';
@@ -381,6 +443,7 @@ async function startGatewayOnce(
           logFile,
           configFile,
           dataDir,
+          stderrTail: () => tail(stderr, 10),
         };
       }
     }

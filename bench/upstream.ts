@@ -1,11 +1,15 @@
 /**
- * The demo upstream in its own process, so that the benchmark client, the upstream and the
- * gateway each have their own event loop. Prints `{"url": …, "pid": …}` on stdout once listening
- * and exits on SIGTERM/SIGINT or when its stdin closes (the benchmark went away).
+ * An upstream in its own process, so that the benchmark client, the upstream and the gateway
+ * each have their own event loop: the demo upstream, or with `--fixed` the fixed one
+ * (bench/fixed-upstream.ts). Prints `{"url": …, "pid": …}` on stdout once listening and exits on
+ * SIGTERM/SIGINT or when its stdin closes (the benchmark went away).
  */
 import { startDemoUpstream } from '../examples/demo-upstream/server.ts';
+import { startFixedUpstream } from './fixed-upstream.ts';
 
-const upstream = await startDemoUpstream({ port: 0 });
+const upstream = process.argv.includes('--fixed')
+  ? await startFixedUpstream()
+  : await startDemoUpstream({ port: 0 });
 process.stdout.write(JSON.stringify({ url: upstream.url, pid: process.pid }) + '\n');
 
 let stopping = false;
