@@ -24,15 +24,16 @@ import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import type { DetailedPeerCertificate } from 'node:tls';
-import type { GatewayRequest } from './chain.ts';
+import type { GatewayRequest } from './context.ts';
+import { runStages } from './chain.ts';
 import type { CompiledOperation, Runtime } from './compile.ts';
 import { acceptCorrelationId, canonicalIp, deriveClientIp } from './forwarded.ts';
 import { normalizeTarget } from './path.ts';
 import { Denial, isDenial, problemBody } from './problems.ts';
 import { securityHeaderObject } from './stages/headers/index.ts';
 import { upstreamHeaders } from './stages/proxy/index.ts';
-import type { Logger } from '../server/logging.ts';
-import { describeError } from '../server/logging.ts';
+import type { Logger } from '../log/index.ts';
+import { describeError } from '../log/index.ts';
 
 export interface WebSocketProxyOptions {
   /** The runtime in force (read per upgrade, like the HTTP path). */
@@ -247,13 +248,11 @@ export function createWebSocketProxy(options: WebSocketProxyOptions): WebSocketP
         return cert === undefined || Object.keys(cert).length === 0 ? undefined : cert;
       },
       responseHeaders: {},
+      stage: 'route',
     };
-    // The same stages as HTTP, up to (not including) the proxy, which is always last.
-    const stages = op.chain === null ? [] : op.chain.slice(0, -1);
-    for (const stage of stages) {
-      const answered = await stage(request);
-      if (answered !== undefined) throw new Denial('bad-request', 'websocket-stage-answered');
-    }
+    // The same request stages as HTTP; the upstream call is the handshake below.
+    const answered = await runStages(op.requestStages, request);
+    if (answered !== undefined) throw new Denial('bad-request', 'websocket-stage-answered');
     const upstream = op.api.upstream;
     if (upstream.guard.state === 'open') {
       throw new Denial('unavailable', 'circuit-open', {

@@ -23,17 +23,17 @@ import type {
   FastifyRequest,
   RouteGenericInterface,
 } from 'fastify';
-import type { GatewayRequest } from '../gateway/chain.ts';
-import { runChain } from '../gateway/chain.ts';
-import type { Runtime } from '../gateway/compile.ts';
+import type { GatewayRequest } from '../gateway/context.ts';
+import { runStages } from '../gateway/chain.ts';
+import type { CompiledOperation, Runtime } from '../gateway/compile.ts';
 import { acceptCorrelationId, canonicalIp, deriveClientIp } from '../gateway/forwarded.ts';
 import { normalizeTarget } from '../gateway/path.ts';
 import { Denial, isDenial, problemBody } from '../gateway/problems.ts';
 import { applySecurityHeaders, securityHeaderObject } from '../gateway/stages/headers/index.ts';
 import type { AuthorizationServer } from '../oauth/provider.ts';
-import type { Logger } from './logging.ts';
+import type { Logger } from '../log/index.ts';
 import type { Observer } from './observe.ts';
-import { describeError } from './logging.ts';
+import { describeError } from '../log/index.ts';
 import { hardenTlsServer, secureContextOptions } from './tls.ts';
 import { createPressureMonitor } from '../gateway/resilience/load-shedding.ts';
 import { createWebSocketProxy } from '../gateway/websocket.ts';
@@ -73,6 +73,7 @@ interface RequestState {
   started: bigint;
   runtime: Runtime;
   gw: GatewayRequest | undefined;
+  op: CompiledOperation | undefined;
   denial: Denial | undefined;
   /** Served by the authorization server (it logs and observes its own responses). */
   hijacked?: boolean;
@@ -402,6 +403,7 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
       started: process.hrtime.bigint(),
       runtime,
       gw: undefined,
+      op: undefined,
       denial: undefined,
     };
     request.portcullis = state;
@@ -455,6 +457,7 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
     if (declared !== undefined && Number(declared) > runtime.limits.bodyBytes) {
       throw new Denial('payload-too-large', 'declared-length-too-large');
     }
+    state.op = match.data;
     state.gw = {
       correlationId,
       method,
@@ -468,6 +471,7 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
       credentialPresented: raw.headers.authorization !== undefined || raw.headers.cookie !== undefined,
       peerCertificate: () => peerCertificateOf(raw),
       responseHeaders: {},
+      stage: 'route',
     };
     return undefined;
   });
@@ -477,8 +481,11 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
     const gw = state?.gw;
     if (!gw) throw new Denial('internal', 'no-route-state');
     gw.body = Buffer.isBuffer(request.body) && request.body.length > 0 ? request.body : undefined;
-    let res = await runChain(gw.operation.chain, gw);
-    for (const stage of gw.operation.responseStages) res = await stage(gw, res);
+    const op = state.op;
+    if (!op) throw new Denial('internal', 'no-route-state');
+    let res = (await runStages(op.requestStages, gw)) ?? (await op.upstream.run(gw));
+    if (res === undefined) throw new Denial('internal', 'upstream-no-answer');
+    for (const stage of op.responseStages) res = await stage(gw, res);
     reply.code(res.status);
     for (const [name, value] of Object.entries(res.headers)) reply.header(name, value);
     for (const [name, value] of Object.entries(gw.responseHeaders)) reply.header(name, value);

@@ -7,11 +7,10 @@ import { oauthRoute } from '../admin/metrics.ts';
 import type { Metrics } from '../admin/metrics.ts';
 import type { AuditLog } from '../audit/index.ts';
 import type { AuditCategory, AuditEventInput } from '../audit/event.ts';
-import type { CompiledOperation } from '../gateway/compile.ts';
-import type { Principal } from '../gateway/stages/authenticate/index.ts';
+import type { OperationInfo, Principal } from '../gateway/context.ts';
 import type { ProblemCode } from '../gateway/problems.ts';
-import type { Logger } from './logging.ts';
-import { describeError } from './logging.ts';
+import type { Logger } from '../log/index.ts';
+import { describeError } from '../log/index.ts';
 
 /** How one gateway request ended, as the access log sees it. */
 export interface RequestRecord {
@@ -20,7 +19,7 @@ export interface RequestRecord {
   readonly method: string;
   readonly status: number;
   readonly durationMs: number;
-  readonly operation: CompiledOperation | undefined;
+  readonly operation: OperationInfo | undefined;
   readonly principal: Principal | undefined;
   readonly denial: { readonly code: ProblemCode; readonly reason: string } | undefined;
   readonly bytesIn: number | undefined;
@@ -61,7 +60,7 @@ function actionWord(value: string): string {
   );
 }
 
-function requiredScopes(op: CompiledOperation | undefined): string[] {
+function requiredScopes(op: OperationInfo | undefined): string[] {
   if (op === undefined) return [];
   const out = new Set<string>();
   for (const requirement of op.security)
