@@ -11,6 +11,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { DetailedPeerCertificate } from 'node:tls';
 import type { SecurityRequirement } from './openapi.ts';
+import type { ProblemCode } from './problems.ts';
 import type { NormalizedTarget } from './path.ts';
 
 /**
@@ -135,3 +136,28 @@ export type SchemeVerifier = (
   req: GatewayRequest,
   requiredScopes: readonly string[],
 ) => VerifyOutcome | Promise<VerifyOutcome>;
+
+/** Which door a request came through. */
+export type DoorKind = 'api' | 'websocket' | 'authorization-server';
+
+/**
+ * How one request ended, as the observers (audit, metrics) see it: one record per request,
+ * refusals included, whatever the door. The pipeline's exchange is this record.
+ */
+export interface RequestRecord {
+  readonly door: DoorKind;
+  readonly correlationId: string;
+  readonly clientIp: string;
+  readonly method: string;
+  /** The path without its query: observers of the authorization server map it to a bounded route. */
+  readonly rawPath: string;
+  readonly status: number;
+  readonly durationMs: number;
+  /** The matched operation; undefined when the request was refused before routing. */
+  readonly op: OperationInfo | undefined;
+  readonly principal?: Principal | undefined;
+  readonly denial: { readonly code: ProblemCode; readonly reason: string } | undefined;
+  /** The step that refused (set with `denial`). */
+  readonly stage?: StageName | undefined;
+  readonly body?: Buffer | undefined;
+}
