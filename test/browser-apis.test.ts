@@ -409,3 +409,156 @@ describe('WebSocket', () => {
     expect(raw).toContain('sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=');
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+
+/** The audit events recorded under one correlation id. */
+async function auditEventsOf(correlationId: string | undefined): Promise<Record<string, unknown>[]> {
+  expect(correlationId).toBeTruthy();
+  await gw.p.audit.flush();
+  const rows = await gw.p.store.db
+    .selectFrom('audit_events')
+    .select(['trace_id', 'event'])
+    .where('trace_id', '=', correlationId ?? '')
+    .execute();
+  return rows.map((r) => JSON.parse(r.event) as Record<string, unknown>);
+}
+
+/** The one audit event of a gateway request, by the correlation id its response carried. */
+async function auditEventOf(correlationId: string | undefined): Promise<Record<string, unknown> | undefined> {
+  const events = await auditEventsOf(correlationId);
+  expect(events).toHaveLength(1); // one event per request
+  return events[0];
+}
+
+/** The value of one Prometheus series (0 when absent). */
+async function metric(name: string, labels: Record<string, string>): Promise<number> {
+  const text = await gw.p.metrics.text();
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`)) continue;
+    const open = line.slice(name.length + 1, line.lastIndexOf('}'));
+    const have = Object.fromEntries(
+      open.split(',').map((pair) => {
+        const [k = '', v = ''] = pair.split('=');
+        return [k, v.replace(/^"|"$/g, '')];
+      }),
+    );
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(line.split(' ').at(-1));
+  }
+  return 0;
+}
+
+const correlationOf = (raw: string) => /\r\nx-request-id: ([^\r\n]+)/i.exec(raw)?.[1];
+
+describe('every door is observed: one audit event and one metric per request', () => {
+  it('a WebSocket upgrade accepted: an upgrade event and the accepted count', async () => {
+    const before = await metric('portcullis_websocket_upgrades_total', { outcome: 'accepted' });
+    const raw = await rawHttps(
+      gw.p.gatewayUrl,
+      ca,
+      upgradeRequest('/v2/chat', { Origin: APP, Authorization: `Bearer ${token}` }),
+      1_000,
+    );
+    expect(statusOf(raw)).toBe(101);
+    expect(await auditEventOf(correlationOf(raw))).toMatchObject({
+      'event.action': 'websocket-upgrade',
+      'event.outcome': 'success',
+      'http.response.status_code': 101,
+      'url.path': '/v2/chat',
+      'portcullis.api': 'chat',
+      'portcullis.listener': 'gateway',
+      'portcullis.scopes.granted': ['chat:read'],
+    });
+    expect(await metric('portcullis_websocket_upgrades_total', { outcome: 'accepted' })).toBe(before + 1);
+    expect(
+      await metric('portcullis_http_requests_total', { api: 'chat', route: '/v2/chat', status_class: '1xx' }),
+    ).toBeGreaterThan(0);
+  });
+
+  it('a WebSocket upgrade refused: an event naming the stage that refused, and the denial count', async () => {
+    const stage = { stage: 'cors', code: 'origin-not-allowed' };
+    const denied = await metric('portcullis_denials_total', stage);
+    const refused = await metric('portcullis_websocket_upgrades_total', { outcome: 'refused' });
+    const raw = await rawHttps(
+      gw.p.gatewayUrl,
+      ca,
+      upgradeRequest('/v2/chat', { Origin: EVIL, Authorization: `Bearer ${token}` }),
+    );
+    expect(statusOf(raw)).toBe(403);
+    expect(await auditEventOf(correlationOf(raw))).toMatchObject({
+      'event.category': 'authorization',
+      'event.action': 'cors',
+      'event.outcome': 'failure',
+      'http.response.status_code': 403,
+      'url.path': '/v2/chat',
+    });
+    expect(await metric('portcullis_denials_total', stage)).toBe(denied + 1);
+    expect(await metric('portcullis_websocket_upgrades_total', { outcome: 'refused' })).toBe(refused + 1);
+    // An unauthenticated upgrade names the authenticate stage.
+    const none = await rawHttps(gw.p.gatewayUrl, ca, upgradeRequest('/v2/chat', { Origin: APP }));
+    expect(statusOf(none)).toBe(401);
+    expect(await auditEventOf(correlationOf(none))).toMatchObject({
+      'event.category': 'authentication',
+      'event.action': 'authenticate',
+      'event.outcome': 'failure',
+    });
+  });
+
+  it('authorization-server requests: a token issued and a token refused, each audited and counted', async () => {
+    const keys = gw.p.keys;
+    if (keys === undefined) throw new Error('the key manager should be running');
+    const { client, clientSecret } = await createClient(gw.p.store.db, keys, {
+      name: 'observed',
+      grantTypes: ['client_credentials'],
+      scope: 'chat:read',
+    });
+    const tokenRequest = async (secret: string) => {
+      const basic = Buffer.from(`${client.clientId}:${secret}`).toString('base64');
+      const res = await undiciRequest(`${issuer}/token`, {
+        method: 'POST',
+        headers: { authorization: `Basic ${basic}`, 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'chat:read' }).toString(),
+        dispatcher: agent,
+      });
+      await res.body.text();
+      return { status: res.statusCode, id: String(res.headers['x-request-id']) };
+    };
+    const series = (statusClass: string) =>
+      metric('portcullis_http_requests_total', { api: 'oauth', route: '/token', status_class: statusClass });
+    const [ok2xx, refused4xx] = [await series('2xx'), await series('4xx')];
+
+    // The door's request event, beside the authorization server's own (token issued, refused).
+    const doorEvent = async (id: string) => {
+      const events = await auditEventsOf(id);
+      const door = events.filter((e) => e['event.action'] === 'authorization-server');
+      expect(door).toHaveLength(1);
+      return { door: door[0], others: events.filter((e) => e['event.action'] !== 'authorization-server') };
+    };
+    const issued = await tokenRequest(clientSecret ?? '');
+    expect(issued.status).toBe(200);
+    const issuedEvents = await doorEvent(issued.id);
+    expect(issuedEvents.others.map((e) => e['event.action'])).toEqual(['oauth-token-issued']);
+    expect(issuedEvents.door).toMatchObject({
+      'event.action': 'authorization-server',
+      'event.outcome': 'success',
+      'http.request.method': 'POST',
+      'http.response.status_code': 200,
+      'url.path': '/token',
+      'portcullis.listener': 'oauth',
+    });
+    expect(await series('2xx')).toBe(ok2xx + 1);
+
+    const refused = await tokenRequest('not-the-secret');
+    expect(refused.status).toBe(401);
+    expect((await doorEvent(refused.id)).door).toMatchObject({
+      'event.outcome': 'failure',
+      'http.response.status_code': 401,
+      'url.path': '/token',
+      'portcullis.listener': 'oauth',
+    });
+    expect(await series('4xx')).toBe(refused4xx + 1);
+    // The trail never holds the client's secret.
+    const rows = await gw.p.store.db.selectFrom('audit_events').select('event').execute();
+    expect(JSON.stringify(rows)).not.toContain(clientSecret ?? 'unset');
+  });
+});

@@ -14,7 +14,7 @@ import { Writable } from 'node:stream';
 import { connect } from 'node:tls';
 import { Agent, request as undiciRequest } from 'undici';
 import { stringify } from 'yaml';
-import { createLogger } from '../src/server/logging.ts';
+import { createLogger } from '../src/log/index.ts';
 import { startPortcullis } from '../src/server/lifecycle.ts';
 import type { Portcullis } from '../src/server/lifecycle.ts';
 

@@ -30,7 +30,7 @@ import type { AuthorizationServer } from '../src/oauth/provider.ts';
 import { base32Decode, hotp, totpStep } from '../src/oauth/users.ts';
 import type { Users } from '../src/oauth/users.ts';
 import { ensureDevCertificates } from '../src/server/devca.ts';
-import { createLogger } from '../src/server/logging.ts';
+import { createLogger } from '../src/log/index.ts';
 import { openStore } from '../src/store/index.ts';
 import type { Store } from '../src/store/index.ts';
 import { tempDir } from './helpers.ts';

@@ -259,8 +259,37 @@ describe('the authorization server', () => {
     const statuses: number[] = [];
     for (let i = 0; i < 3; i++) statuses.push((await post('127.0.4.1')).status);
     expect(statuses.every((s) => s === 401 || s === 400)).toBe(true);
-    expectTooMany(await post('127.0.4.1'));
+    const denials = () =>
+      gw.p.metrics
+        .text()
+        .then(
+          (t) =>
+            /portcullis_denials_total\{stage="authorization-server",code="too-many-requests"\} (\d+)/.exec(
+              t,
+            )?.[1] ?? '0',
+        );
+    const before = Number(await denials());
+    const limited = await post('127.0.4.1');
+    expectTooMany(limited);
     expect([400, 401]).toContain((await post('127.0.4.2')).status);
+    // The refusal at the door is one audit event and one count, naming the authorization server.
+    expect(Number(await denials())).toBe(before + 1);
+    await gw.p.audit.flush();
+    const rows = await gw.p.store.db
+      .selectFrom('audit_events')
+      .select('event')
+      .where('trace_id', '=', limited.headers['x-request-id'] ?? '')
+      .execute();
+    expect(rows.map((r) => JSON.parse(r.event) as Record<string, unknown>)).toMatchObject([
+      {
+        'event.category': 'rate-limit',
+        'event.action': 'authorization-server',
+        'event.outcome': 'failure',
+        'http.response.status_code': 429,
+        'url.path': '/token',
+        'portcullis.listener': 'oauth',
+      },
+    ]);
   });
 
   it('limits login form submissions per IP', async () => {

@@ -15,6 +15,8 @@
  * metrics.authFailure('token-expired');
  * ```
  */
+import { STAGE_NAMES } from '../gateway/context.ts';
+import { PROBLEMS } from '../gateway/problems.ts';
 import { AUTHORIZATION_SERVER_PATHS } from '../oauth/paths.ts';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
@@ -176,6 +178,10 @@ export interface Metrics {
   circuits(): ReadonlyMap<string, CircuitState>;
   /** The authorization server issued an access token with this grant. */
   tokenIssued(grant: string): void;
+  /** A request refused by `stage` (a name of `STAGE_NAMES`) with problem `code`. */
+  denied(stage: string, code: string): void;
+  /** A WebSocket upgrade accepted (101) or refused. */
+  websocketUpgrade(outcome: 'accepted' | 'refused'): void;
   /** The Prometheus text exposition. */
   text(): Promise<string>;
   readonly contentType: string;
@@ -256,6 +262,21 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     labelNames: ['grant'],
     registers,
   });
+  const denials = new Counter({
+    name: 'portcullis_denials_total',
+    help: 'Requests refused, by the stage that refused and the problem type sent',
+    labelNames: ['stage', 'code'],
+    registers,
+  });
+  const upgrades = new Counter({
+    name: 'portcullis_websocket_upgrades_total',
+    help: 'WebSocket upgrade requests, by outcome (accepted: 101 and a tunnel; refused: a problem)',
+    labelNames: ['outcome'],
+    registers,
+  });
+  upgrades.inc({ outcome: 'accepted' }, 0);
+  upgrades.inc({ outcome: 'refused' }, 0);
+  const stages: ReadonlySet<string> = new Set(STAGE_NAMES);
   // Zero-valued series, so dashboards and alerts see the families before the first event.
   for (const d of RATE_LIMIT_DIMENSIONS) rateLimited.inc({ dimension: d }, 0);
   for (const g of GRANT_TYPES) tokens.inc({ grant: g }, 0);
@@ -304,6 +325,15 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     circuits: () => circuits,
     tokenIssued(grant) {
       tokens.inc({ grant: grants.has(grant) ? grant : OTHER });
+    },
+    denied(stage, code) {
+      denials.inc({
+        stage: stages.has(stage) ? stage : OTHER,
+        code: Object.hasOwn(PROBLEMS, code) ? code : OTHER,
+      });
+    },
+    websocketUpgrade(outcome) {
+      upgrades.inc({ outcome });
     },
     text: () => registry.metrics(),
   };

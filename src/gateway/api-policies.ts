@@ -9,7 +9,7 @@
  * - resilience (resilience/guard.ts): the upstream's circuit breaker and retry settings.
  */
 import type { ApiConfig } from '../config/schema.ts';
-import type { ResponseStage, Stage } from './chain.ts';
+import type { ResponseStage, Stage } from './context.ts';
 import type { OpenApiDocument, OpenApiOperation } from './openapi.ts';
 import type { CircuitStateChange, GuardOptions } from './resilience/guard.ts';
 import { compileCsrf } from './stages/csrf/index.ts';

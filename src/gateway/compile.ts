@@ -10,15 +10,15 @@ import { createHash } from 'node:crypto';
 import { ConfigError, pathToString } from '../config/load.ts';
 import type { ConfigIssue, ConfigPath, LoadedConfig } from '../config/load.ts';
 import type { LimitsConfig } from '../config/schema.ts';
-import type { Chain, GatewayRequest, ResponseStage, Stage } from './chain.ts';
+import type { GatewayRequest, OperationInfo, ResponseStage, Stage, Step } from './context.ts';
 import { loadOpenApi, OpenApiError } from './openapi.ts';
-import type { OpenApiDocument, SecurityRequirement } from './openapi.ts';
+import type { OpenApiDocument } from './openapi.ts';
 import { buildRouteTable } from './routes.ts';
 import type { RouteTable } from './routes.ts';
 import { compileTrustedProxies } from './forwarded.ts';
 import type { TrustedProxies } from './forwarded.ts';
 import { compileAuthenticate, isPublic } from './stages/authenticate/index.ts';
-import type { SchemeVerifier } from './stages/authenticate/index.ts';
+import type { SchemeVerifier } from './context.ts';
 import { compileCors, refuseCrossOrigin } from './stages/cors/index.ts';
 import type { CompiledCors } from './stages/cors/index.ts';
 import type { JSONWebKeySet } from 'jose';
@@ -56,16 +56,15 @@ export interface CompiledApi {
   readonly upstream: Upstream;
 }
 
-export interface CompiledOperation {
+export interface CompiledOperation extends OperationInfo {
   readonly api: CompiledApi;
-  readonly method: string;
-  /** Gateway path template, e.g. `/v1/patients/{patientId}`: what logs and metrics show. */
-  readonly template: string;
-  readonly operationId: string | undefined;
-  readonly security: readonly SecurityRequirement[];
-  /** Whether the operation needs a credential. */
-  readonly protected: boolean;
-  readonly chain: Chain;
+  /**
+   * The request stages in order (pipeline.ts runs them): sunset, CORS, CSRF, limits,
+   * authentication, authorization, validation. `null` when there is none.
+   */
+  readonly requestStages: readonly Step[] | null;
+  /** The upstream call: the proxy, wrapped by idempotency where the operation declares it. */
+  readonly upstream: Step;
   /** Stages applied to the answer, in order (response validation, filtering…). */
   readonly responseStages: readonly ResponseStage[];
   /** Declared `x-portcullis-websocket: true`: accepts an upgrade (websocket.ts). */
@@ -328,6 +327,11 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
               },
             }),
       });
+      // Inside idempotency, the upstream call names itself: a refusal there is the proxy's.
+      const proxyStep: Stage = (req) => {
+        req.stage = 'proxy';
+        return proxy(req);
+      };
       const apiRoutes: typeof routes = [];
       for (const op of document.operations) {
         const authenticate = compileAuthenticate({
@@ -344,15 +348,14 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
           if (err instanceof PolicyError) throw configError(loaded, ['apis', i, err.key], err.message);
           throw err;
         }
-        const stages: Stage[] = [
-          ...extra.first,
-          compiled.cors?.stage ?? refuseCrossOrigin,
-          ...extra.afterCors,
-        ];
+        const stages: Step[] = [];
+        for (const run of extra.first) stages.push({ name: 'deprecation', run });
+        stages.push({ name: 'cors', run: compiled.cors?.stage ?? refuseCrossOrigin });
+        for (const run of extra.afterCors) stages.push({ name: 'csrf', run });
         const limit = limitsFor(op.operationId, !isPublic(op.security));
-        if (limit.beforeAuth) stages.push(limit.beforeAuth);
-        if (authenticate) stages.push(authenticate);
-        if (limit.afterAuth) stages.push(limit.afterAuth);
+        if (limit.beforeAuth) stages.push({ name: 'rate-limit', run: limit.beforeAuth });
+        if (authenticate) stages.push({ name: 'authenticate', run: authenticate });
+        if (limit.afterAuth) stages.push({ name: 'rate-limit', run: limit.afterAuth });
         let owner;
         try {
           owner = readOwnerBinding(op.definition, template, !isPublic(op.security));
@@ -361,11 +364,11 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
             throw configError(loaded, ['apis', i, 'openapi'], err.message);
           throw err;
         }
-        if (owner) stages.push(compileOwnerCheck(owner));
+        if (owner) stages.push({ name: 'authorize', run: compileOwnerCheck(owner) });
         const responseStages: ResponseStage[] = [];
         try {
           const validate = compileRequestValidation(op, document);
-          if (validate) stages.push(validate);
+          if (validate) stages.push({ name: 'validate', run: validate });
           const enforce = compileResponseEnforcement(op, document);
           if (enforce) responseStages.push(enforce);
         } catch (err) {
@@ -374,15 +377,16 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
           throw err;
         }
         responseStages.push(...extra.responseStages);
-        let upstreamStage: Stage;
+        let upstreamStep: Step;
         try {
-          upstreamStage = await idempotency.wrap(api.name, op, template, proxy);
+          const wrapped = await idempotency.wrap(api.name, op, template, proxyStep);
+          upstreamStep =
+            wrapped === proxyStep ? { name: 'proxy', run: proxy } : { name: 'idempotency', run: wrapped };
         } catch (err) {
           if (err instanceof IdempotencyDeclarationError)
             throw configError(loaded, ['apis', i, 'openapi'], `${op.method} ${op.path}: ${err.message}`);
           throw err;
         }
-        stages.push(upstreamStage); // last: websocket.ts runs the stages before it for an upgrade
         apiRoutes.push({
           method: op.method,
           template: template === '' ? '/' : template,
@@ -393,7 +397,8 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
             operationId: op.operationId,
             security: op.security,
             protected: !isPublic(op.security),
-            chain: stages,
+            requestStages: stages.length === 0 ? null : stages,
+            upstream: upstreamStep,
             responseStages,
             websocket: extra.websocket,
           },

@@ -11,7 +11,7 @@ import pg from 'pg';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.ts';
 import type { OAuthConfig } from '../config/schema.ts';
-import { createLogger } from '../server/logging.ts';
+import { createLogger } from '../log/index.ts';
 import { openStore } from '../store/index.ts';
 import type { Store } from '../store/index.ts';
 import { PRIVATE_JWK_MEMBERS, thumbprint } from './generate.ts';

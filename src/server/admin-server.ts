@@ -18,8 +18,8 @@ import type { Metrics } from '../admin/metrics.ts';
 import { registerAdminRoutes } from '../admin/routes.ts';
 import type { Store } from '../store/index.ts';
 import type { RuntimeHolder } from './gateway-server.ts';
-import type { Logger } from './logging.ts';
-import { describeError } from './logging.ts';
+import type { Logger } from '../log/index.ts';
+import { describeError } from '../log/index.ts';
 import { hardenTlsServer, secureContextOptions } from './tls.ts';
 
 export interface AdminServerOptions {

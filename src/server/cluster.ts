@@ -27,8 +27,8 @@ import type { Signal, SignalBus } from '../store/signals.ts';
 import type { Store } from '../store/index.ts';
 import { createMemoryReplayCache, createRedisReplayCache } from '../tokens/dpop.ts';
 import type { ReplayCache } from '../tokens/dpop.ts';
-import type { Logger } from './logging.ts';
-import { describeError } from './logging.ts';
+import type { Logger } from '../log/index.ts';
+import { describeError } from '../log/index.ts';
 
 export interface ClusterParts {
   readonly keys: StoreKeyManager;

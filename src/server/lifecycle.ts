@@ -22,7 +22,6 @@ import { compileRuntime } from '../gateway/compile.ts';
 import { logCircuitStateChanges } from '../gateway/resilience/guard.ts';
 import { createLimitBackends } from '../gateway/stages/rate-limit/index.ts';
 import type { TokenSource } from '../gateway/compile.ts';
-import { createServerInteractions } from '../oauth/interactions/hooks.ts';
 import { createApiKeyAuthority } from '../tokens/api-keys.ts';
 import { createIdentitySigner } from '../tokens/identity.ts';
 import { createMetrics } from '../admin/metrics.ts';
@@ -38,16 +37,15 @@ import { createObserver } from './observe.ts';
 import type { Runtime } from '../gateway/compile.ts';
 import { openKeyManager } from '../keys/index.ts';
 import type { StoreKeyManager } from '../keys/index.ts';
-import { createAuthorizationServer } from '../oauth/provider.ts';
 import type { AuthorizationServer } from '../oauth/provider.ts';
 import { openStore, recordConfigVersion } from '../store/index.ts';
 import type { Store } from '../store/index.ts';
 import { createAdminServer } from './admin-server.ts';
 import type { AdminApp } from './admin-server.ts';
 import { createGatewayServer } from './gateway-server.ts';
-import type { GatewayApp, RuntimeHolder } from './gateway-server.ts';
-import { createLogger, describeError } from './logging.ts';
-import type { Logger } from './logging.ts';
+import type { GatewayServer, RuntimeHolder } from './gateway-server.ts';
+import { createLogger, describeError } from '../log/index.ts';
+import type { Logger } from '../log/index.ts';
 import { createRedirectServer } from './redirect-server.ts';
 import type * as DemoModule from '../../examples/demo-upstream/server.ts';
 import { loadTlsMaterial } from './tls.ts';
@@ -136,7 +134,7 @@ function urlOf(scheme: string, address: AddressInfo | string | null, host: strin
 }
 
 async function listen(
-  server: Server | GatewayApp['server'] | AdminApp['server'],
+  server: Server | GatewayServer['server'] | AdminApp['server'],
   port: number,
   host: string,
 ): Promise<void> {
@@ -321,6 +319,12 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     cleanups.push(() => first.close());
     // Created after the first compile, so that a broken contract is reported with its key and line.
     if (config.oauth.enabled && role !== 'gateway') {
+      // Loaded only when this process serves OAuth: a gateway-only process never loads
+      // oidc-provider and its dependencies.
+      const [{ createServerInteractions }, { createAuthorizationServer }] = await Promise.all([
+        import('../oauth/interactions/hooks.ts'),
+        import('../oauth/provider.ts'),
+      ]);
       const interactions = createServerInteractions({
         loaded: () => currentLoaded,
         store,
@@ -401,7 +405,6 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       authorizationServer,
       role,
     });
-    await gateway.ready();
     await listen(gateway.server, config.gateway.port, config.gateway.host);
     cleanups.push(() => gateway.close());
     const gatewayUrl = urlOf('https', gateway.server.address(), config.gateway.host);

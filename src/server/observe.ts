@@ -7,24 +7,13 @@ import { oauthRoute } from '../admin/metrics.ts';
 import type { Metrics } from '../admin/metrics.ts';
 import type { AuditLog } from '../audit/index.ts';
 import type { AuditCategory, AuditEventInput } from '../audit/event.ts';
-import type { CompiledOperation } from '../gateway/compile.ts';
-import type { Principal } from '../gateway/stages/authenticate/index.ts';
+import type { OperationInfo, Principal, RequestRecord } from '../gateway/context.ts';
 import type { ProblemCode } from '../gateway/problems.ts';
-import type { Logger } from './logging.ts';
-import { describeError } from './logging.ts';
+import type { Logger } from '../log/index.ts';
+import { describeError } from '../log/index.ts';
 
-/** How one gateway request ended, as the access log sees it. */
-export interface RequestRecord {
-  readonly correlationId: string;
-  readonly clientIp: string;
-  readonly method: string;
-  readonly status: number;
-  readonly durationMs: number;
-  readonly operation: CompiledOperation | undefined;
-  readonly principal: Principal | undefined;
-  readonly denial: { readonly code: ProblemCode; readonly reason: string } | undefined;
-  readonly bytesIn: number | undefined;
-}
+/** How one request ended (any door): the pipeline's record (src/gateway/context.ts). */
+export type { RequestRecord };
 
 /** What the authorization server reports (src/oauth/provider.ts `onEvent`). */
 export interface OAuthEvent {
@@ -61,7 +50,7 @@ function actionWord(value: string): string {
   );
 }
 
-function requiredScopes(op: CompiledOperation | undefined): string[] {
+function requiredScopes(op: OperationInfo | undefined): string[] {
   if (op === undefined) return [];
   const out = new Set<string>();
   for (const requirement of op.security)
@@ -83,9 +72,11 @@ function who(principal: Principal | undefined): Partial<AuditEventInput> {
 }
 
 export interface Observer {
+  /**
+   * One request through the front door (API, WebSocket upgrade or authorization server): its
+   * metrics, one denial count naming the stage that refused, and one audit event.
+   */
   request(r: RequestRecord): void;
-  /** Metrics for a request the authorization server answered (its own events carry the audit). */
-  authorizationServerRequest(r: { method: string; path: string; status: number; durationMs: number }): void;
   oauth(e: OAuthEvent, context: { clientIp?: string | undefined; correlationId?: string | undefined }): void;
   /** Durable: resolves once the event is safe (configuration, keys, credentials, admin). */
   durable(input: AuditEventInput): Promise<void>;
@@ -111,46 +102,56 @@ export function createObserver(
   };
   return {
     request(r) {
-      const op = r.operation;
+      const op = r.op;
+      const oauth = r.door === 'authorization-server';
+      const route = oauth ? oauthRoute(r.rawPath) : (op?.template ?? null);
       metrics.observeRequest({
-        api: op?.api.name ?? null,
-        route: op?.template ?? null,
+        api: oauth ? 'oauth' : (op?.api.name ?? null),
+        route,
         method: r.method,
         status: r.status,
         durationMs: r.durationMs,
       });
-      const mapped = r.denial === undefined ? undefined : CATEGORY_OF[r.denial.code];
-      if (r.denial?.code === 'unauthenticated') metrics.authFailure(r.denial.reason);
+      const denial = r.denial;
+      if (denial !== undefined) metrics.denied(r.stage ?? 'route', denial.code);
+      if (r.door === 'websocket') metrics.websocketUpgrade(denial === undefined ? 'accepted' : 'refused');
+      const mapped = denial === undefined ? undefined : CATEGORY_OF[denial.code];
+      if (denial?.code === 'unauthenticated') metrics.authFailure(denial.reason);
       // Turned off only under a documented exception (audit-request-events).
       if (!options.requestEvents) return;
       const base: AuditEventInput = {
-        'event.category': mapped?.category ?? (r.denial === undefined ? 'authorization' : 'validation'),
-        'event.action': mapped?.action ?? (r.denial === undefined ? 'allow' : 'validate'),
-        'event.outcome': r.denial === undefined && r.status < 500 ? 'success' : 'failure',
+        'event.category': mapped?.category ?? (denial === undefined ? 'authorization' : 'validation'),
+        // A refusal is named by the stage that refused; an answer is an `allow` (or an upgrade).
+        'event.action':
+          denial !== undefined
+            ? (r.stage ?? mapped?.action ?? 'validate')
+            : r.door === 'websocket'
+              ? 'websocket-upgrade'
+              : oauth
+                ? 'authorization-server'
+                : 'allow',
+        'event.outcome': denial === undefined && r.status < (oauth ? 400 : 500) ? 'success' : 'failure',
         'event.duration': Math.round(r.durationMs * 1e6),
         'client.ip': r.clientIp,
         'http.request.method': r.method,
         'http.response.status_code': r.status,
-        'portcullis.listener': 'gateway',
+        'portcullis.listener': oauth ? 'oauth' : 'gateway',
         'trace.id': r.correlationId,
-        ...(op === undefined ? {} : { 'url.path': op.template, 'portcullis.api': op.api.name }),
-        ...(r.bytesIn === undefined ? {} : { 'http.request.body.bytes': r.bytesIn }),
-        ...(r.denial === undefined
-          ? { 'event.reason': op?.protected === true ? 'credential-accepted' : 'public-operation' }
-          : { 'event.reason': r.denial.reason }),
+        ...(route === null ? {} : { 'url.path': route }),
+        ...(op === undefined ? {} : { 'portcullis.api': op.api.name }),
+        ...(r.body === undefined ? {} : { 'http.request.body.bytes': r.body.length }),
+        'event.reason':
+          denial !== undefined
+            ? denial.reason
+            : oauth
+              ? 'authorization-server-request'
+              : op?.protected === true
+                ? 'credential-accepted'
+                : 'public-operation',
         'portcullis.scopes.required': requiredScopes(op),
         ...who(r.principal),
       };
       emit(base);
-    },
-    authorizationServerRequest(r) {
-      metrics.observeRequest({
-        api: 'oauth',
-        route: oauthRoute(r.path),
-        method: r.method,
-        status: r.status,
-        durationMs: r.durationMs,
-      });
     },
     oauth(e, context) {
       if (e.type === 'token-issued') metrics.tokenIssued(e.grantType ?? 'other');

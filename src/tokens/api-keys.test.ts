@@ -6,9 +6,9 @@
 import { createHmac } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { GatewayRequest } from '../gateway/chain.ts';
+import type { GatewayRequest } from '../gateway/context.ts';
 import type { CompiledOperation } from '../gateway/compile.ts';
-import type { VerifyOutcome } from '../gateway/stages/authenticate/index.ts';
+import type { VerifyOutcome } from '../gateway/context.ts';
 import { testBackends } from '../oauth/test-backends.ts';
 import type { Store } from '../store/index.ts';
 import {

@@ -41,7 +41,7 @@ import { isDependencyUnavailable } from '../store/unavailable.ts';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import { crc32 } from 'node:zlib';
-import type { SchemeVerifier } from '../gateway/stages/authenticate/index.ts';
+import type { SchemeVerifier } from '../gateway/context.ts';
 import type { KeyManager } from '../keys/types.ts';
 import type { Selectable } from 'kysely';
 import type { Store } from '../store/index.ts';

@@ -8,7 +8,7 @@ import type { KeyObject } from 'node:crypto';
 import { calculateJwkThumbprint, exportJWK, SignJWT } from 'jose';
 import type { JWK, JWTPayload } from 'jose';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { GatewayRequest } from '../gateway/chain.ts';
+import type { GatewayRequest } from '../gateway/context.ts';
 import type { CompiledOperation } from '../gateway/compile.ts';
 import { Denial } from '../gateway/problems.ts';
 import { compileAuthenticate } from '../gateway/stages/authenticate/index.ts';

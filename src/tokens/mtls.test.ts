@@ -19,7 +19,7 @@ import type { JWTPayload } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ca, DAY, EC, leaf, SIG } from '../../test/pki.ts';
 import type { Issued } from '../../test/pki.ts';
-import type { GatewayRequest } from '../gateway/chain.ts';
+import type { GatewayRequest } from '../gateway/context.ts';
 import type { CompiledOperation } from '../gateway/compile.ts';
 import { createAccessTokenVerifier } from './access-token.ts';
 import {

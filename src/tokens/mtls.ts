@@ -25,8 +25,7 @@ import type { DetailedPeerCertificate, PeerCertificate } from 'node:tls';
 // at load time; this import must stay before the x509 import.
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
-import type { SchemeVerifier } from '../gateway/stages/authenticate/index.ts';
-import type { GatewayRequest } from '../gateway/chain.ts';
+import type { GatewayRequest, SchemeVerifier } from '../gateway/context.ts';
 
 const OID_CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 const OID_BASIC_CONSTRAINTS = '2.5.29.19';

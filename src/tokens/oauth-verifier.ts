@@ -15,8 +15,7 @@
  *   certificate has that SHA-256 thumbprint.
  */
 import type { DetailedPeerCertificate, PeerCertificate } from 'node:tls';
-import type { GatewayRequest } from '../gateway/chain.ts';
-import type { SchemeVerifier, VerifyOutcome } from '../gateway/stages/authenticate/index.ts';
+import type { GatewayRequest, SchemeVerifier, VerifyOutcome } from '../gateway/context.ts';
 import { TokenError } from './access-token.ts';
 import type { AccessTokenVerifier, VerifiedAccessToken } from './access-token.ts';
 import { DPOP_ALGORITHMS, DpopError, verifyDpopProof } from './dpop.ts';

@@ -10,7 +10,7 @@ import type { LoadedConfig } from '../../config/load.ts';
 import type { Config } from '../../config/schema.ts';
 import { openKms } from '../../keys/kms.ts';
 import type { KeyManager } from '../../keys/types.ts';
-import type { Logger } from '../../server/logging.ts';
+import type { Logger } from '../../log/index.ts';
 import type { Store } from '../../store/index.ts';
 import { createUsers, kmsSecretWrapper } from '../users.ts';
 import type { Users } from '../users.ts';

@@ -20,8 +20,8 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Config } from '../../config/schema.ts';
-import type { Logger } from '../../server/logging.ts';
-import { describeError } from '../../server/logging.ts';
+import type { Logger } from '../../log/index.ts';
+import { describeError } from '../../log/index.ts';
 import type { Users } from '../users.ts';
 import { GENERIC_LOGIN_FAILURE } from '../users.ts';
 import { FEDERATION_CALLBACK_PATH, uidFromState } from './federation.ts';

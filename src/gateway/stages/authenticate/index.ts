@@ -12,34 +12,10 @@
  */
 import { Denial } from '../../problems.ts';
 import type { SecurityRequirement } from '../../openapi.ts';
-import type { GatewayRequest, Stage } from '../../chain.ts';
+import type { GatewayRequest, Principal, SchemeVerifier, Stage, VerifyOutcome } from '../../context.ts';
 
-/** Who a verified credential belongs to; later stages read it from the request. */
-export interface Principal {
-  readonly scheme: string;
-  readonly subject: string;
-  readonly clientId: string;
-  readonly scopes: ReadonlySet<string>;
-}
-
-export type VerifyOutcome =
-  | { readonly ok: true; readonly principal: Principal }
-  | {
-      readonly ok: false;
-      /** 401: no acceptable credential; 403: a valid credential without the required scopes. */
-      readonly status: 401 | 403;
-      readonly reason: string;
-      /**
-       * The complete `WWW-Authenticate` value for this refusal, when the verifier knows better than
-       * the default Bearer challenge (e.g. the DPoP challenge of RFC 9449 §7.1).
-       */
-      readonly challenge?: string;
-    };
-
-export type SchemeVerifier = (
-  req: GatewayRequest,
-  requiredScopes: readonly string[],
-) => VerifyOutcome | Promise<VerifyOutcome>;
+// The caller's type and the verifier contract live with the request context (context.ts).
+export type { Principal, SchemeVerifier, VerifyOutcome } from '../../context.ts';
 
 export interface AuthenticateOptions {
   readonly apiName: string;

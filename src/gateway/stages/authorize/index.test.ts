@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import type { GatewayRequest } from '../../chain.ts';
+import type { GatewayRequest } from '../../context.ts';
 import { Denial } from '../../problems.ts';
-import type { Principal } from '../authenticate/index.ts';
+import type { Principal } from '../../context.ts';
 import { compileOwnerCheck, OwnerBindingError, readOwnerBinding } from './index.ts';
 
 const TEMPLATE = '/v1/patients/{patientId}';

@@ -16,7 +16,7 @@
  * operation must require a credential (an owner check on a public operation is a contract bug).
  */
 import { Denial } from '../../problems.ts';
-import type { Stage } from '../../chain.ts';
+import type { Stage } from '../../context.ts';
 
 export const OWNER_EXTENSION = 'x-portcullis-owner';
 

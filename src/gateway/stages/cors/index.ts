@@ -5,7 +5,7 @@
  */
 import { Denial } from '../../problems.ts';
 import type { CorsConfig } from '../../../config/schema.ts';
-import type { Stage, StageResponse } from '../../chain.ts';
+import type { Stage, StageResponse } from '../../context.ts';
 
 export interface CompiledCors {
   /** Stage for actual requests: refuses a foreign Origin, adds CORS headers for an allowed one. */

@@ -20,7 +20,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Denial } from '../../problems.ts';
 import type { OpenApiDocument, OpenApiOperation } from '../../openapi.ts';
-import type { Stage } from '../../chain.ts';
+import type { Stage } from '../../context.ts';
 import { parseCookies } from '../validate/params.ts';
 
 export const CSRF_COOKIE = '__Host-csrf';

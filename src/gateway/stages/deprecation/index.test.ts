@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { GatewayRequest } from '../../chain.ts';
+import type { GatewayRequest } from '../../context.ts';
 import { compileDeprecation, DeprecationError } from './index.ts';
 
 const req = {} as GatewayRequest;

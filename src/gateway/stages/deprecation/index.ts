@@ -11,7 +11,7 @@
  * the upstream is not called.
  */
 import { Denial } from '../../problems.ts';
-import type { ResponseStage, Stage } from '../../chain.ts';
+import type { ResponseStage, Stage } from '../../context.ts';
 
 export interface DeprecationSettings {
   /** When the API is (or will be) deprecated: `YYYY-MM-DD` or an RFC 3339 date-time. */

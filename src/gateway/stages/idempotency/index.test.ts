@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { GatewayRequest, Stage, StageResponse } from '../../chain.ts';
+import type { GatewayRequest, Stage, StageResponse } from '../../context.ts';
 import { Denial } from '../../problems.ts';
 import { IdempotencyDeclarationError, readDeclaration } from './config.ts';
 import { idempotencyStage, parseIdempotencyKey } from './stage.ts';

@@ -14,7 +14,7 @@
  * ```
  */
 import type { LoadedConfig } from '../../../config/load.ts';
-import type { Stage } from '../../chain.ts';
+import type { Stage } from '../../context.ts';
 import type { OpenApiOperation } from '../../openapi.ts';
 import type { LimitBackends } from '../rate-limit/backend.ts';
 import { readDeclaration } from './config.ts';

@@ -15,8 +15,8 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Denial } from '../../problems.ts';
-import type { GatewayRequest, Stage, StageResponse } from '../../chain.ts';
-import type { Logger } from '../../../server/logging.ts';
+import type { GatewayRequest, Stage, StageResponse } from '../../context.ts';
+import type { Logger } from '../../../log/index.ts';
 import type { IdempotencyDeclaration } from './config.ts';
 import type { IdempotencyStore, StoredResponse } from './store.ts';
 

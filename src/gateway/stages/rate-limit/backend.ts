@@ -9,7 +9,7 @@
  */
 import { RateLimiterMemory, RateLimiterRedis } from 'rate-limiter-flexible';
 import type { RateLimiterAbstract } from 'rate-limiter-flexible';
-import type { Logger } from '../../../server/logging.ts';
+import type { Logger } from '../../../log/index.ts';
 import { createRedisConnections, redactRedisUrl } from '../../../store/redis.ts';
 import type { RedisConnections } from '../../../store/redis.ts';
 import type { Dimension, Window } from './config.ts';

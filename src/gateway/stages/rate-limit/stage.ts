@@ -9,7 +9,7 @@ import { isIP } from 'node:net';
 import { RateLimiterRes } from 'rate-limiter-flexible';
 import { Denial } from '../../problems.ts';
 import type { GatewayRequest } from '../../chain.ts';
-import type { Logger } from '../../../server/logging.ts';
+import type { Logger } from '../../../log/index.ts';
 import { emitLimited } from './backend.ts';
 import type { Limiter } from './backend.ts';
 import type { Dimension, DimensionPolicy } from './config.ts';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { GatewayRequest } from '../../chain.ts';
+import type { GatewayRequest } from '../../context.ts';
 import { parseOpenApi } from '../../openapi.ts';
 import type { OpenApiDocument } from '../../openapi.ts';
 import { Denial } from '../../problems.ts';

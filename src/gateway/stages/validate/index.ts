@@ -21,7 +21,7 @@
  * not a re-serialisation.
  */
 import type { ValidateFunction } from 'ajv';
-import type { Stage } from '../../chain.ts';
+import type { Stage } from '../../context.ts';
 import { DEFAULT_JSON_LIMITS, parseJson } from '../../json.ts';
 import type { JsonLimits } from '../../json.ts';
 import type { OpenApiDocument, OpenApiOperation } from '../../openapi.ts';
