@@ -164,11 +164,7 @@ export function compileProxy(upstream: Upstream, options: ProxyOptions): Stage {
     const outgoing = upstreamHeaders(req.headers, req.clientIp, req.correlationId, options, body?.length);
     const identity = options.identity;
     if (identity !== undefined && req.principal !== undefined) {
-      outgoing[identity.header] = await identity.sign({
-        audience: identity.audience,
-        principal: req.principal,
-        correlationId: req.correlationId,
-      });
+      outgoing[identity.header] = identity.sign({ audience: identity.audience, principal: req.principal });
     }
     let res;
     try {
