@@ -193,7 +193,13 @@ describe('identity to the upstream', () => {
     const who = await verify(assertion);
     expect(who.clientId).toBe(rpConfig.clientMetadata().client_id);
     expect([...who.scopes]).toEqual(['items:read']);
-    expect(who.correlationId).toBe(seen['x-request-id']);
+    // The correlation id travels in its own header; the assertion is reused for the same caller
+    // and upstream within its lifetime, so it cannot carry a per-request claim.
+    expect((await call('/v1/items', { authorization: `Bearer ${access_token}` })).status).toBe(200);
+    const again = upstream.received[1]!.headers;
+    expect(again['x-portcullis-identity']).toBe(assertion);
+    expect(typeof seen['x-request-id']).toBe('string');
+    expect(again['x-request-id']).not.toBe(seen['x-request-id']);
     const [, payload] = assertion.split('.');
     const claims = JSON.parse(Buffer.from(payload!, 'base64url').toString('utf8')) as {
       iat: number;

@@ -662,16 +662,17 @@ describe('the caller assertion from the gateway', () => {
       ttlSeconds: 30,
       ...(a.now === undefined ? {} : { now: a.now }),
     });
-    return sign({
-      audience: a.audience ?? audience,
-      correlationId: 'corr-1',
-      principal: {
-        scheme: 'oauth2',
-        subject: a.subject ?? 'user-1',
-        clientId: 'client-1',
-        scopes: new Set(a.scopes ?? ['patients:read', 'patients:write']),
-      },
-    });
+    return Promise.resolve(
+      sign({
+        audience: a.audience ?? audience,
+        principal: {
+          scheme: 'oauth2',
+          subject: a.subject ?? 'user-1',
+          clientId: 'client-1',
+          scopes: new Set(a.scopes ?? ['patients:read', 'patients:write']),
+        },
+      }),
+    );
   }
   async function call(
     method: string,

@@ -312,6 +312,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
         basePath: api.basePath,
         correlationHeader: config.gateway.correlationHeader,
         publicHost,
+        contract: document,
         credentialHeaders: new Set(
           Object.values(document.securitySchemes)
             .filter((s) => s.type === 'apiKey' && s.in === 'header' && typeof s.name === 'string')

@@ -312,6 +312,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         issuer: config.gateway.publicUrl,
         signingJwks: () => openedKeys.signingJwks(),
         ttlSeconds: config.gateway.identity.ttlSeconds,
+        currentKid: () => openedKeys.current().kid,
       }),
     };
 

@@ -1,34 +1,89 @@
 /**
  * The caller's identity as the upstream sees it. The client's credential never leaves the
  * gateway; instead each authenticated request carries a short-lived assertion (a JWT signed
- * with the key manager's current key, lifetime ≤ 60 s) naming the subject, the client, the
- * granted scopes and the correlation id, for the audience of that one upstream.
+ * with the key manager's current key, lifetime ≤ 60 s) naming the subject, the client and the
+ * granted scopes, for the audience of that one upstream. The request's correlation id travels in
+ * its own header (`gateway.correlationHeader`), not in the assertion.
+ *
+ * Signing is synchronous (`node:crypto` with a `KeyObject` imported once per key), and one
+ * assertion is reused for the same caller, client, scopes and audience during the first half of
+ * its lifetime: an asymmetric signature per request would cost more than everything else the
+ * gateway does for it. A new current key (rotation) empties the cache at once.
  *
  * Explicit typing (RFC 8725 §3.11) keeps it from being confused with an access token: its
  * `typ` is `portcullis-identity+jwt`, which the gateway's access-token check refuses, and the
  * upstream verifier refuses anything else.
  */
-import { randomUUID } from 'node:crypto';
-import { createLocalJWKSet, importJWK, jwtVerify, SignJWT } from 'jose';
+import { constants, createPrivateKey, randomUUID, sign as cryptoSign } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
+import { createLocalJWKSet, jwtVerify } from 'jose';
 import type { JSONWebKeySet, JWK, JWTPayload } from 'jose';
 import type { Principal } from '../gateway/stages/authenticate/index.ts';
 
 export const IDENTITY_TYP = 'portcullis-identity+jwt';
 
+/** Assertions kept for reuse at most; past it the oldest is dropped. */
+export const IDENTITY_CACHE_MAX = 10_000;
+
 export interface IdentityInput {
   readonly audience: string;
   readonly principal: Principal;
-  readonly correlationId: string;
 }
 
-export type IdentitySigner = (input: IdentityInput) => Promise<string>;
+/** Returns the assertion for this caller and audience: a cached one while fresh, else a new one. */
+export type IdentitySigner = (input: IdentityInput) => string;
 
 export interface IdentitySignerOptions {
   readonly issuer: string;
   /** The current private signing JWK first (KeyManager.signingJwks). */
   readonly signingJwks: () => { keys: JWK[] };
+  /**
+   * The current key's id, asked on every request (KeyManager.current().kid): when it changes the
+   * key is imported again and every cached assertion dropped. Without it the kid of
+   * `signingJwks()`'s first key is asked instead (a copy of the key set per request).
+   */
+  readonly currentKid?: () => string;
   readonly ttlSeconds: number;
   readonly now?: () => number;
+  /** Bound of the reuse cache (default {@link IDENTITY_CACHE_MAX}). */
+  readonly cacheMax?: number;
+}
+
+interface SigningKey {
+  readonly kid: string;
+  /** The protected header, encoded once per key. */
+  readonly header: string;
+  readonly sign: (data: Buffer) => Buffer;
+}
+
+function importSigningKey(jwk: JWK): SigningKey {
+  if (jwk.kid === undefined || jwk.alg === undefined) throw new Error('no current signing key');
+  const key: KeyObject = createPrivateKey({ key: jwk, format: 'jwk' });
+  let sign: (data: Buffer) => Buffer;
+  switch (jwk.alg) {
+    case 'ES256':
+      sign = (data) => cryptoSign('sha256', data, { key, dsaEncoding: 'ieee-p1363' });
+      break;
+    case 'PS256':
+      sign = (data) =>
+        cryptoSign('sha256', data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 });
+      break;
+    case 'EdDSA':
+      sign = (data) => cryptoSign(null, data, key);
+      break;
+    default:
+      throw new Error(`identity assertions cannot be signed with alg ${jwk.alg}`);
+  }
+  const header = Buffer.from(JSON.stringify({ alg: jwk.alg, kid: jwk.kid, typ: IDENTITY_TYP })).toString(
+    'base64url',
+  );
+  return { kid: jwk.kid, header, sign };
+}
+
+interface CachedAssertion {
+  readonly value: string;
+  /** Reused until this instant (ms): half the lifetime, so an upstream never gets a stale one. */
+  readonly refreshAt: number;
 }
 
 export function createIdentitySigner(options: IdentitySignerOptions): IdentitySigner {
@@ -36,30 +91,58 @@ export function createIdentitySigner(options: IdentitySignerOptions): IdentitySi
     throw new TypeError('identity assertions live at most 60 seconds');
   }
   const now = options.now ?? (() => Date.now());
-  let cached: { kid: string; alg: string; key: Awaited<ReturnType<typeof importJWK>> } | undefined;
-  const currentKey = async () => {
-    const jwk = options.signingJwks().keys[0];
-    if (jwk?.kid === undefined || jwk.alg === undefined) throw new Error('no current signing key');
-    if (cached?.kid !== jwk.kid) cached = { kid: jwk.kid, alg: jwk.alg, key: await importJWK(jwk, jwk.alg) };
-    return cached;
+  const cacheMax = options.cacheMax ?? IDENTITY_CACHE_MAX;
+  const reuseMs = (options.ttlSeconds * 1000) / 2;
+  const currentKid = options.currentKid ?? (() => options.signingJwks().keys[0]?.kid ?? '');
+  const cache = new Map<string, CachedAssertion>();
+  let key: SigningKey | undefined;
+
+  const currentKey = (): SigningKey => {
+    const kid = currentKid();
+    if (key?.kid !== kid) {
+      const jwk = options.signingJwks().keys[0];
+      if (jwk === undefined) throw new Error('no current signing key');
+      key = importSigningKey(jwk);
+      cache.clear();
+    }
+    return key;
   };
-  return async ({ audience, principal, correlationId }) => {
-    const key = await currentKey();
-    const iat = Math.floor(now() / 1000);
-    return new SignJWT({
-      client_id: principal.clientId,
-      scope: [...principal.scopes].join(' '),
-      auth_scheme: principal.scheme,
-      txn: correlationId,
-    })
-      .setProtectedHeader({ alg: key.alg, kid: key.kid, typ: IDENTITY_TYP })
-      .setIssuer(options.issuer)
-      .setAudience(audience)
-      .setSubject(principal.subject)
-      .setIssuedAt(iat)
-      .setExpirationTime(iat + options.ttlSeconds)
-      .setJti(randomUUID())
-      .sign(key.key);
+
+  const mint = (k: SigningKey, audience: string, principal: Principal, at: number): string => {
+    const iat = Math.floor(at / 1000);
+    const payload = Buffer.from(
+      JSON.stringify({
+        client_id: principal.clientId,
+        scope: [...principal.scopes].join(' '),
+        auth_scheme: principal.scheme,
+        iss: options.issuer,
+        aud: audience,
+        sub: principal.subject,
+        iat,
+        exp: iat + options.ttlSeconds,
+        jti: randomUUID(),
+      }),
+    ).toString('base64url');
+    const input = `${k.header}.${payload}`;
+    return `${input}.${k.sign(Buffer.from(input)).toString('base64url')}`;
+  };
+
+  return ({ audience, principal }) => {
+    const k = currentKey();
+    const at = now();
+    let scopes = '';
+    for (const s of principal.scopes) scopes += `${s} `;
+    const id = `${audience}\n${principal.scheme}\n${principal.clientId}\n${principal.subject}\n${scopes}`;
+    const hit = cache.get(id);
+    if (hit !== undefined && at < hit.refreshAt) return hit.value;
+    const value = mint(k, audience, principal, at);
+    if (hit !== undefined) cache.delete(id);
+    else if (cache.size >= cacheMax) {
+      const oldest = cache.keys().next();
+      if (oldest.done !== true) cache.delete(oldest.value);
+    }
+    cache.set(id, { value, refreshAt: at + reuseMs });
+    return value;
   };
 }
 
@@ -67,7 +150,6 @@ export interface VerifiedIdentity {
   readonly subject: string;
   readonly clientId: string;
   readonly scopes: ReadonlySet<string>;
-  readonly correlationId: string;
 }
 
 /** For upstreams (the demo API uses it): verifies an assertion from the gateway. */
@@ -88,7 +170,7 @@ export function createIdentityVerifier(options: {
         algorithms: ['ES256', 'PS256', 'EdDSA'],
         clockTolerance: options.clockToleranceSeconds ?? 5,
         maxTokenAge: 60 + (options.clockToleranceSeconds ?? 5),
-        requiredClaims: ['sub', 'exp', 'iat', 'jti', 'client_id', 'txn'],
+        requiredClaims: ['sub', 'exp', 'iat', 'jti', 'client_id'],
       },
     );
     const scope = typeof payload.scope === 'string' ? payload.scope : '';
@@ -96,7 +178,6 @@ export function createIdentityVerifier(options: {
       subject: String(payload.sub),
       clientId: String(payload.client_id),
       scopes: new Set(scope.split(' ').filter((s) => s !== '')),
-      correlationId: String(payload.txn),
     };
   };
 }

@@ -118,3 +118,79 @@ describe('compileResponseEnforcement', () => {
     expect((out as Denial).reason).toBe('response-status');
   });
 });
+
+describe('compileResponseEnforcement without writeOnly members (validated first)', () => {
+  const PLAIN = {
+    type: 'object',
+    required: ['id'],
+    properties: {
+      id: { type: 'integer' },
+      tags: { type: 'array', maxItems: 2, items: { type: 'string' } },
+      child: { type: 'object', properties: { name: { type: 'string' } } },
+    },
+  };
+  async function plainStage() {
+    const d = await parseOpenApi(
+      JSON.stringify({
+        openapi: '3.1.0',
+        info: { title: 't', version: '1' },
+        paths: {
+          '/x': {
+            get: {
+              responses: {
+                '200': { description: 'ok', content: { 'application/json': { schema: PLAIN } } },
+              },
+            },
+          },
+        },
+      }),
+      '/nonexistent/api.json',
+    );
+    const s = compileResponseEnforcement(d.operations[0]!, d);
+    if (s === null) throw new Error('no stage');
+    return s;
+  }
+  const run = async (body: Buffer): Promise<StageResponse | Denial> => {
+    const s = await plainStage();
+    try {
+      return await s(req, {
+        status: 200,
+        headers: { 'content-type': 'application/json; charset=utf-8', etag: '"e1"', 'content-length': '1' },
+        body,
+      });
+    } catch (err) {
+      if (err instanceof Denial) return err;
+      throw err;
+    }
+  };
+
+  it('passes a conforming body through as the same bytes, headers untouched', async () => {
+    const raw = Buffer.from('{ "id": 1,  "tags": ["a"], "child": {"name": "n"} }');
+    const out = await run(raw);
+    if (out instanceof Denial) throw out;
+    expect(out.body).toBe(raw);
+    expect(out.headers.etag).toBe('"e1"');
+  });
+
+  it('still removes undeclared members and cuts arrays, then re-serialises', async () => {
+    const out = await run(
+      Buffer.from(JSON.stringify({ id: 1, tags: ['a', 'b', 'c'], child: { name: 'n', x: 1 }, y: 2 })),
+    );
+    if (out instanceof Denial) throw out;
+    expect(JSON.parse((out.body as Buffer).toString())).toEqual({
+      id: 1,
+      tags: ['a', 'b'],
+      child: { name: 'n' },
+    });
+    expect(out.headers.etag).toBeUndefined();
+    expect(out.headers['content-length']).toBe(String((out.body as Buffer).length));
+  });
+
+  it('refuses what removal cannot repair, with or without something to remove', async () => {
+    for (const body of [{ tags: [] }, { id: 'one' }, { id: 'one', extra: true }]) {
+      const out = await run(Buffer.from(JSON.stringify(body)));
+      expect(out).toBeInstanceOf(Denial);
+      expect((out as Denial).reason).toBe('response-schema');
+    }
+  });
+});

@@ -16,7 +16,13 @@
  *   removal cannot repair (a wrong type, a missing required member, a broken format) is a 502
  *   (reason `response-schema`, with the failing pointers and rules kept server-side as the cause,
  *   never values). A body that changed is re-serialised with the declared Content-Type and a
- *   recomputed Content-Length; ETag and digests of the old body are dropped.
+ *   recomputed Content-Length; ETag and digests of the old body are dropped. A body that did not
+ *   change leaves as it came, byte for byte.
+ * - **Cost**: a schema without `writeOnly` members is validated first: a closed object with an
+ *   undeclared member or an over-long array fails validation, so a body that passes has nothing
+ *   to remove and is never walked by the pruner nor re-serialised (the common case); only a
+ *   failing body is pruned and validated again. Bodies above the proxy's buffer limit, or that no
+ *   schema needs, stream through unread.
  * - Empty bodies, HEAD, 204 and 304 pass unchanged: there is nothing to minimise.
  */
 import type { Readable } from 'node:stream';
@@ -50,6 +56,33 @@ interface ContentEntry {
   readonly json: boolean;
   readonly schema: Schema | undefined;
   readonly validate: ValidateFunction | undefined;
+  /** The schema declares a `writeOnly` member somewhere: every body must be pruned. */
+  readonly writeOnly: boolean;
+}
+
+/** Whether a (raw, dereferenced) schema declares a `writeOnly: true` member anywhere. */
+function declaresWriteOnly(schema: unknown, seen = new Set<object>()): boolean {
+  if (typeof schema !== 'object' || schema === null || seen.has(schema)) return false;
+  seen.add(schema);
+  if (!Array.isArray(schema) && (schema as Record<string, unknown>).writeOnly === true) return true;
+  for (const value of Object.values(schema)) if (declaresWriteOnly(value, seen)) return true;
+  return false;
+}
+
+/** Upstream Content-Type values repeat: each distinct one is parsed once (bounded). */
+const MEDIA_TYPE_CACHE_MAX = 256;
+const mediaTypes = new Map<string, ReturnType<typeof parseMediaType>>();
+
+function contentType(headers: StageResponse['headers']): ReturnType<typeof parseMediaType> {
+  const value = headerValue(headers, 'content-type');
+  if (value === undefined) return null;
+  let parsed = mediaTypes.get(value);
+  if (parsed === undefined) {
+    parsed = parseMediaType(value);
+    if (mediaTypes.size >= MEDIA_TYPE_CACHE_MAX) mediaTypes.clear();
+    mediaTypes.set(value, parsed);
+  }
+  return parsed;
 }
 
 /** `null`: the status is declared without content. */
@@ -140,7 +173,13 @@ export function compileResponseEnforcement(op: OpenApiOperation, doc: OpenApiDoc
         schema = prepareSchema(raw, 'response', ajv.openapi30);
         validate = compileSchema(ajv.strict, schema);
       }
-      contents.set(essence, { mediaType: essence, json, schema, validate });
+      contents.set(essence, {
+        mediaType: essence,
+        json,
+        schema,
+        validate,
+        writeOnly: declaresWriteOnly(raw),
+      });
     }
     byStatus.set(key, contents);
   }
@@ -172,7 +211,7 @@ export function compileResponseEnforcement(op: OpenApiOperation, doc: OpenApiDoc
     const body = res.body;
     if (body === undefined || (typeof body !== 'object' && body === '')) return res;
     if (Buffer.isBuffer(body) && body.length === 0) return res;
-    const media = parseMediaType(headerValue(res.headers, 'content-type'));
+    const media = contentType(res.headers);
     const entry = media === null ? undefined : matchMediaType(declared, media.essence);
     if (entry === undefined) {
       // An unsized body may still be empty: read it (bounded) to tell.
@@ -197,11 +236,15 @@ export function compileResponseEnforcement(op: OpenApiOperation, doc: OpenApiDoc
     } catch (err) {
       throw responseDenial('response-schema', err);
     }
-    const changed = prune(entry.schema, data);
-    if (!validate(data)) {
-      const errors: InvalidParam[] = [];
-      toInvalidParams('body', validate.errors, errors);
-      throw responseDenial('response-schema', new ResponseSchemaViolation(errors));
+    // Without writeOnly members, a body that validates has nothing to remove: skip the pruner.
+    let changed = false;
+    if (entry.writeOnly || !validate(data)) {
+      changed = prune(entry.schema, data);
+      if ((!entry.writeOnly && !changed) || !validate(data)) {
+        const errors: InvalidParam[] = [];
+        toInvalidParams('body', validate.errors, errors);
+        throw responseDenial('response-schema', new ResponseSchemaViolation(errors));
+      }
     }
     const { onDone: _consumed, body: _old, ...rest } = res;
     if (!changed && bytes === raw) return { ...rest, body: raw };

@@ -4,7 +4,8 @@
  *
  * Requests go upstream only on the canonical path rebuilt from the decoded segments (see
  * path.ts), with hop-by-hop, forwarding and credential headers removed and the gateway's own
- * forwarding headers and correlation id added. Upstream 5xx bodies and connection failures never
+ * forwarding headers and correlation id added. Cookies cross only as the operation's contract
+ * allows (cookies.ts); upstream `Access-Control-*` headers never reach the client. Upstream 5xx bodies and connection failures never
  * reach the client: they become a generic 502/504 with the cause kept server-side.
  */
 import { readFileSync } from 'node:fs';
@@ -14,6 +15,10 @@ import { Denial } from '../../problems.ts';
 import type { Stage, StageResponse } from '../../chain.ts';
 import { HOP_BY_HOP, connectionTokens } from './hop-by-hop.ts';
 import type { IdentitySigner } from '../../../tokens/identity.ts';
+import type { CompiledOperation } from '../../compile.ts';
+import type { OpenApiDocument } from '../../openapi.ts';
+import { cookiePolicies, forwardedCookies, returnedSetCookies } from './cookies.ts';
+import type { CookiePolicy } from './cookies.ts';
 import { UpstreamGuard } from '../../resilience/guard.ts';
 import type { GuardOptions } from '../../resilience/guard.ts';
 
@@ -42,6 +47,11 @@ export interface ProxyOptions {
   readonly identity?: { readonly header: string; readonly audience: string; readonly sign: IdentitySigner };
   /** Lower-case request headers that carry this API's credentials (API-key headers): never forwarded. */
   readonly credentialHeaders?: ReadonlySet<string>;
+  /**
+   * The API's contract: which cookies each operation declares (request parameters, `Set-Cookie`
+   * response headers). Without it no cookie crosses the proxy either way.
+   */
+  readonly contract?: OpenApiDocument;
 }
 
 /** Upstream bodies up to this size (with a declared length) are read whole before answering. */
@@ -68,6 +78,7 @@ const STRIPPED_REQUEST = new Set([
   'x-http-method',
   'x-method-override',
   'content-length', // recomputed from the body actually read
+  'cookie', // only the cookies the operation declares, added back by upstreamHeaders
 ]);
 
 export class Upstream {
@@ -110,6 +121,7 @@ export function upstreamHeaders(
   correlationId: string,
   options: ProxyOptions,
   bodyLength: number | undefined,
+  cookies: ReadonlySet<string> | null = null,
 ): Record<string, string | string[]> {
   const dropped = connectionTokens(incoming.connection);
   const out: Record<string, string | string[]> = {};
@@ -124,6 +136,8 @@ export function upstreamHeaders(
   out['x-forwarded-proto'] = 'https';
   out['x-forwarded-host'] = options.publicHost;
   out[options.correlationHeader] = correlationId;
+  const cookie = forwardedCookies(incoming.cookie, cookies);
+  if (cookie !== undefined) out.cookie = cookie;
   if (bodyLength !== undefined) out['content-length'] = String(bodyLength);
   return out;
 }
@@ -131,16 +145,26 @@ export function upstreamHeaders(
 function responseHeaders(
   headers: IncomingHttpHeaders,
   identityHeader: string | undefined,
+  cookies: CookiePolicy,
 ): Record<string, string | string[]> {
   const dropped = connectionTokens(headers.connection);
   if (identityHeader !== undefined) dropped.add(identityHeader);
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || HOP_BY_HOP.has(name) || dropped.has(name)) continue;
+    // The gateway's CORS policy alone answers cross-origin questions.
+    if (name.startsWith('access-control-')) continue;
+    if (name === 'set-cookie') {
+      const kept = returnedSetCookies(value, cookies);
+      if (kept !== undefined) out[name] = kept;
+      continue;
+    }
     out[name] = value;
   }
   return out;
 }
+
+const NO_COOKIES: CookiePolicy = { forward: null, setCookie: false };
 
 function classify(err: unknown): Denial {
   if (err instanceof Denial) return err;
@@ -156,19 +180,34 @@ function classify(err: unknown): Denial {
 
 export function compileProxy(upstream: Upstream, options: ProxyOptions): Stage {
   const baseLength = options.basePath.length;
+  const policies =
+    options.contract === undefined ? undefined : cookiePolicies(options.contract, options.basePath);
+  const byOperation = new WeakMap<CompiledOperation, CookiePolicy>();
+  const policyOf = (op: CompiledOperation): CookiePolicy => {
+    let policy = byOperation.get(op);
+    if (policy === undefined) {
+      policy = policies?.get(`${op.method} ${op.template}`) ?? NO_COOKIES;
+      byOperation.set(op, policy);
+    }
+    return policy;
+  };
   return async (req): Promise<StageResponse> => {
+    const cookies = policyOf(req.operation);
     const rest = req.target.path.slice(baseLength);
     const path =
       upstream.prefix + (rest === '' ? '/' : rest) + (req.target.query === '' ? '' : `?${req.target.query}`);
     const body = req.body;
-    const outgoing = upstreamHeaders(req.headers, req.clientIp, req.correlationId, options, body?.length);
+    const outgoing = upstreamHeaders(
+      req.headers,
+      req.clientIp,
+      req.correlationId,
+      options,
+      body?.length,
+      cookies.forward,
+    );
     const identity = options.identity;
     if (identity !== undefined && req.principal !== undefined) {
-      outgoing[identity.header] = await identity.sign({
-        audience: identity.audience,
-        principal: req.principal,
-        correlationId: req.correlationId,
-      });
+      outgoing[identity.header] = identity.sign({ audience: identity.audience, principal: req.principal });
     }
     let res;
     try {
@@ -190,7 +229,7 @@ export function compileProxy(upstream: Upstream, options: ProxyOptions): Stage {
       throw new Denial('bad-gateway', `upstream-status-${res.statusCode}`);
     }
     const stream = res.body;
-    const headers = responseHeaders(res.headers, options.identity?.header);
+    const headers = responseHeaders(res.headers, options.identity?.header, cookies);
     const declared = Number(res.headers['content-length']);
     if (Number.isInteger(declared) && declared <= BUFFER_LIMIT) {
       // Small bodies are read whole: headers and body then leave in one TLS write, and later
