@@ -15,7 +15,7 @@ import { Denial } from '../../problems.ts';
 import type { Stage, StageResponse } from '../../chain.ts';
 import { HOP_BY_HOP, connectionTokens } from './hop-by-hop.ts';
 import type { IdentitySigner } from '../../../tokens/identity.ts';
-import type { CompiledOperation } from '../../compile.ts';
+import type { OperationInfo } from '../../context.ts';
 import type { OpenApiDocument } from '../../openapi.ts';
 import { cookiePolicies, forwardedCookies, returnedSetCookies } from './cookies.ts';
 import type { CookiePolicy } from './cookies.ts';
@@ -182,8 +182,8 @@ export function compileProxy(upstream: Upstream, options: ProxyOptions): Stage {
   const baseLength = options.basePath.length;
   const policies =
     options.contract === undefined ? undefined : cookiePolicies(options.contract, options.basePath);
-  const byOperation = new WeakMap<CompiledOperation, CookiePolicy>();
-  const policyOf = (op: CompiledOperation): CookiePolicy => {
+  const byOperation = new WeakMap<OperationInfo, CookiePolicy>();
+  const policyOf = (op: OperationInfo): CookiePolicy => {
     let policy = byOperation.get(op);
     if (policy === undefined) {
       policy = policies?.get(`${op.method} ${op.template}`) ?? NO_COOKIES;

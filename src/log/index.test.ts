@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { createLogger } from './logging.ts';
+import { createLogger } from './index.ts';
 
 function capture(level = 'info') {
   let text = '';
