@@ -77,7 +77,7 @@ describe('parseConfig: secure defaults', () => {
       loadShedding: {
         maxEventLoopDelayMs: 1000,
         maxHeapUsedPercent: 90,
-        maxRssBytes: 0,
+        maxRssBytes: 1536 * 1024 * 1024,
         retryAfterSeconds: 10,
       },
       apiKeys: { environment: 'live' },

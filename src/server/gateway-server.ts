@@ -37,6 +37,7 @@ import { describeError } from './logging.ts';
 import { hardenTlsServer, secureContextOptions } from './tls.ts';
 import { createPressureMonitor } from '../gateway/resilience/load-shedding.ts';
 import { createWebSocketProxy } from '../gateway/websocket.ts';
+import { allowedHosts, checkRequest } from './strict-http.ts';
 import type { WebSocketProxy } from '../gateway/websocket.ts';
 
 /** Holds the runtime in force; a reload swaps `current` in one assignment. */
@@ -64,6 +65,8 @@ export interface GatewayServerOptions {
   readonly authorizationServer?: AuthorizationServer;
   /** `authorization-server`: serve only the authorization server's paths. Default `all`. */
   readonly role?: 'all' | 'gateway' | 'authorization-server';
+  /** Issue 12: TLS handshake deadline from accept (`gateway.connections.handshakeTimeoutMs`). */
+  readonly handshakeTimeoutMs?: number;
 }
 
 /** What the gateway knows about a request; set in onRequest, read by later hooks. */
@@ -195,6 +198,8 @@ function rawProblem(socket: Socket, status: 400 | 408 | 431, correlationHeader: 
     .map(([k, v]) => `${k}: ${String(v)}`)
     .join('\r\n');
   socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n${head}\r\n\r\n${body}`);
+  // Issue 12: a client that never reads the answer must not keep the socket open.
+  setTimeout(() => socket.destroy(), 5_000).unref();
 }
 
 /** The path of a request target, without the query (as the authorization server routes it). */
@@ -206,6 +211,17 @@ function pathOf(url: string | undefined): string {
 
 export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
   const { holder, logger } = options;
+  // Issue 12: the hosts each runtime answers for, computed once per configuration.
+  const hostSets = new WeakMap<Runtime, ReadonlySet<string>>();
+  const hostsOf = (runtime: Runtime): ReadonlySet<string> => {
+    let hosts = hostSets.get(runtime);
+    if (hosts === undefined) {
+      const gw = runtime.loaded.config.gateway;
+      hosts = allowedHosts(gw.publicUrl, gw.hostAliases);
+      hostSets.set(runtime, hosts);
+    }
+    return hosts;
+  };
 
   /**
    * Hands a request to the authorization server (hijacked from Fastify): the security headers
@@ -313,6 +329,7 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
     https: {
       ...tls,
       allowHTTP1: true,
+      handshakeTimeout: options.handshakeTimeoutMs ?? 10_000, // issue 12
       ...(options.clientCertificateCas === undefined
         ? {}
         : { requestCert: true, rejectUnauthorized: false, ca: [...options.clientCertificateCas] }),
@@ -406,6 +423,9 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayApp {
     };
     request.portcullis = state;
     shed();
+    // Issue 12: strict framing and Host (src/server/strict-http.ts).
+    const framing = checkRequest(raw, hostsOf(runtime));
+    if (framing !== undefined) throw framing;
 
     if (headerBytes(raw.rawHeaders) > runtime.limits.headerBytes) {
       throw new Denial('headers-too-large', 'header-block-too-large');
