@@ -74,6 +74,14 @@ describe('parseConfig: secure defaults', () => {
       trustedProxies: [],
       correlationHeader: 'x-request-id',
       shutdownGraceMs: 10_000,
+      connections: {
+        max: 4096,
+        perIp: 256,
+        handshakeTimeoutMs: 10_000,
+        http2MaxConcurrentStreams: 100,
+        http2MaxResets: 100,
+      },
+      hostAliases: [],
       loadShedding: {
         maxEventLoopDelayMs: 1000,
         maxHeapUsedPercent: 90,

@@ -73,15 +73,23 @@ export function guardHttp2(
     return false;
   };
 
+  /** GOAWAY ENHANCE_YOUR_CALM (new streams refused from here on), then the connection ends. */
   const closeSession = (session: Http2Session) => {
     try {
-      session.destroy(undefined, constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      setTimeout(() => {
+        session.destroy();
+      }, 100).unref();
     } catch {
-      // already gone
+      session.destroy();
     }
   };
 
-  const onStream = (ip: string, session: Http2Session, counts: { premature: number; completed: number }) => {
+  const onStream = (
+    ip: string,
+    session: Http2Session,
+    counts: { premature: number; completed: number; closing: boolean },
+  ) => {
     return (stream: ServerHttp2Stream) => {
       const opened = Date.now();
       let aborted = false;
@@ -137,7 +145,8 @@ export function guardHttp2(
         const overSource = bySource >= sourceBudget;
         if (overSource && !penalized(ip)) penalties.set(ip, Date.now() + penaltyMs);
         if ((counts.premature >= options.maxResets && counts.premature > counts.completed) || overSource) {
-          if (!session.destroyed) {
+          if (!counts.closing && !session.destroyed) {
+            counts.closing = true;
             hooks.resetFlood?.(ip, overSource);
             closeSession(session);
           }
@@ -152,7 +161,7 @@ export function guardHttp2(
       closeSession(session);
       return;
     }
-    session.on('stream', onStream(ip, session, { premature: 0, completed: 0 }));
+    session.on('stream', onStream(ip, session, { premature: 0, completed: 0, closing: false }));
   });
 
   const window = setInterval(() => {
