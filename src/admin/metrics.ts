@@ -287,6 +287,7 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     'fd-pressure',
     'accept-failed',
     'handshake-failed',
+    'handshake-evicted',
     'source-penalized',
     'http2-reset-flood',
   ]);

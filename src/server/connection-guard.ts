@@ -23,6 +23,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import type { Server, Socket } from 'node:net';
+import { Server as TlsServer } from 'node:tls';
 import { canonicalIp } from '../gateway/forwarded.ts';
 
 /** Why a connection was refused or dropped by the guard. */
@@ -32,6 +33,7 @@ export const CONNECTION_REFUSALS = [
   'fd-pressure',
   'accept-failed',
   'handshake-failed',
+  'handshake-evicted',
   'source-penalized',
 ] as const;
 export type ConnectionRefusal = (typeof CONNECTION_REFUSALS)[number];
@@ -85,6 +87,8 @@ export interface ConnectionGuard {
 }
 
 const MAX_TRACKED_SOURCES = 1024;
+/** Unfinished handshakes looked at, oldest first, for one to evict at the cap. */
+const EVICTION_SCAN = 64;
 
 /**
  * The key a source is counted under: an IPv4 address, or the /64 of an IPv6 address (one
@@ -186,11 +190,14 @@ export function guardConnections(
   const limit = openFileLimit();
   const bound = descriptorBound(limit);
   const effectiveMax = Math.min(options.maxConnections, bound.maxConnections);
-  const perIp = Math.min(options.perIp, effectiveMax);
+  // One source never holds more than a quarter of the total cap (which the descriptor limit may
+  // have lowered), so a few sources cannot take every slot.
+  const perIp = Math.max(1, Math.min(options.perIp, Math.floor(effectiveMax / 4)));
   const windowMs = options.windowMs ?? 10_000;
   startFdSampler(limit, bound.headroom);
 
-  const sockets = new Set<Socket>();
+  /** Open connections (insertion order) with their source. */
+  const sockets = new Map<Socket, string>();
   const perSource = new Map<string, number>();
   let reasons: Partial<Record<ConnectionRefusal, number>> = {};
   let refusedTotal = 0;
@@ -210,36 +217,84 @@ export function guardConnections(
     }
   };
 
+  const release = (socket: Socket) => {
+    const ip = sockets.get(socket);
+    pending.delete(socket);
+    if (ip === undefined || !sockets.delete(socket)) return;
+    const n = (perSource.get(ip) ?? 1) - 1;
+    if (n <= 0) perSource.delete(ip);
+    else perSource.set(ip, n);
+  };
+
+  /**
+   * TLS connections whose handshake has not completed, oldest first. At the cap (or under fd
+   * pressure) a connection from a source holding less than its fair share (the cap divided among
+   * the sources connected) takes the place of the oldest unfinished handshake of a source holding
+   * more: a flood of silent connections from a few sources cannot keep out everyone else, and a
+   * connection that completed its handshake is never evicted.
+   */
+  const pending = new Set<Socket>();
+  const evicted = new WeakSet<Socket>();
+  const isTls = server instanceof TlsServer;
+  const evictForFairShare = (ip: string): boolean => {
+    const sources = perSource.size + (perSource.has(ip) ? 0 : 1);
+    const fair = Math.max(1, Math.floor(effectiveMax / sources));
+    if ((perSource.get(ip) ?? 0) >= fair) return false;
+    let looked = 0;
+    for (const socket of pending) {
+      if (++looked > EVICTION_SCAN) break;
+      const owner = sockets.get(socket);
+      if (owner === undefined || (perSource.get(owner) ?? 0) <= fair) continue;
+      release(socket);
+      evicted.add(socket);
+      refuse('handshake-evicted', owner);
+      socket.destroy();
+      return true;
+    }
+    return false;
+  };
+  if (isTls) {
+    server.on('secureConnection', (tlsSocket: Socket & { _parent?: Socket }) => {
+      // Node keeps the accepted socket as `_parent` of the TLS socket.
+      if (tlsSocket._parent !== undefined) pending.delete(tlsSocket._parent);
+    });
+  }
+
+  const admission = (ip: string): ConnectionRefusal | undefined => {
+    if ((perSource.get(ip) ?? 0) >= perIp) return 'source-limit';
+    if (hooks.penalized?.(ip) === true) return 'source-penalized';
+    const full = sockets.size >= effectiveMax;
+    if ((full || fdState.pressure) && !evictForFairShare(ip))
+      return full ? 'connection-limit' : 'fd-pressure';
+    return undefined;
+  };
+
   const original = server.listeners('connection') as ((socket: Socket) => void)[];
   server.removeAllListeners('connection');
   server.on('connection', (socket: Socket) => {
     const ip = sourceKey(socket.remoteAddress);
-    let reason: ConnectionRefusal | undefined;
-    if (sockets.size >= effectiveMax) reason = 'connection-limit';
-    else if (fdState.pressure) reason = 'fd-pressure';
-    else if ((perSource.get(ip) ?? 0) >= perIp) reason = 'source-limit';
-    else if (hooks.penalized?.(ip) === true) reason = 'source-penalized';
+    const reason = admission(ip);
     if (reason !== undefined) {
       refuse(reason, ip);
       socket.on('error', () => undefined);
       socket.destroy();
       return;
     }
-    sockets.add(socket);
+    sockets.set(socket, ip);
+    if (isTls) pending.add(socket);
     perSource.set(ip, (perSource.get(ip) ?? 0) + 1);
     socket.once('close', () => {
-      sockets.delete(socket);
-      const n = (perSource.get(ip) ?? 1) - 1;
-      if (n <= 0) perSource.delete(ip);
-      else perSource.set(ip, n);
+      release(socket);
     });
     for (const listener of original) listener.call(server, socket);
   });
 
   // A failed or timed-out handshake: destroy, before any `clientError` handler could try to
   // answer in plaintext on a socket that never became TLS (it would stay in CLOSE-WAIT).
-  server.prependListener('tlsClientError', (_err: unknown, socket: Socket) => {
-    refuse('handshake-failed', sourceKey(socket.remoteAddress));
+  server.prependListener('tlsClientError', (_err: unknown, socket: Socket & { _parent?: Socket }) => {
+    if (socket._parent === undefined || !evicted.has(socket._parent)) {
+      refuse('handshake-failed', sourceKey(socket.remoteAddress));
+    }
     socket.destroy();
   });
 
@@ -292,7 +347,7 @@ export function guardConnections(
     open: () => sockets.size,
     effectiveMax,
     destroyAll() {
-      for (const socket of sockets) socket.destroy();
+      for (const socket of sockets.keys()) socket.destroy();
     },
     stop() {
       if (stopped) return;
