@@ -182,6 +182,13 @@ export interface Metrics {
   denied(stage: string, code: string): void;
   /** A WebSocket upgrade accepted (101) or refused. */
   websocketUpgrade(outcome: 'accepted' | 'refused'): void;
+  /**
+   * A connection a listener refused or closed (src/server/connection-guard.ts, http2-guard.ts);
+   * `listener` and `reason` come from fixed sets (anything else counts as `other`).
+   */
+  connectionRefused(listener: string, reason: string): void;
+  /** Reports a listener's open connections at scrape time. */
+  connectionsOpen(listener: string, count: () => number): void;
   /** The Prometheus text exposition. */
   text(): Promise<string>;
   readonly contentType: string;
@@ -277,6 +284,34 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
   upgrades.inc({ outcome: 'accepted' }, 0);
   upgrades.inc({ outcome: 'refused' }, 0);
   const stages: ReadonlySet<string> = new Set(STAGE_NAMES);
+  // Issue 12: connection guard counters (reasons: CONNECTION_REFUSALS and `http2-reset-flood`).
+  const connectionRefusals = new Counter({
+    name: 'portcullis_connections_refused_total',
+    help: 'Connections refused at accept or closed by a listener guard, by listener and reason',
+    labelNames: ['listener', 'reason'],
+    registers,
+  });
+  const openCounters = new Map<string, () => number>();
+  new Gauge({
+    name: 'portcullis_connections_open',
+    help: 'Connections open now, by listener',
+    labelNames: ['listener'],
+    registers,
+    collect() {
+      for (const [listener, count] of openCounters) this.set({ listener }, count());
+    },
+  });
+  const listenerNames: ReadonlySet<string> = new Set(['gateway', 'admin', 'redirect']);
+  const refusalReasons: ReadonlySet<string> = new Set([
+    'connection-limit',
+    'source-limit',
+    'fd-pressure',
+    'accept-failed',
+    'handshake-failed',
+    'handshake-evicted',
+    'source-penalized',
+    'http2-reset-flood',
+  ]);
   // Zero-valued series, so dashboards and alerts see the families before the first event.
   for (const d of RATE_LIMIT_DIMENSIONS) rateLimited.inc({ dimension: d }, 0);
   for (const g of GRANT_TYPES) tokens.inc({ grant: g }, 0);
@@ -334,6 +369,15 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     },
     websocketUpgrade(outcome) {
       upgrades.inc({ outcome });
+    },
+    connectionRefused(listener, reason) {
+      connectionRefusals.inc({
+        listener: listenerNames.has(listener) ? listener : OTHER,
+        reason: refusalReasons.has(reason) ? reason : OTHER,
+      });
+    },
+    connectionsOpen(listener, count) {
+      openCounters.set(listenerNames.has(listener) ? listener : OTHER, count);
     },
     text: () => registry.metrics(),
   };

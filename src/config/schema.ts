@@ -108,6 +108,53 @@ const Gateway = Section(
       ),
     ),
     shutdownGraceMs: Milliseconds(10_000, 0, 120_000, 'how long in-flight requests may drain on shutdown'),
+    // Issue 12 (abuse resistance): connection caps, handshake timeout, HTTP/2 limits, Host check.
+    connections: Section(
+      {
+        max: Type.Integer({
+          minimum: 1,
+          maximum: 1_000_000,
+          default: 4096,
+          description:
+            'connections open at once on the gateway listener; the excess is closed at accept (also bounded by the open-files limit: see docs/deployment.md)',
+        }),
+        perIp: Type.Integer({
+          minimum: 1,
+          maximum: 1_000_000,
+          default: 256,
+          description: 'connections open at once from one source address (IPv6: one /64)',
+        }),
+        handshakeTimeoutMs: Milliseconds(
+          10_000,
+          1_000,
+          60_000,
+          'time from accept to a completed TLS handshake (a client that never sends a ClientHello included)',
+        ),
+        http2MaxConcurrentStreams: Type.Integer({
+          minimum: 1,
+          maximum: 1000,
+          default: 100,
+          description: 'SETTINGS_MAX_CONCURRENT_STREAMS advertised to HTTP/2 clients',
+        }),
+        http2MaxResets: Type.Integer({
+          minimum: 10,
+          maximum: 100_000,
+          default: 100,
+          description:
+            'streams an HTTP/2 client may reset within 1 s of opening them (and more than it completed) before its connection is closed; 4× this from one source within 10 s refuses the source for 10 s',
+        }),
+      },
+      'limits on client connections against floods (see docs/deployment.md, "Connection limits and hostile traffic")',
+    ),
+    hostAliases: Type.Array(
+      Type.String({ minLength: 1, maxLength: 253, pattern: '^[A-Za-z0-9.:_\\[\\]-]+$' }),
+      {
+        default: [],
+        maxItems: 64,
+        description:
+          'host names besides the host of publicUrl that requests may name in Host / :authority (others: 421)',
+      },
+    ),
     loadShedding: Section(
       {
         maxEventLoopDelayMs: Milliseconds(
@@ -125,8 +172,9 @@ const Gateway = Section(
         maxRssBytes: Type.Integer({
           minimum: 0,
           maximum: 1024 * 1024 * MiB,
-          default: 0,
-          description: 'resident memory above which requests are shed; 0: no bound',
+          default: 1536 * MiB,
+          description:
+            'resident memory above which requests are shed (default 1.5 GiB; with the connection caps a gateway stays far below); 0: no bound',
         }),
         retryAfterSeconds: Type.Integer({
           minimum: 1,

@@ -14,6 +14,7 @@ import type { GatewayRequest, OperationInfo, ResponseStage, Stage, Step } from '
 import { loadOpenApi, OpenApiError } from './openapi.ts';
 import type { OpenApiDocument } from './openapi.ts';
 import { buildRouteTable } from './routes.ts';
+import { allowedHosts } from './strict-http.ts';
 import type { RouteTable } from './routes.ts';
 import { compileTrustedProxies } from './forwarded.ts';
 import type { TrustedProxies } from './forwarded.ts';
@@ -82,6 +83,8 @@ export interface Runtime {
   /** Rate limits, including the authorization server's (gateway-server.ts calls them). */
   readonly rateLimits: CompiledRateLimits;
   readonly correlationHeader: string;
+  /** The host names this gateway answers for (publicUrl's host and `gateway.hostAliases`). */
+  readonly hosts: ReadonlySet<string>;
   /** Closes upstream pools, after in-flight requests finished with them. */
   close(): Promise<void>;
 }
@@ -430,6 +433,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
       limits: config.gateway.limits,
       rateLimits,
       correlationHeader: config.gateway.correlationHeader,
+      hosts: allowedHosts(config.gateway.publicUrl, config.gateway.hostAliases),
       close: async () => {
         await Promise.all([...apis.map((a) => a.upstream.close()), externalIssuers.close()]);
         if (options.backends === undefined) await backends.close();

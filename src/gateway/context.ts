@@ -19,6 +19,7 @@ import type { NormalizedTarget } from './path.ts';
  * and the `portcullis_denials_total{stage}` metric name. A fixed set (bounded label values).
  */
 export const STAGE_NAMES = [
+  'framing',
   'limits',
   'load-shedding',
   'route',

@@ -7,6 +7,7 @@
  *   serve (HTTP/1.1 and HTTP/2)             serveUpgrade (WebSocket)        serveAuthorizationServer
  *   ─────────────────────────────           ────────────────────────        ────────────────────────
  *   door: shutting down? shed load?         same                            same
+ *   door: HTTP version, one Host of ours    same                            same
  *   door: header block within limit        same                            same
  *   authorization-server path? ──────────────────────────────────────────► its rate limit, then
  *                                                                          oidc-provider answers
@@ -46,6 +47,7 @@ import type {
 } from './context.ts';
 import { acceptCorrelationId, canonicalIp, deriveClientIp } from './forwarded.ts';
 import { normalizeTarget } from './path.ts';
+import { checkRequest } from './strict-http.ts';
 import type { NormalizedTarget } from './path.ts';
 import { Denial, isDenial, problemBody } from './problems.ts';
 import { REVEALING_HEADERS, SECURITY_HEADERS, securityHeaderObject } from './stages/headers/index.ts';
@@ -269,6 +271,10 @@ export function createPipeline(options: PipelineOptions): Pipeline {
     ex.stage = 'load-shedding';
     if (options.closed()) throw new Denial('unavailable', 'shutting-down');
     options.shed();
+    // Strict framing and Host: one version, one Host of ours (strict-http.ts).
+    ex.stage = 'framing';
+    const framing = checkRequest(ex.raw, ex.runtime.hosts);
+    if (framing !== undefined) throw framing;
     ex.stage = 'limits';
     if (headerBytes(ex.raw.rawHeaders) > ex.runtime.limits.headerBytes) {
       throw new Denial('headers-too-large', 'header-block-too-large');

@@ -20,6 +20,7 @@ export const PROBLEMS = {
   'payload-too-large': { status: 413, title: 'Content Too Large' },
   'uri-too-long': { status: 414, title: 'URI Too Long' },
   'unsupported-media-type': { status: 415, title: 'Unsupported Media Type' },
+  'misdirected-request': { status: 421, title: 'Misdirected Request' },
   unprocessable: { status: 422, title: 'Unprocessable Content' },
   'too-many-requests': { status: 429, title: 'Too Many Requests' },
   'headers-too-large': { status: 431, title: 'Request Header Fields Too Large' },

@@ -21,6 +21,7 @@ import type { RuntimeHolder } from './gateway-server.ts';
 import type { Logger } from '../log/index.ts';
 import { describeError } from '../log/index.ts';
 import { hardenTlsServer, secureContextOptions } from './tls.ts';
+import { ADMIN_HANDSHAKE_TIMEOUT_MS } from './protect-listeners.ts';
 
 export interface AdminServerOptions {
   readonly holder: RuntimeHolder;
@@ -41,7 +42,10 @@ export type AdminApp = FastifyInstance<Server>;
 
 export function createAdminServer(options: AdminServerOptions): AdminApp {
   const app: AdminApp = fastify({
-    https: secureContextOptions(options.tls, { alpn: 'http/1.1' }),
+    https: {
+      ...secureContextOptions(options.tls, { alpn: 'http/1.1' }),
+      handshakeTimeout: ADMIN_HANDSHAKE_TIMEOUT_MS, // issue 12
+    },
     logger: false,
     requestTimeout: 30_000,
     connectionTimeout: 60_000,

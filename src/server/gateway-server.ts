@@ -42,6 +42,8 @@ export interface GatewayServerOptions {
   readonly authorizationServer?: AuthorizationServerDoor | undefined;
   /** `authorization-server`: serve only the authorization server's paths. Default `all`. */
   readonly role?: 'all' | 'gateway' | 'authorization-server';
+  /** TLS handshake deadline from accept (`gateway.connections.handshakeTimeoutMs`). */
+  readonly handshakeTimeoutMs?: number;
 }
 
 export interface GatewayServer {
@@ -64,6 +66,7 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayServe
   const server = createSecureServer({
     ...tls,
     allowHTTP1: true,
+    handshakeTimeout: options.handshakeTimeoutMs ?? 10_000,
     ...(options.clientCertificateCas === undefined
       ? {}
       : { requestCert: true, rejectUnauthorized: false, ca: [...options.clientCertificateCas] }),
@@ -71,8 +74,8 @@ export function createGatewayServer(options: GatewayServerOptions): GatewayServe
     maxSessionMemory: 10,
   });
   hardenTlsServer(server);
-  // Connection guards (caps, handshake and idle timeouts, HTTP/2 stream limits) attach here,
-  // to the created server, before any handler.
+  // Connection caps, fd pressure and HTTP/2 stream limits attach to this server before it listens
+  // (lifecycle.ts calls protectGateway, src/server/protect-listeners.ts).
 
   // Timeouts: idle HTTP/2 sessions, idle sockets, and slow HTTP/1.1 clients.
   const sessionIdleMs = options.timeouts.keepAliveMs * 12;

@@ -47,6 +47,7 @@ import type { GatewayServer, RuntimeHolder } from './gateway-server.ts';
 import { createLogger, describeError } from '../log/index.ts';
 import type { Logger } from '../log/index.ts';
 import { createRedirectServer } from './redirect-server.ts';
+import { protectAdmin, protectGateway, protectRedirect } from './protect-listeners.ts';
 import type * as DemoModule from '../../examples/demo-upstream/server.ts';
 import { loadTlsMaterial } from './tls.ts';
 import type { TlsMaterial } from './tls.ts';
@@ -104,6 +105,7 @@ function listenerSettings(loaded: LoadedConfig): unknown {
     http2: gateway.http2,
     tls: gateway.tls,
     timeouts: gateway.timeouts,
+    connections: gateway.connections,
     redirectHttp: gateway.redirectHttp,
     mtls: gateway.mtls?.caFiles,
     apiKeys: gateway.apiKeys,
@@ -405,6 +407,17 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
           }),
       authorizationServer,
       role,
+      handshakeTimeoutMs: config.gateway.connections.handshakeTimeoutMs,
+    });
+    // Issue 12: connection caps, fd pressure, HTTP/2 limits (src/server/protect-listeners.ts).
+    const gatewayGuard = protectGateway(gateway.server, config.gateway, {
+      metrics,
+      logger,
+      observer,
+      correlationHeader: () => holder.current.correlationHeader,
+    });
+    cleanups.push(async () => {
+      gatewayGuard.stop();
     });
     await listen(gateway.server, config.gateway.port, config.gateway.host);
     cleanups.push(() => gateway.close());
@@ -424,6 +437,10 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         storeOutage: config.redis === undefined ? 'failed' : 'degraded',
       });
       await admin.ready();
+      const adminGuard = protectAdmin(admin.server, { metrics, logger, observer }); // issue 12
+      cleanups.push(async () => {
+        adminGuard.stop();
+      });
       await listen(admin.server, config.admin.port, config.admin.host);
       cleanups.push(() => admin.close());
       adminUrl = urlOf('https', admin.server.address(), config.admin.host);
@@ -431,6 +448,10 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     let redirectUrl: string | undefined;
     if (config.gateway.redirectHttp) {
       const redirect = createRedirectServer(config.gateway.publicUrl, config.gateway.limits.urlBytes);
+      const redirectGuard = protectRedirect(redirect, { metrics, logger, observer }); // issue 12
+      cleanups.push(async () => {
+        redirectGuard.stop();
+      });
       await listen(redirect, config.gateway.redirectHttp.port, config.gateway.redirectHttp.host);
       cleanups.push(
         () =>
@@ -447,7 +468,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     const startedListeners = listenerSettings(loaded);
     let chain: Promise<unknown> = Promise.resolve();
     const retire = (old: Runtime) => {
-      setTimeout(() => void old.close(), config.gateway.timeouts.requestMs).unref();
+      setTimeout(() => void old.close().catch(() => undefined), config.gateway.timeouts.requestMs).unref();
     };
     const reloadOnce = async (trigger: string): Promise<ReloadResult> => {
       const current = holder.current;
@@ -564,7 +585,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         const w = watch(dir, { persistent: false }, (_event, name) => {
           if (name === null || !names.has(name)) return;
           clearTimeout(timer);
-          timer = setTimeout(() => void reload('file-change'), 250);
+          timer = setTimeout(() => void reload('file-change').catch(() => undefined), 250);
         });
         w.on('error', (err) =>
           logger.warn({ event: 'watch-error', error: describeError(err) }, 'file watch failed'),
@@ -587,6 +608,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
           gateway.server.close();
           const s = gateway.server as unknown as { closeAllConnections?: () => void };
           s.closeAllConnections?.();
+          gatewayGuard.destroyAll(); // issue 12: sockets HTTP never saw (mid-handshake) too
         }, grace);
         force.unref();
         await cleanup();

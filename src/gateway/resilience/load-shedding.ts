@@ -52,14 +52,22 @@ export function overThreshold(sample: PressureSample, settings: LoadSheddingSett
 }
 
 function processSampler(histogram: IntervalHistogram): () => PressureSample {
+  let rssBytes = 0;
   return () => {
     const delayMs = histogram.count > 0 ? histogram.percentile(99) / 1e6 : 0;
     histogram.reset();
     const heap = getHeapStatistics();
+    try {
+      // Reads /proc/self/statm: throws EMFILE when the process is out of descriptors (issue 12:
+      // that uncaught throw used to end the process). Keep the last reading then.
+      rssBytes = process.memoryUsage.rss();
+    } catch {
+      // the previous value stands
+    }
     return {
       eventLoopDelayMs: delayMs,
       heapUsedPercent: (heap.used_heap_size / heap.heap_size_limit) * 100,
-      rssBytes: process.memoryUsage.rss(),
+      rssBytes,
     };
   };
 }
@@ -75,7 +83,11 @@ export function createPressureMonitor(options: PressureMonitorOptions = {}): Pre
   const take = sampler;
   let last = take();
   const timer = setInterval(() => {
-    last = take();
+    try {
+      last = take();
+    } catch {
+      // a sampler failure keeps the last sample; a timer never throws out of the process
+    }
   }, options.intervalMs ?? 500);
   timer.unref();
   return {
