@@ -13,7 +13,7 @@ import type { Store } from '../store/index.ts';
 import type { CheckpointSigner } from './chain.ts';
 import { AuditLog } from './log.ts';
 import { fileCheckpointSigner } from './signer.ts';
-import { fileSink } from './sinks/file.ts';
+import { checkpointFile, fileSink, logFiles } from './sinks/file.ts';
 import { stdoutSink } from './sinks/stdout.ts';
 import { storeSink } from './sinks/store.ts';
 import { workerStoreSink } from './sinks/worker-store.ts';
@@ -24,7 +24,14 @@ import type { ChainSink, ForwardSink } from './sinks/types.ts';
 export * from './chain.ts';
 export * from './event.ts';
 export { AuditLog, SpoolOverflowError } from './log.ts';
-export type { AuditLogOptions, AuditListener, AuditMetrics, Durability } from './log.ts';
+export type {
+  AuditLogOptions,
+  AuditListener,
+  AuditMetrics,
+  Durability,
+  PruneOptions,
+  PruneResult,
+} from './log.ts';
 export { looksLikeCredential, REDACTED } from './redact.ts';
 export type { ChainSink, ForwardSink } from './sinks/types.ts';
 
@@ -115,8 +122,39 @@ export async function openAuditLog(options: OpenAuditLogOptions): Promise<AuditL
       }),
     );
   }
+  const archiveDir = isAbsolute(config.retention.archiveDir)
+    ? config.retention.archiveDir
+    : resolve(dataDir, config.retention.archiveDir);
+  const filePath = config.file.enabled ? auditFilePath(config, dataDir, options.instance) : undefined;
   return AuditLog.open({
     chain,
+    ...(config.aggregation.enabled
+      ? {
+          aggregation: {
+            windowMs: config.aggregation.windowSeconds * 1000,
+            maxSources: config.aggregation.maxSources,
+          },
+        }
+      : {}),
+    retention: {
+      days: config.retention.days,
+      archiveDir,
+      // One process of a --workers group runs the scheduled prune (close() stops it, so one-shot
+      // commands never reach it); separate gateways sharing a store prune the same range in turn.
+      ...(config.retention.schedule && (options.instance ?? 'worker-1') === 'worker-1'
+        ? { intervalMs: config.retention.intervalSeconds * 1000 }
+        : {}),
+    },
+    disk: {
+      paths: [
+        ...(filePath === undefined
+          ? []
+          : [{ sink: 'file', list: async () => [...(await logFiles(filePath)), checkpointFile(filePath)] }]),
+        { sink: 'archive', list: () => Promise.resolve([archiveDir]) },
+      ],
+      alertBytes: config.disk.alertBytes,
+      checkMs: config.disk.checkSeconds * 1000,
+    },
     forward,
     signer: options.signer ?? fileCheckpointSigner(dataDir),
     spoolDir:
@@ -129,6 +167,7 @@ export async function openAuditLog(options: OpenAuditLogOptions): Promise<AuditL
     checkpointEvery: config.checkpointEvery,
     checkpointSeconds: config.checkpointSeconds,
     spoolMaxBytes: config.spoolMaxBytes,
+    queueMaxEvents: config.queueMaxEvents,
     ...(options.registry === undefined ? {} : { registry: options.registry }),
     ...(options.onError === undefined ? {} : { onError: options.onError }),
   });

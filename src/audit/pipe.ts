@@ -36,6 +36,13 @@ export interface PipeOptions<T> {
   decode(line: string): T;
   onOverflow(dropped: number): void;
   onError(error: unknown): void;
+  /**
+   * At most this many items wait in memory while a delivery runs (default: unbounded); beyond
+   * it the oldest waiting batch goes to the spool (fsynced, delivered in order) and `onSpill`
+   * is told how many items it held.
+   */
+  readonly maxQueue?: number;
+  onSpill?(items: number): void;
 }
 
 interface Waiting<T> {
@@ -86,6 +93,15 @@ export class Pipe<T> {
     if (this.#closed) return Promise.reject(new Error(`audit sink ${this.#o.name} is closed`));
     return new Promise<void>((resolve, reject) => {
       this.#queue.push({ item, force, resolve, reject });
+      const max = this.#o.maxQueue;
+      if (max !== undefined && this.#running !== undefined && this.#queue.length > max) {
+        // The sink is slower than the producers: memory stays bounded, the spool takes the
+        // oldest waiting batch (order kept: while the spool holds anything, batches follow it).
+        const batch = this.#queue.splice(0, this.#o.maxBatch);
+        this.#o.onSpill?.(batch.length);
+        this.#spool(batch);
+        this.#scheduleRetry(this.#backoff);
+      }
       if (urgent || this.#queue.length >= this.#o.maxBatch) this.#kick();
       else this.#timer ??= setTimeout(() => this.#kick(), this.#o.maxDelayMs);
     });
