@@ -12,6 +12,11 @@
  *   50 ms after the first one waited. A crash loses at most the events emitted in that window
  *   plus the batch being committed (docs/audit.md gives the measured figure). With
  *   `durability: 'strict'`, `emit` is `emitDurable`.
+ * - A refusal from a source that is being rate-limited is counted into one summary event per
+ *   source, reason and window instead (`aggregate.ts`, when `aggregation` is set).
+ *
+ * The store chain sink normally runs on a worker thread (`sinks/worker-store.ts`); retention
+ * (`prune`) and disk usage (`diskUsage`, `checkDiskUsage`) use it too.
  */
 import { Counter, Gauge, Registry } from 'prom-client';
 import { mkdir, readdir, stat } from 'node:fs/promises';
