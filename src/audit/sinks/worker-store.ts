@@ -59,7 +59,11 @@ export interface PrunableStore {
 
 export interface WorkerStoreSink extends ChainSink, PrunableStore {}
 
-const WORKER_URL = new URL('../store-worker.ts', import.meta.url);
+/** The worker module beside this one: `.ts` from source, `.js` from a build (`npm run build`). */
+const WORKER_URL = new URL(
+  `../store-worker${import.meta.url.endsWith('.js') ? '.js' : '.ts'}`,
+  import.meta.url,
+);
 
 class WorkerClient {
   readonly #target: AuditDbTarget;
