@@ -55,7 +55,7 @@ export interface AuditLogOptions {
   /** Spool limit per sink in bytes (default 64 MiB). */
   readonly spoolMaxBytes?: number;
   /**
-   * Events waiting in memory per sink while a delivery runs (default 16 384); beyond it the
+   * Events waiting in memory per sink while a delivery runs (default `maxBatch`); beyond it the
    * oldest waiting batch goes to the spool (`portcullis_audit_queue_spilled_events_total`).
    */
   readonly queueMaxEvents?: number;
@@ -257,7 +257,7 @@ export class AuditLog {
               this.metrics.aggregated.inc();
             },
           });
-    const maxQueue = positive('queueMaxEvents', options.queueMaxEvents, 16_384);
+    const maxQueue = positive('queueMaxEvents', options.queueMaxEvents, maxBatch);
     const common = {
       maxDelayMs,
       spoolMaxBytes,

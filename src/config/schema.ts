@@ -545,9 +545,9 @@ const Audit = Section(
     queueMaxEvents: Type.Integer({
       minimum: 256,
       maximum: 1_000_000,
-      default: 16_384,
+      default: 256,
       description:
-        'per sink: events waiting in memory while a delivery runs; beyond it the oldest batch goes to the spool (portcullis_audit_queue_spilled_events_total)',
+        'per sink: events waiting in memory while a delivery runs (with batchMaxEvents, the crash loss bound); beyond it the oldest batch goes to the fsynced spool (portcullis_audit_queue_spilled_events_total)',
     }),
     store: Section(
       {
