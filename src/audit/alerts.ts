@@ -112,6 +112,15 @@ export function defaultAlertRules(ackTarget: string): AlertRule[] {
       ackTarget,
     },
     {
+      id: 'audit-disk-usage',
+      when: { category: 'audit', action: 'disk-usage-high' },
+      groupBy: null,
+      threshold: 1,
+      windowSeconds: 3600,
+      severity: 'high',
+      ackTarget,
+    },
+    {
       id: 'audit-sink-outage',
       when: { category: 'audit', outcome: 'failure' },
       groupBy: null,
@@ -419,8 +428,10 @@ export class AlertEngine {
       c.groups.set(key, g);
       const from = now - c.windowMs;
       while (g.times.length > 0 && (g.times[0] ?? 0) <= from) g.times.shift();
-      g.times.push(now);
-      if (g.times.length > c.rule.threshold) g.times.shift();
+      // A summary of aggregated refusals counts as the refusals it stands for.
+      const weight = Math.min(event['portcullis.aggregate.count'] ?? 1, c.rule.threshold);
+      for (let i = 0; i < weight; i++) g.times.push(now);
+      while (g.times.length > c.rule.threshold) g.times.shift();
       g.last.push(event);
       if (g.last.length > 5) g.last.shift();
       if (g.times.length >= c.rule.threshold && (g.firedAt === undefined || now - g.firedAt >= c.windowMs)) {

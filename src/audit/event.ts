@@ -102,6 +102,22 @@ export const AUDIT_FIELDS = {
     kind: 'id',
     description: 'How long the decision or request took, in nanoseconds (ECS).',
   },
+  'event.start': {
+    type: 'string',
+    kind: 'id',
+    description: 'Aggregated refusals: when the first one happened (ISO-8601 UTC, ECS).',
+  },
+  'event.end': {
+    type: 'string',
+    kind: 'id',
+    description: 'Aggregated refusals: when the last one happened (ISO-8601 UTC, ECS).',
+  },
+  'portcullis.aggregate.count': {
+    type: 'integer',
+    kind: 'id',
+    description:
+      'Aggregated refusals: how many refusals from one limited source, with this reason and status, the event stands for.',
+  },
   'client.ip': {
     type: 'string',
     kind: 'id',
@@ -183,6 +199,36 @@ export const AUDIT_FIELDS = {
     type: 'integer',
     kind: 'id',
     description: 'Audit events about the audit trail: how many events a spool overflow dropped.',
+  },
+  'portcullis.audit.pruned': {
+    type: 'integer',
+    kind: 'id',
+    description: 'Prune events (`audit` / `prune`): how many records were archived and removed.',
+  },
+  'portcullis.audit.boundary.seq': {
+    type: 'integer',
+    kind: 'id',
+    description: 'Prune events: the last pruned record; the remaining chain starts after it.',
+  },
+  'portcullis.audit.boundary.hash': {
+    type: 'string',
+    kind: 'id',
+    description: 'Prune events: the hash of the last pruned record (signed in a checkpoint).',
+  },
+  'portcullis.audit.archive': {
+    type: 'string',
+    kind: 'id',
+    description: 'Prune events: the archive file (under the archive directory) holding the pruned records.',
+  },
+  'portcullis.audit.disk.bytes': {
+    type: 'integer',
+    kind: 'id',
+    description: 'Disk-usage events (`audit` / `disk-usage-high`): bytes the audit data takes.',
+  },
+  'portcullis.audit.disk.limit': {
+    type: 'integer',
+    kind: 'id',
+    description: 'Disk-usage events: the configured threshold (`audit.disk.alertBytes`).',
   },
   'portcullis.alert.rule': {
     type: 'string',

@@ -36,6 +36,13 @@ export interface PipeOptions<T> {
   decode(line: string): T;
   onOverflow(dropped: number): void;
   onError(error: unknown): void;
+  /**
+   * At most this many items wait in memory while a delivery runs (default: unbounded); beyond
+   * it the oldest waiting batch goes to the spool (fsynced, delivered in order) and `onSpill`
+   * is told how many items it held.
+   */
+  readonly maxQueue?: number;
+  onSpill?(items: number): void;
 }
 
 interface Waiting<T> {
@@ -59,6 +66,8 @@ export class Pipe<T> {
   #spoolBytes = 0;
   #spooled = 0;
   #closed = false;
+  /** The last delivery attempt failed (the sink is down, not merely behind). */
+  #failing = false;
   #idle: (() => void)[] = [];
 
   constructor(options: PipeOptions<T>) {
@@ -86,6 +95,16 @@ export class Pipe<T> {
     if (this.#closed) return Promise.reject(new Error(`audit sink ${this.#o.name} is closed`));
     return new Promise<void>((resolve, reject) => {
       this.#queue.push({ item, force, resolve, reject });
+      const max = this.#o.maxQueue;
+      if (max !== undefined && this.#running !== undefined && this.#queue.length > max) {
+        // The sink is slower than the producers: memory stays bounded, the spool takes the
+        // oldest waiting batch (order kept: while the spool holds anything, batches follow it).
+        const batch = this.#queue.splice(0, this.#o.maxBatch);
+        this.#o.onSpill?.(batch.length);
+        this.#spool(batch);
+        // The sink works, it is only behind: deliver the spool as soon as it is free.
+        this.#scheduleRetry(this.#failing ? this.#backoff : 0);
+      }
       if (urgent || this.#queue.length >= this.#o.maxBatch) this.#kick();
       else this.#timer ??= setTimeout(() => this.#kick(), this.#o.maxDelayMs);
     });
@@ -108,6 +127,8 @@ export class Pipe<T> {
 
   async close(): Promise<void> {
     await this.flush();
+    // What a full queue spilled while the sink was up is delivered now, not at the next start.
+    if (this.#spooled > 0 && !this.#failing) await this.retryNow();
     this.#closed = true;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     if (this.#retry !== undefined) clearTimeout(this.#retry);
@@ -129,9 +150,11 @@ export class Pipe<T> {
       if (this.#spooled === 0) {
         try {
           await this.#o.deliver(batch.map((w) => w.item));
+          this.#failing = false;
           for (const w of batch) w.resolve();
           continue;
         } catch (error) {
+          this.#failing = true;
           this.#o.onError(error);
         }
       }
@@ -226,7 +249,9 @@ export class Pipe<T> {
         await this.#o.deliver(chunk);
         done += chunk.length;
       }
+      this.#failing = false;
     } catch (error) {
+      this.#failing = true;
       this.#o.onError(error);
     }
     // Rewrite the spool with what is left (new items may have been appended meanwhile).

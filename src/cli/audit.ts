@@ -1,13 +1,14 @@
 /**
- * `portcullis audit verify|tail|search`: check the hash chain and its signed checkpoints, and
- * read the store sink. `verify` exits 1 and names the first edited, deleted, reordered or
- * truncated record.
+ * `portcullis audit verify|tail|search|prune`: check the hash chain and its signed checkpoints
+ * (the live chain from a prune boundary, or an archive on its own), read the store sink, and
+ * apply retention. `verify` exits 1 and names the first edited, deleted, reordered or truncated
+ * record.
  */
 import { InvalidArgumentError } from 'commander';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.ts';
 import { auditFilePath } from '../audit/index.ts';
-import { verifyChain } from '../audit/chain.ts';
+import { verifyArchive, verifyPrunedChain } from '../audit/prune.ts';
 import type { AuditRecord, VerifyResult } from '../audit/chain.ts';
 import { AUDIT_CATEGORIES, AUDIT_OUTCOMES } from '../audit/event.ts';
 import type { AuditCategory, AuditOutcome } from '../audit/event.ts';
@@ -20,11 +21,19 @@ import type { AuditQuery } from '../audit/sinks/store.ts';
 import { openStore } from '../store/index.ts';
 import type { Store } from '../store/index.ts';
 import { common, fail } from './common.ts';
+import { openCliContext } from './context.ts';
 import type { CommonOptions } from './common.ts';
 
 interface VerifyOptions extends CommonOptions {
   json?: boolean;
   source?: 'store' | 'file';
+  archive?: string;
+}
+
+interface PruneCliOptions extends CommonOptions {
+  json?: boolean;
+  before?: string;
+  dryRun?: boolean;
 }
 
 interface SearchOptions extends CommonOptions {
@@ -121,7 +130,7 @@ function report(result: VerifyResult, source: string, json: boolean): void {
 }
 
 export function registerAuditCommands(program: Command): void {
-  const audit = program.command('audit').description('the audit trail: verify, tail, search');
+  const audit = program.command('audit').description('the audit trail: verify, tail, search, prune');
 
   common(audit.command('verify').description('verify the hash chain and its signed checkpoints'))
     .option('--json', 'machine-readable output')
@@ -130,11 +139,24 @@ export function registerAuditCommands(program: Command): void {
       'store or file (default: the chain sink the configuration uses)',
       oneOf(['store', 'file'] as const),
     )
+    .option('--archive <file>', 'verify a prune archive (audit-<from>-<through>.jsonl.gz) on its own')
     .action(async (opts: VerifyOptions) => {
       const json = opts.json === true;
       try {
         const loaded = await loadConfig(opts.config);
         const cfg = loaded.config.audit;
+        if (opts.archive !== undefined) {
+          const file = opts.archive;
+          const result = await withStore(opts, (store) =>
+            verifyArchive(
+              file,
+              anyCheckpointVerifier(storeAuditVerifier(store.db), fileCheckpointVerifier(opts.dataDir)),
+            ),
+          );
+          report(result, 'archive', json);
+          process.exitCode = result.ok ? 0 : 1;
+          return;
+        }
         const source = opts.source ?? (cfg.store.enabled ? 'store' : 'file');
         // Checkpoints are signed by the key manager's audit-checkpoint key (its public keys are in
         // the store; no KMS needed), or by the interim file key of logs written before it.
@@ -147,10 +169,58 @@ export function registerAuditCommands(program: Command): void {
             storeAuditVerifier(store.db),
             fileCheckpointVerifier(opts.dataDir),
           );
-          return verifyChain(log.records, log.checkpoints, verifier);
+          // After a prune the chain starts at the boundary a recorded prune event vouches for.
+          return verifyPrunedChain(log.records, log.checkpoints, verifier);
         });
         report(result, source, json);
         process.exitCode = result.ok ? 0 : 1;
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(
+    audit
+      .command('prune')
+      .description(
+        'archive records older than the retention (audit.retention.days) to a gzip JSON Lines file, keep the chain verifiable, then remove them',
+      ),
+  )
+    .option(
+      '--before <time>',
+      'prune records before this time (ISO-8601; default: now minus audit.retention.days)',
+      date,
+    )
+    .option('--dry-run', 'only say what would be pruned')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: PruneCliOptions) => {
+      const json = opts.json === true;
+      try {
+        const ctx = await openCliContext(opts);
+        try {
+          const days = ctx.loaded.config.audit.retention.days;
+          const before = new Date(opts.before ?? Date.now() - days * 86_400_000);
+          const result = await ctx.audit.prune({
+            before,
+            ...(opts.dryRun === true ? { dryRun: true } : {}),
+            onProgress: (step, detail) => {
+              if (!json) process.stderr.write(`audit prune: ${step} ${JSON.stringify(detail)}\n`);
+            },
+          });
+          if (json)
+            process.stdout.write(JSON.stringify({ before: before.toISOString(), ...result }, null, 2) + '\n');
+          else
+            process.stderr.write(
+              result.records === 0
+                ? `audit prune: nothing before ${before.toISOString()}\n`
+                : `audit prune: ${result.dryRun ? 'would prune' : 'pruned'} ${String(result.records)} records ` +
+                    `(${String(result.from)}..${String(result.through)})` +
+                    (result.archive === undefined ? '' : `, archived to ${result.archive}`) +
+                    '\n',
+            );
+        } finally {
+          await ctx.close();
+        }
       } catch (err) {
         fail(err, json);
       }

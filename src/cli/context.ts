@@ -91,6 +91,7 @@ export async function openCliContext(opts: CliContextOptions): Promise<CliContex
       config: loaded.config.audit,
       dataDir: opts.dataDir,
       store,
+      storeUrl: loaded.config.store.url,
       signer: keys.auditCheckpointSigner(),
       // stdout carries the commands' own output (`--json`); the stdout sink writes to stderr.
       stdout: process.stderr,

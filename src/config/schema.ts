@@ -590,6 +590,13 @@ const Audit = Section(
       description:
         'per sink: disk spool under <dataDir>/audit/spool while the sink is down; an overflow is an audit event and a metric',
     }),
+    queueMaxEvents: Type.Integer({
+      minimum: 256,
+      maximum: 1_000_000,
+      default: 256,
+      description:
+        'per sink: events waiting in memory while a delivery runs (with batchMaxEvents, the crash loss bound); beyond it the oldest batch goes to the fsynced spool (portcullis_audit_queue_spilled_events_total)',
+    }),
     store: Section(
       {
         enabled: Type.Boolean({
@@ -617,6 +624,75 @@ const Audit = Section(
       'the JSON Lines file sink (mode 0600, rotated by size, chain kept across files)',
     ),
     stdout: Section({ enabled: Type.Boolean({ default: false }) }, 'one JSON line per event on stdout'),
+    aggregation: Section(
+      {
+        enabled: Type.Boolean({
+          default: true,
+          description:
+            'once a source is rate-limited (a 429), its refusals (429, 401, 404, …) are counted into one summary event per source, reason and status per window instead of one event each',
+        }),
+        windowSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 3600,
+          default: 60,
+          description:
+            'how long a source stays limited after its last 429, and the span of one summary event',
+        }),
+        maxSources: Type.Integer({
+          minimum: 100,
+          maximum: 1_000_000,
+          default: 10_000,
+          description:
+            'limited sources (and open summaries) tracked at once; the oldest summary is flushed early beyond it',
+        }),
+      },
+      'refusal aggregation: bounded audit volume from an offender (docs/audit.md)',
+    ),
+    retention: Section(
+      {
+        days: Type.Integer({
+          minimum: 1,
+          maximum: 36_500,
+          default: 365,
+          description:
+            'records older than this are archived (gzip JSON Lines with their hashes) and removed from the store, the chain kept verifiable from a signed checkpoint',
+        }),
+        archiveDir: Type.String({
+          minLength: 1,
+          default: 'audit/archive',
+          description: 'where pruned records are archived, relative to the data directory',
+        }),
+        schedule: Type.Boolean({
+          default: true,
+          description: 'prune on a schedule in the running gateway (on the audit worker thread)',
+        }),
+        intervalSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 604_800,
+          default: 86_400,
+          description: 'how often the scheduled prune runs (the first run one minute after start at most)',
+        }),
+      },
+      'retention of the store chain: checkpoint, archive, prune (portcullis audit prune)',
+    ),
+    disk: Section(
+      {
+        alertBytes: Type.Integer({
+          minimum: MiB,
+          maximum: 1024 * 1024 * 1024 * MiB,
+          default: 10 * 1024 * MiB,
+          description:
+            'audit data on disk (store, spools, file sink, archives) above this records an audit/disk-usage-high event (built-in alert audit-disk-usage)',
+        }),
+        checkSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 86_400,
+          default: 300,
+          description: 'how often disk usage is checked',
+        }),
+      },
+      'disk usage of the audit data: portcullis_audit_disk_bytes{sink} and an alert',
+    ),
     syslog: Type.Optional(
       Type.Object(
         {

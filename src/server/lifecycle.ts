@@ -208,6 +208,8 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       config: config.audit,
       dataDir,
       store,
+      // The audit worker thread opens its own connection to the same database.
+      storeUrl: config.store.url,
       // Checkpoints are signed by the key manager's audit-checkpoint key (KMS-wrapped).
       signer: openedKeys.auditCheckpointSigner(),
       registry: metrics.registry,
