@@ -135,6 +135,29 @@ const OPENAPI = {
         responses: { '200': { description: 'ok' } },
       },
     },
+    '/codes': {
+      get: {
+        operationId: 'findCode',
+        parameters: [{ name: 'code', in: 'query', schema: { type: 'string', pattern: '^(a+)+$' } }],
+        responses: { '200': { description: 'ok' } },
+      },
+      post: {
+        operationId: 'createCode',
+        requestBody: {
+          required: true,
+          content: json({
+            type: 'object',
+            properties: {
+              code: { type: 'string', pattern: '^(a+)+$' },
+              site: { type: 'string', format: 'url' },
+            },
+            patternProperties: { '^(x+x+)+y$': { type: 'integer' } },
+            additionalProperties: false,
+          }),
+        },
+        responses: { '200': { description: 'ok' } },
+      },
+    },
     '/uploads': {
       post: {
         operationId: 'upload',
@@ -514,6 +537,46 @@ describe('parameters', () => {
     expect(ok.status).toBe(200);
     expect(upstream.received).toHaveLength(1);
     expect((await gw.request('/v1/patients/search?name=ab')).status).toBe(200);
+  });
+});
+
+describe('contract patterns run in linear time (ReDoS)', () => {
+  it('refuses an adversarial value for a catastrophic pattern, and still validates both ways', async () => {
+    const evil = `${'a'.repeat(7000)}!`;
+    expectRefusal(
+      await gw.request(`/v1/codes?code=${evil}`),
+      400,
+      'invalid-request',
+      [{ in: 'query', pointer: '/code', rule: 'pattern' }],
+      [evil],
+    );
+    expectRefusal(
+      await post('/v1/codes', JSON.stringify({ code: `${'a'.repeat(60_000)}!` })),
+      400,
+      'invalid-request',
+      [{ in: 'body', pointer: '/code', rule: 'pattern' }],
+    );
+    expectRefusal(
+      await post('/v1/codes', JSON.stringify({ [`${'x'.repeat(5000)}!`]: 1 })),
+      400,
+      'invalid-request',
+      [{ in: 'body', pointer: `/${'x'.repeat(5000)}!`.slice(0, 256) + '…', rule: 'additionalProperties' }],
+    );
+    expectRefusal(
+      await post('/v1/codes', JSON.stringify({ site: `http://${':'.repeat(60_000)}!` })),
+      400,
+      'invalid-request',
+      [{ in: 'body', pointer: '/site', rule: 'format' }],
+    );
+    expectRefusal(await gw.request('/v1/codes?code=aab'), 400, 'invalid-request', [
+      { in: 'query', pointer: '/code', rule: 'pattern' },
+    ]);
+    expect(upstream.received).toHaveLength(0);
+
+    expect((await gw.request(`/v1/codes?code=${'a'.repeat(7000)}`)).status).toBe(200);
+    const body = JSON.stringify({ code: 'aaa', xxxy: 3, site: 'https://example.com/a' });
+    expect((await post('/v1/codes', body)).status).toBe(200);
+    expect(upstream.received.map((r) => r.body)).toEqual(['', body]);
   });
 });
 
