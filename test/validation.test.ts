@@ -158,6 +158,23 @@ const OPENAPI = {
         responses: { '200': { description: 'ok' } },
       },
     },
+    '/batches': {
+      post: {
+        operationId: 'createBatch',
+        requestBody: {
+          required: true,
+          content: json({
+            type: 'array',
+            maxItems: 10_000,
+            items: {
+              type: 'object',
+              properties: { a: { type: 'integer' }, b: { type: 'array', items: { type: 'integer' } } },
+            },
+          }),
+        },
+        responses: { '200': { description: 'ok' } },
+      },
+    },
     '/uploads': {
       post: {
         operationId: 'upload',
@@ -214,7 +231,11 @@ const post = (path: string, body: string, contentType: string | null = 'applicat
 beforeAll(async () => {
   upstream = await startRecordingUpstream();
   gw = await startTestGateway(
-    { apis: [{ name: 'patients', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }] },
+    {
+      // The JSON work budget (values per document) from the configuration, below its default.
+      gateway: { limits: { jsonValues: 60_000 } },
+      apis: [{ name: 'patients', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }],
+    },
     { openapi: OPENAPI },
   );
 });
@@ -305,6 +326,24 @@ describe('request bodies', () => {
       { in: 'body', pointer: '', rule: 'json-object-keys' },
     ]);
     expect(upstream.received).toHaveLength(0);
+  });
+
+  it('bounds the parsing work with gateway.limits.jsonValues (9,999 arrays 31 deep)', async () => {
+    const nested = `${'['.repeat(31)}${']'.repeat(31)}`;
+    const hostile = `[${Array.from({ length: 9_999 }, () => nested).join(',')}]`;
+    // 60,000 values: the root, 1,935 items of 31, then 14 values into item 1,935.
+    expectRefusal(await post('/v1/batches', hostile), 400, 'invalid-request', [
+      { in: 'body', pointer: `/1935${'/0'.repeat(14)}`, rule: 'json-values' },
+    ]);
+    const item = { a: 1, b: [1, 2, 3, 4, 5, 6, 7, 8] }; // 11 values
+    const over = JSON.stringify(Array.from({ length: 5_455 }, () => item)); // 60,006 values
+    expectRefusal(await post('/v1/batches', over), 400, 'invalid-request', [
+      { in: 'body', pointer: '/5454/b/2', rule: 'json-values' },
+    ]);
+    expect(upstream.received).toHaveLength(0);
+    const within = JSON.stringify(Array.from({ length: 5_454 }, () => item)); // 59,995 values
+    expect((await post('/v1/batches', within)).status).toBe(200);
+    expect(upstream.received.map((r) => r.body)).toEqual([within]);
   });
 
   it('refuses wrong types and broken formats by pointer, without the values', async () => {

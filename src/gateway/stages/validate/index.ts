@@ -11,8 +11,8 @@
  *    `explode: false`, or `spaceDelimited`/`pipeDelimited`), `simple` arrays in path and headers.
  *    Undeclared query parameters, and a repeated non-array parameter (parameter pollution), are
  *    refused. Undeclared headers and cookies are not (clients and browsers send many).
- * 3. The body: JSON (`application/json`, `*+json`) through the bounded parser in json.ts, then
- *    the schema; `application/x-www-form-urlencoded` as an object of strings coerced by the
+ * 3. The body: JSON (`application/json`, `*+json`) through the bounded parser in json.ts (depth,
+ *    sizes and a total budget of values: `gateway.limits.jsonValues`), then the schema; `application/x-www-form-urlencoded` as an object of strings coerced by the
  *    schema; any other declared media type passes as bytes. A missing required body is refused.
  *
  * Everything found in steps 2 and 3 becomes one **400** `invalid-request` whose `errors` name
