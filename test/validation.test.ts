@@ -464,6 +464,30 @@ describe('request bodies', () => {
     expect(upstream.received.map((r) => r.body)).toEqual([body, '{"email":null}']);
   });
 
+  it('refuses a Content-Type the upstream could read differently: duplicate or malformed parameters', async () => {
+    const body = JSON.stringify(VALID);
+    for (const contentType of [
+      'application/json; charset=iso-8859-1; charset=utf-8',
+      'application/json; charset=utf-8; charset=iso-8859-1',
+      'application/json; charset=utf-8; CHARSET=utf-8',
+      'application/json; charset=utf-8; q=1; q=2',
+      'application/json; charset',
+      'application/json; charset=utf-8 x',
+      'application/json; charset="utf-8',
+    ]) {
+      expectRefusal(await post('/v1/patients', body, contentType), 415, 'unsupported-media-type');
+    }
+    expect(upstream.received).toHaveLength(0);
+    for (const contentType of [
+      'application/json;charset="utf-8"',
+      'application/json ; charset=utf-8 ; q="a;b"',
+      'application/json; charset=utf-8;',
+    ]) {
+      expect((await post('/v1/patients', body, contentType)).status, contentType).toBe(201);
+    }
+    expect(upstream.received).toHaveLength(3);
+  });
+
   it('validates form bodies with coercion, and passes undeclared-schema bytes as they are', async () => {
     expect(
       (await post('/v1/forms', 'count=3&tags=a&tags=b', 'application/x-www-form-urlencoded')).status,
@@ -498,7 +522,7 @@ describe('request bodies', () => {
 });
 
 describe('parameters', () => {
-  it('passes declared query parameters unchanged, coerced only for checking', async () => {
+  it('forwards exactly the query it validated, in canonical form', async () => {
     upstream.respond(() => ({
       status: 200,
       headers: { 'content-type': 'application/json' },
@@ -507,6 +531,23 @@ describe('parameters', () => {
     const res = await gw.request('/v1/patients?limit=10&cursor=abc_1&ids=1&ids=2');
     expect(res.status).toBe(200);
     expect(upstream.received[0]!.url).toBe('/patients?limit=10&cursor=abc_1&ids=1&ids=2');
+    // Issue 12: validated after coercion, so forwarded as coerced (what the gateway checked).
+    const forwarded: [string, string][] = [
+      ['/v1/patients?limit=1.0', '/patients?limit=1'],
+      ['/v1/patients?limit=%2B1', '/patients?limit=1'],
+      ['/v1/patients?limit=01', '/patients?limit=1'],
+      ['/v1/patients?limit=1e1', '/patients?limit=10'],
+      ['/v1/patients?cursor=abc_1&li%6Dit=5&ids=01&ids=%32', '/patients?limit=5&cursor=abc_1&ids=1&ids=2'],
+      ['/v1/patients?&&limit=3&', '/patients?limit=3'],
+      ['/v1/patients/search?name=a+b', '/patients/search?name=a%20b'],
+      [
+        "/v1/patients/search?name=%c3%a9t%C3%A9!'()*~%2f",
+        '/patients/search?name=%C3%A9t%C3%A9%21%27%28%29%2A~%2F',
+      ],
+    ];
+    upstream.received.length = 0;
+    for (const [sent] of forwarded) expect((await gw.request(sent)).status, sent).toBe(200);
+    expect(upstream.received.map((r) => r.url)).toEqual(forwarded.map(([, canonical]) => canonical));
   });
 
   it('refuses unknown, repeated, out-of-range and mistyped query parameters', async () => {
@@ -517,6 +558,8 @@ describe('parameters', () => {
       ['?limit=ten', [{ in: 'query', pointer: '/limit', rule: 'type' }]],
       ['?limit=1.5', [{ in: 'query', pointer: '/limit', rule: 'type' }]],
       ['?limit=10&limit=20', [{ in: 'query', pointer: '/limit', rule: 'duplicate' }]],
+      ['?limit=10&li%6Dit=10', [{ in: 'query', pointer: '/limit', rule: 'duplicate' }]],
+      ['?cursor=a&cursor=a', [{ in: 'query', pointer: '/cursor', rule: 'duplicate' }]],
       ['?cursor=%27%20OR%201%3D1--', [{ in: 'query', pointer: '/cursor', rule: 'pattern' }]],
       ['?ids=1&ids=2&ids=3&ids=4', [{ in: 'query', pointer: '/ids', rule: 'maxItems' }]],
       ['?ids=x', [{ in: 'query', pointer: '/ids/0', rule: 'type' }]],

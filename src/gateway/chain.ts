@@ -33,6 +33,8 @@ export interface GatewayRequest {
   principal?: Principal;
   /** The TLS client certificate of this connection (with its chain), if one was presented. */
   peerCertificate(): DetailedPeerCertificate | undefined;
+  /** Set by the validate stage: the canonical query that was validated; the proxy sends it. */
+  forwardQuery?: string;
   /** Headers that stages add to whatever response is sent (e.g. CORS). */
   readonly responseHeaders: Record<string, string>;
 }

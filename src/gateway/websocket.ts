@@ -277,7 +277,11 @@ export function createWebSocketProxy(options: WebSocketProxyOptions): WebSocketP
     headers.connection = 'Upgrade';
     headers.upgrade = 'websocket';
     headers.host = new URL(upstream.origin).host;
-    const shake = await connectUpstream(op, upstreamPath(op, target.path, target.query), headers);
+    const shake = await connectUpstream(
+      op,
+      upstreamPath(op, target.path, request.forwardQuery ?? target.query),
+      headers,
+    );
     const up = shake.socket;
     if (!socket.writable) {
       up.destroy();
