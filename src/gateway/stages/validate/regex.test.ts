@@ -1,6 +1,13 @@
 import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
-import { compileLinear, LINEAR_FORMATS, linearRegExp, PatternError, toRe2Syntax } from './regex.ts';
+import {
+  compileLinear,
+  LINEAR_FORMATS,
+  linearRegExp,
+  linearTester,
+  PatternError,
+  toRe2Syntax,
+} from './regex.ts';
 
 const { fullFormats } = createRequire(import.meta.url)('ajv-formats/dist/formats.js') as {
   fullFormats: Record<string, unknown>;
@@ -55,6 +62,18 @@ describe('compileLinear', () => {
 
   it('translates to RE2 syntax', () => {
     expect(toRe2Syntax('^\\u00e9[a-z]\\d$')).toBe('^\\x{e9}[a-z]\\d$');
+  });
+});
+
+describe('linearTester', () => {
+  it('answers as RegExp#test does, whole-input patterns included', () => {
+    const patterns = ['^a+$', '^a|b$', '^(a|b)$', '^\\$', '^a\\$', '^[$]$', '^(a)(b)$', 'a$', '^a', '^[|]$'];
+    const inputs = ['a', 'aa', 'b', 'xb', 'ax', '$', 'a$', '\\', 'ab', '|', ''];
+    for (const pattern of patterns) {
+      const native = new RegExp(pattern, 'u');
+      const linear = linearTester(pattern);
+      for (const input of inputs) expect(linear(input), `${pattern} ${input}`).toBe(native.test(input));
+    }
   });
 });
 
