@@ -176,7 +176,14 @@ export const linearRegExp = Object.assign((pattern: string) => new LinearRegExp(
   code: 'linearRegExp',
 });
 
-const linearFormat = linearTester;
+/** Compiled on first use: the large format regexes cost ~170 ms to compile at start-up. */
+function lazy(build: () => (s: string) => boolean): (s: string) => boolean {
+  let test: ((s: string) => boolean) | undefined;
+  return (s) => (test ??= build())(s);
+}
+
+const linearFormat = (pattern: string, caseInsensitive: boolean): ((s: string) => boolean) =>
+  lazy(() => linearTester(pattern, caseInsensitive));
 
 /** ajv-formats' `duration`, its lookarounds (`P(?!$)`, `T(?=\d)`) unrolled. */
 const DURATION = linearFormat(
@@ -195,29 +202,35 @@ const HOSTNAME = linearFormat(
  * structure runs on RE2 with the host captured; the private-range lookaheads are checked on
  * what follows the host's start, as they were.
  */
-const URL_RE = compileLinear(
-  String.raw`^(?:https?|ftp):\/\/(?:\S+(?::\S*)?@)?((?:[1-9]\d?|1\d\d|2[01]\d|22[0-3])(?:\.(?:1?\d{1,2}|2[0-4]\d|25[0-5])){2}(?:\.(?:[1-9]\d?|1\d\d|2[0-4]\d|25[0-4]))|(?:(?:[a-z0-9\u{00a1}-\u{ffff}]+-)*[a-z0-9\u{00a1}-\u{ffff}]+)(?:\.(?:[a-z0-9\u{00a1}-\u{ffff}]+-)*[a-z0-9\u{00a1}-\u{ffff}]+)*(?:\.(?:[a-z\u{00a1}-\u{ffff}]{2,})))(?::\d{2,5})?(?:\/[^\s]*)?$`,
-  true,
-);
-const PRIVATE_HOST = compileLinear(
-  String.raw`^(?:(?:10|127)(?:\.\d{1,3}){3}|(?:169\.254|192\.168)(?:\.\d{1,3}){2}|172\.(?:1[6-9]|2\d|3[0-1])(?:\.\d{1,3}){2})`,
-);
+const urlRe = (): RE2JS =>
+  compileLinear(
+    String.raw`^(?:https?|ftp):\/\/(?:\S+(?::\S*)?@)?((?:[1-9]\d?|1\d\d|2[01]\d|22[0-3])(?:\.(?:1?\d{1,2}|2[0-4]\d|25[0-5])){2}(?:\.(?:[1-9]\d?|1\d\d|2[0-4]\d|25[0-4]))|(?:(?:[a-z0-9\u{00a1}-\u{ffff}]+-)*[a-z0-9\u{00a1}-\u{ffff}]+)(?:\.(?:[a-z0-9\u{00a1}-\u{ffff}]+-)*[a-z0-9\u{00a1}-\u{ffff}]+)*(?:\.(?:[a-z\u{00a1}-\u{ffff}]{2,})))(?::\d{2,5})?(?:\/[^\s]*)?$`,
+    true,
+  );
+const privateHost = (): RE2JS =>
+  compileLinear(
+    String.raw`^(?:(?:10|127)(?:\.\d{1,3}){3}|(?:169\.254|192\.168)(?:\.\d{1,3}){2}|172\.(?:1[6-9]|2\d|3[0-1])(?:\.\d{1,3}){2})`,
+  );
 
 /** Formats whose ajv-formats regex uses lookaround: rewritten above. */
 const REWRITTEN: Readonly<Record<string, (s: string) => boolean>> = {
   duration: (s) => s !== 'P' && DURATION(s),
   hostname: (s) => (s.length <= 253 || (s.length === 254 && s.endsWith('.'))) && HOSTNAME(s),
-  url: (s) => {
-    const m = URL_RE.matcher(s);
-    return m.matches() && !PRIVATE_HOST.test(s.slice(m.start(1)));
-  },
+  url: lazy(() => {
+    const url = urlRe();
+    const internal = privateHost();
+    return (s) => {
+      const m = url.matcher(s);
+      return m.matches() && !internal.test(s.slice(m.start(1)));
+    };
+  }),
 };
 
 /**
  * Replacements for every ajv-formats check that is a regular expression, all linear-time: the
  * same regex on RE2, or a rewrite. The others (date, time, date-time, uri, regex) are functions
  * over fixed-shape or RFC 3986 regexes that stay linear on V8; `regex` only compiles the value,
- * never runs it. A new lookaround regex in an ajv-formats upgrade fails at start-up, not silently.
+ * never runs it. A new lookaround regex in an ajv-formats upgrade fails regex.test.ts.
  */
 export const LINEAR_FORMATS: Readonly<Record<string, (s: string) => boolean>> = Object.fromEntries(
   Object.entries(fullFormats as Record<string, unknown>).flatMap(([name, format]) => {
