@@ -135,6 +135,46 @@ const OPENAPI = {
         responses: { '200': { description: 'ok' } },
       },
     },
+    '/codes': {
+      get: {
+        operationId: 'findCode',
+        parameters: [{ name: 'code', in: 'query', schema: { type: 'string', pattern: '^(a+)+$' } }],
+        responses: { '200': { description: 'ok' } },
+      },
+      post: {
+        operationId: 'createCode',
+        requestBody: {
+          required: true,
+          content: json({
+            type: 'object',
+            properties: {
+              code: { type: 'string', pattern: '^(a+)+$' },
+              site: { type: 'string', format: 'url' },
+            },
+            patternProperties: { '^(x+x+)+y$': { type: 'integer' } },
+            additionalProperties: false,
+          }),
+        },
+        responses: { '200': { description: 'ok' } },
+      },
+    },
+    '/batches': {
+      post: {
+        operationId: 'createBatch',
+        requestBody: {
+          required: true,
+          content: json({
+            type: 'array',
+            maxItems: 10_000,
+            items: {
+              type: 'object',
+              properties: { a: { type: 'integer' }, b: { type: 'array', items: { type: 'integer' } } },
+            },
+          }),
+        },
+        responses: { '200': { description: 'ok' } },
+      },
+    },
     '/uploads': {
       post: {
         operationId: 'upload',
@@ -191,7 +231,11 @@ const post = (path: string, body: string, contentType: string | null = 'applicat
 beforeAll(async () => {
   upstream = await startRecordingUpstream();
   gw = await startTestGateway(
-    { apis: [{ name: 'patients', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }] },
+    {
+      // The JSON work budget (values per document) from the configuration, below its default.
+      gateway: { limits: { jsonValues: 60_000 } },
+      apis: [{ name: 'patients', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }],
+    },
     { openapi: OPENAPI },
   );
 });
@@ -282,6 +326,24 @@ describe('request bodies', () => {
       { in: 'body', pointer: '', rule: 'json-object-keys' },
     ]);
     expect(upstream.received).toHaveLength(0);
+  });
+
+  it('bounds the parsing work with gateway.limits.jsonValues (9,999 arrays 31 deep)', async () => {
+    const nested = `${'['.repeat(31)}${']'.repeat(31)}`;
+    const hostile = `[${Array.from({ length: 9_999 }, () => nested).join(',')}]`;
+    // 60,000 values: the root, 1,935 items of 31, then 14 values into item 1,935.
+    expectRefusal(await post('/v1/batches', hostile), 400, 'invalid-request', [
+      { in: 'body', pointer: `/1935${'/0'.repeat(14)}`, rule: 'json-values' },
+    ]);
+    const item = { a: 1, b: [1, 2, 3, 4, 5, 6, 7, 8] }; // 11 values
+    const over = JSON.stringify(Array.from({ length: 5_455 }, () => item)); // 60,006 values
+    expectRefusal(await post('/v1/batches', over), 400, 'invalid-request', [
+      { in: 'body', pointer: '/5454/b/2', rule: 'json-values' },
+    ]);
+    expect(upstream.received).toHaveLength(0);
+    const within = JSON.stringify(Array.from({ length: 5_454 }, () => item)); // 59,995 values
+    expect((await post('/v1/batches', within)).status).toBe(200);
+    expect(upstream.received.map((r) => r.body)).toEqual([within]);
   });
 
   it('refuses wrong types and broken formats by pointer, without the values', async () => {
@@ -402,6 +464,30 @@ describe('request bodies', () => {
     expect(upstream.received.map((r) => r.body)).toEqual([body, '{"email":null}']);
   });
 
+  it('refuses a Content-Type the upstream could read differently: duplicate or malformed parameters', async () => {
+    const body = JSON.stringify(VALID);
+    for (const contentType of [
+      'application/json; charset=iso-8859-1; charset=utf-8',
+      'application/json; charset=utf-8; charset=iso-8859-1',
+      'application/json; charset=utf-8; CHARSET=utf-8',
+      'application/json; charset=utf-8; q=1; q=2',
+      'application/json; charset',
+      'application/json; charset=utf-8 x',
+      'application/json; charset="utf-8',
+    ]) {
+      expectRefusal(await post('/v1/patients', body, contentType), 415, 'unsupported-media-type');
+    }
+    expect(upstream.received).toHaveLength(0);
+    for (const contentType of [
+      'application/json;charset="utf-8"',
+      'application/json ; charset=utf-8 ; q="a;b"',
+      'application/json; charset=utf-8;',
+    ]) {
+      expect((await post('/v1/patients', body, contentType)).status, contentType).toBe(201);
+    }
+    expect(upstream.received).toHaveLength(3);
+  });
+
   it('validates form bodies with coercion, and passes undeclared-schema bytes as they are', async () => {
     expect(
       (await post('/v1/forms', 'count=3&tags=a&tags=b', 'application/x-www-form-urlencoded')).status,
@@ -436,7 +522,7 @@ describe('request bodies', () => {
 });
 
 describe('parameters', () => {
-  it('passes declared query parameters unchanged, coerced only for checking', async () => {
+  it('forwards exactly the query it validated, in canonical form', async () => {
     upstream.respond(() => ({
       status: 200,
       headers: { 'content-type': 'application/json' },
@@ -445,6 +531,23 @@ describe('parameters', () => {
     const res = await gw.request('/v1/patients?limit=10&cursor=abc_1&ids=1&ids=2');
     expect(res.status).toBe(200);
     expect(upstream.received[0]!.url).toBe('/patients?limit=10&cursor=abc_1&ids=1&ids=2');
+    // Issue 12: validated after coercion, so forwarded as coerced (what the gateway checked).
+    const forwarded: [string, string][] = [
+      ['/v1/patients?limit=1.0', '/patients?limit=1'],
+      ['/v1/patients?limit=%2B1', '/patients?limit=1'],
+      ['/v1/patients?limit=01', '/patients?limit=1'],
+      ['/v1/patients?limit=1e1', '/patients?limit=10'],
+      ['/v1/patients?cursor=abc_1&li%6Dit=5&ids=01&ids=%32', '/patients?limit=5&cursor=abc_1&ids=1&ids=2'],
+      ['/v1/patients?&&limit=3&', '/patients?limit=3'],
+      ['/v1/patients/search?name=a+b', '/patients/search?name=a%20b'],
+      [
+        "/v1/patients/search?name=%c3%a9t%C3%A9!'()*~%2f",
+        '/patients/search?name=%C3%A9t%C3%A9%21%27%28%29%2A~%2F',
+      ],
+    ];
+    upstream.received.length = 0;
+    for (const [sent] of forwarded) expect((await gw.request(sent)).status, sent).toBe(200);
+    expect(upstream.received.map((r) => r.url)).toEqual(forwarded.map(([, canonical]) => canonical));
   });
 
   it('refuses unknown, repeated, out-of-range and mistyped query parameters', async () => {
@@ -455,6 +558,8 @@ describe('parameters', () => {
       ['?limit=ten', [{ in: 'query', pointer: '/limit', rule: 'type' }]],
       ['?limit=1.5', [{ in: 'query', pointer: '/limit', rule: 'type' }]],
       ['?limit=10&limit=20', [{ in: 'query', pointer: '/limit', rule: 'duplicate' }]],
+      ['?limit=10&li%6Dit=10', [{ in: 'query', pointer: '/limit', rule: 'duplicate' }]],
+      ['?cursor=a&cursor=a', [{ in: 'query', pointer: '/cursor', rule: 'duplicate' }]],
       ['?cursor=%27%20OR%201%3D1--', [{ in: 'query', pointer: '/cursor', rule: 'pattern' }]],
       ['?ids=1&ids=2&ids=3&ids=4', [{ in: 'query', pointer: '/ids', rule: 'maxItems' }]],
       ['?ids=x', [{ in: 'query', pointer: '/ids/0', rule: 'type' }]],
@@ -514,6 +619,46 @@ describe('parameters', () => {
     expect(ok.status).toBe(200);
     expect(upstream.received).toHaveLength(1);
     expect((await gw.request('/v1/patients/search?name=ab')).status).toBe(200);
+  });
+});
+
+describe('contract patterns run in linear time (ReDoS)', () => {
+  it('refuses an adversarial value for a catastrophic pattern, and still validates both ways', async () => {
+    const evil = `${'a'.repeat(7000)}!`;
+    expectRefusal(
+      await gw.request(`/v1/codes?code=${evil}`),
+      400,
+      'invalid-request',
+      [{ in: 'query', pointer: '/code', rule: 'pattern' }],
+      [evil],
+    );
+    expectRefusal(
+      await post('/v1/codes', JSON.stringify({ code: `${'a'.repeat(60_000)}!` })),
+      400,
+      'invalid-request',
+      [{ in: 'body', pointer: '/code', rule: 'pattern' }],
+    );
+    expectRefusal(
+      await post('/v1/codes', JSON.stringify({ [`${'x'.repeat(5000)}!`]: 1 })),
+      400,
+      'invalid-request',
+      [{ in: 'body', pointer: `/${'x'.repeat(5000)}!`.slice(0, 256) + '…', rule: 'additionalProperties' }],
+    );
+    expectRefusal(
+      await post('/v1/codes', JSON.stringify({ site: `http://${':'.repeat(60_000)}!` })),
+      400,
+      'invalid-request',
+      [{ in: 'body', pointer: '/site', rule: 'format' }],
+    );
+    expectRefusal(await gw.request('/v1/codes?code=aab'), 400, 'invalid-request', [
+      { in: 'query', pointer: '/code', rule: 'pattern' },
+    ]);
+    expect(upstream.received).toHaveLength(0);
+
+    expect((await gw.request(`/v1/codes?code=${'a'.repeat(7000)}`)).status).toBe(200);
+    const body = JSON.stringify({ code: 'aaa', xxxy: 3, site: 'https://example.com/a' });
+    expect((await post('/v1/codes', body)).status).toBe(200);
+    expect(upstream.received.map((r) => r.body)).toEqual(['', body]);
   });
 });
 

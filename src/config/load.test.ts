@@ -70,7 +70,7 @@ describe('parseConfig: secure defaults', () => {
       http2: true,
       tls: {},
       timeouts: { headersMs: 10_000, requestMs: 30_000, keepAliveMs: 5_000 },
-      limits: { bodyBytes: 1024 * 1024, headerBytes: 16 * 1024, urlBytes: 8 * 1024 },
+      limits: { bodyBytes: 1024 * 1024, headerBytes: 16 * 1024, urlBytes: 8 * 1024, jsonValues: 100_000 },
       trustedProxies: [],
       correlationHeader: 'x-request-id',
       shutdownGraceMs: 10_000,

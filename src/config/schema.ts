@@ -58,6 +58,13 @@ const Limits = Type.Object(
       default: 8 * KiB,
       description: 'longest request target; above 8 KiB needs a request-limits exception',
     }),
+    jsonValues: Type.Integer({
+      minimum: 1,
+      maximum: 1_000_000,
+      default: 100_000,
+      description:
+        'most values (each scalar, array and object) in one JSON body or JSON parameter: the parsing work budget; more is a 400 (rule json-values)',
+    }),
   },
   { additionalProperties: false, default: {} },
 );

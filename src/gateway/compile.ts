@@ -371,7 +371,9 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
         if (owner) stages.push({ name: 'authorize', run: compileOwnerCheck(owner) });
         const responseStages: ResponseStage[] = [];
         try {
-          const validate = compileRequestValidation(op, document);
+          const validate = compileRequestValidation(op, document, {
+            json: { maxValues: config.gateway.limits.jsonValues },
+          });
           if (validate) stages.push({ name: 'validate', run: validate });
           const enforce = compileResponseEnforcement(op, document);
           if (enforce) responseStages.push(enforce);

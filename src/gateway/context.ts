@@ -81,6 +81,8 @@ export interface GatewayRequest {
   principal?: Principal | undefined;
   /** The TLS client certificate of this connection (with its chain), if one was presented. */
   peerCertificate(): DetailedPeerCertificate | undefined;
+  /** Set by the validate stage: the canonical query that was validated; the proxy sends it. */
+  forwardQuery?: string | undefined;
   /** Headers that stages add to whatever response is sent (e.g. CORS). */
   readonly responseHeaders: Record<string, string>;
   /** The step in progress (set by the runner); a refusal is attributed to it. */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseJson } from './json.ts';
+import { DEFAULT_JSON_LIMITS, parseJson } from './json.ts';
 import { Denial } from './problems.ts';
 
 function refusal(input: Buffer | string, limits?: Parameters<typeof parseJson>[1]): Denial {
@@ -106,6 +106,27 @@ describe('parseJson', () => {
     expect(refusal(manyKeys).errors?.[0]?.rule).toBe('json-object-keys');
     const longString = `"${'a'.repeat(1_000_000)}"`;
     expect(refusal(longString).errors?.[0]?.rule).toBe('json-string-length');
+  });
+
+  it('bounds the total work: a budget of values beside depth and per-container limits', () => {
+    // Issue 12: 9,999 arrays 31 deep (640 KB) are within depth, item and size limits.
+    const nested = `${'['.repeat(31)}${']'.repeat(31)}`;
+    const hostile = `[${Array.from({ length: 9_999 }, () => nested).join(',')}]`;
+    expect(hostile.length).toBeGreaterThan(600_000);
+    const d = refusal(hostile);
+    expect(d.reason).toBe('json-values');
+    expect(d.errors).toEqual([{ in: 'body', pointer: `/3225${'/0'.repeat(24)}`, rule: 'json-values' }]);
+    // Without a budget (the response side), the same document parses.
+    const { maxValues: _, ...unbounded } = DEFAULT_JSON_LIMITS;
+    expect((parseJson(hostile, unbounded) as unknown[]).length).toBe(9_999);
+
+    const budget = { ...DEFAULT_JSON_LIMITS, maxValues: 5 };
+    expect(parseJson('{"a":[1,2],"b":null}', budget)).toEqual({ a: [1, 2], b: null });
+    expect(refusal('{"a":[1,2],"b":null,"c":0}', budget).errors).toEqual([
+      { in: 'body', pointer: '/c', rule: 'json-values' },
+    ]);
+    expect(refusal('[[],[],[],[],[]]', budget).errors?.[0]?.rule).toBe('json-values');
+    expect(parseJson('"one scalar"', { ...DEFAULT_JSON_LIMITS, maxValues: 1 })).toBe('one scalar');
   });
 
   it('bounds pointers built from attacker-chosen keys', () => {

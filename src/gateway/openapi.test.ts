@@ -84,6 +84,46 @@ describe('parseOpenApi', () => {
     });
   }
 
+  const patternDoc = (schema: unknown): string =>
+    stringify({
+      openapi: '3.1.0',
+      info: { title: 't', version: '1' },
+      paths: { '/a': { get: { parameters: [{ name: 'q', in: 'query', schema }], responses: {} } } },
+      components: { schemas: { Example: { example: { pattern: '(a)\\1' } } } },
+    });
+
+  it('refuses at load a pattern the linear-time engine cannot run, naming the file, pointer and why', async () => {
+    const cases: [unknown, RegExp][] = [
+      [{ type: 'string', pattern: '^(a)\\1$' }, /backreferences/],
+      [{ type: 'string', pattern: '^(?=a)a$' }, /lookahead and lookbehind/],
+      [{ type: 'string', pattern: '^(?<!a)b$' }, /lookahead and lookbehind/],
+      [{ type: 'string', pattern: '^a{2,5000}$' }, /invalid repeat count/],
+    ];
+    for (const [schema, why] of cases) {
+      const attempt = parseOpenApi(patternDoc(schema), '/tmp/api.yaml');
+      await expect(attempt).rejects.toBeInstanceOf(OpenApiError);
+      await expect(attempt).rejects.toThrow(
+        '/tmp/api.yaml#/paths/~1a/get/parameters/0/schema/pattern: pattern refused: ',
+      );
+      await expect(attempt).rejects.toThrow(why);
+    }
+    const keys = parseOpenApi(
+      patternDoc({ type: 'object', patternProperties: { '^x-(?!y)': { type: 'string' } } }),
+      '/tmp/api.yaml',
+    );
+    await expect(keys).rejects.toThrow(
+      '/tmp/api.yaml#/paths/~1a/get/parameters/0/schema/patternProperties/^x-(?!y): pattern refused',
+    );
+  });
+
+  it('accepts patterns RE2 runs, ECMAScript escapes included, and ignores "pattern" in examples', async () => {
+    const doc = await parseOpenApi(
+      patternDoc({ type: 'string', pattern: '^[\\w.-]+\\u00e9?\\s\\d{1,3}$' }),
+      '/tmp/api.yaml',
+    );
+    expect(doc.operations).toHaveLength(1);
+  });
+
   it('refuses text that is not YAML or JSON, and a missing file', async () => {
     await expect(parseOpenApi('openapi: [unclosed', '/tmp/x.yaml')).rejects.toBeInstanceOf(OpenApiError);
     await expect(loadOpenApi('/nonexistent/api.yaml')).rejects.toThrow(/cannot read .*ENOENT/);

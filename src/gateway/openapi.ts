@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { $RefParser } from '@apidevtools/json-schema-ref-parser';
 import { parse as parseYaml } from 'yaml';
+import { compileLinear, PatternError } from './stages/validate/regex.ts';
 
 export const HTTP_METHODS = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'] as const;
 
@@ -63,6 +64,44 @@ function readSecurity(value: unknown, where: string): SecurityRequirement[] {
   });
 }
 
+/** Members whose values are data or vendor extensions, not schemas: their `pattern`s are not. */
+const NOT_SCHEMA = new Set(['example', 'examples', 'default', 'enum', 'const']);
+
+/**
+ * Every regular expression the document declares (`pattern`, the keys of `patternProperties`)
+ * must run on the linear-time engine the validators use; the first that cannot is an error
+ * naming the file, its JSON pointer and why (issue 12, #5: ReDoS through contract patterns).
+ */
+function checkPatterns(node: unknown, file: string, pointer: string, seen = new WeakSet<object>()): void {
+  if (typeof node !== 'object' || node === null || seen.has(node)) return;
+  seen.add(node);
+  if (Array.isArray(node)) {
+    node.forEach((item, i) => {
+      checkPatterns(item, file, `${pointer}/${String(i)}`, seen);
+    });
+    return;
+  }
+  if (!isObject(node)) return;
+  for (const [key, value] of Object.entries(node)) {
+    if (NOT_SCHEMA.has(key) || key.startsWith('x-')) continue;
+    const at = `${pointer}/${key.replaceAll('~', '~0').replaceAll('/', '~1')}`;
+    const check = (pattern: string, where: string): void => {
+      try {
+        compileLinear(pattern);
+      } catch (err) {
+        if (!(err instanceof PatternError)) throw err;
+        throw new OpenApiError(`${file}#${where}: pattern refused: ${err.message}`);
+      }
+    };
+    if (key === 'pattern' && typeof value === 'string') check(value, at);
+    else if (key === 'patternProperties' && isObject(value)) {
+      for (const name of Object.keys(value))
+        check(name, `${at}/${name.replaceAll('~', '~0').replaceAll('/', '~1')}`);
+    }
+    checkPatterns(value, file, at, seen);
+  }
+}
+
 /** Parses an already-read document (YAML or JSON text). `file` is used for relative `$ref`s. */
 export async function parseOpenApi(text: string, file: string): Promise<OpenApiDocument> {
   let raw: unknown;
@@ -76,6 +115,7 @@ export async function parseOpenApi(text: string, file: string): Promise<OpenApiD
   if (typeof version !== 'string' || !/^3\.[01]\.\d+$/.test(version)) {
     throw new OpenApiError('"openapi" must be a 3.0.x or 3.1.x version');
   }
+  checkPatterns(raw, file, '');
   let doc: Record<string, unknown>;
   try {
     doc = await $RefParser.dereference<Record<string, unknown>>(file, raw, {

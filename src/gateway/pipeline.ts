@@ -133,6 +133,7 @@ export class Exchange implements GatewayRequest, RequestRecord {
   operation: OperationInfo = UNROUTED;
   params: Readonly<Record<string, string>> = NO_PARAMS;
   body: Buffer | undefined = undefined;
+  forwardQuery: string | undefined = undefined;
   credentialPresented = false;
   principal: Principal | undefined = undefined;
   readonly responseHeaders: Record<string, string> = {};

@@ -165,7 +165,11 @@ export async function openUpstream(
   headers.connection = 'Upgrade';
   headers.upgrade = 'websocket';
   headers.host = new URL(upstream.origin).host;
-  return connectUpstream(op, upstreamPath(op, req.target.path, req.target.query), headers);
+  return connectUpstream(
+    op,
+    upstreamPath(op, req.target.path, req.forwardQuery ?? req.target.query),
+    headers,
+  );
 }
 
 /** The open tunnels of one listener: spliced after a 101, destroyed on shutdown. */

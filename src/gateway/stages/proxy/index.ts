@@ -194,8 +194,8 @@ export function compileProxy(upstream: Upstream, options: ProxyOptions): Stage {
   return async (req): Promise<StageResponse> => {
     const cookies = policyOf(req.operation);
     const rest = req.target.path.slice(baseLength);
-    const path =
-      upstream.prefix + (rest === '' ? '/' : rest) + (req.target.query === '' ? '' : `?${req.target.query}`);
+    const query = req.forwardQuery ?? req.target.query; // as validated (validate stage)
+    const path = upstream.prefix + (rest === '' ? '/' : rest) + (query === '' ? '' : `?${query}`);
     const body = req.body;
     const outgoing = upstreamHeaders(
       req.headers,

@@ -145,3 +145,39 @@ describe('compileRequestValidation', () => {
     ]);
   });
 });
+
+describe('the canonical query (req.forwardQuery)', () => {
+  it('serialises what was validated: declared order, coerced values, declared array styles, JSON', async () => {
+    const d = await doc('3.1.0', {
+      parameters: [
+        { name: 'n', in: 'query', schema: { type: 'number' } },
+        { name: 'flag', in: 'query', schema: { type: 'boolean' } },
+        { name: 'csv', in: 'query', explode: false, schema: { type: 'array', items: { type: 'integer' } } },
+        {
+          name: 'pipes',
+          in: 'query',
+          style: 'pipeDelimited',
+          schema: { type: 'array', items: { type: 'string' } },
+        },
+        { name: 'spaces', in: 'query', style: 'spaceDelimited', schema: { type: 'array' } },
+        {
+          name: 'f',
+          in: 'query',
+          content: { 'application/json': { schema: { type: 'object', properties: { a: {}, b: {} } } } },
+        },
+        { name: 'opt', in: 'query', schema: { type: ['string', 'null'] } },
+      ],
+    });
+    const req = request(
+      undefined,
+      'f=%7B%22b%22%3A1.0%2C%20%22a%22%3A%5B%5D%7D&spaces=x%20y&pipes=a%7Cb%20c&csv=01,2&flag=true&n=-0.50&opt=',
+    );
+    expect(await run(d, req)).toBeUndefined();
+    expect(req.forwardQuery).toBe(
+      'n=-0.5&flag=true&csv=1,2&pipes=a%7Cb%20c&spaces=x%20y&f=%7B%22b%22%3A1%2C%22a%22%3A%5B%5D%7D&opt=',
+    );
+    const refused = request(undefined, 'n=abc');
+    expect((await run(d, refused))?.errors).toEqual([{ in: 'query', pointer: '/n', rule: 'type' }]);
+    expect(refused.forwardQuery).toBeUndefined();
+  });
+});

@@ -11,14 +11,17 @@
  *    `explode: false`, or `spaceDelimited`/`pipeDelimited`), `simple` arrays in path and headers.
  *    Undeclared query parameters, and a repeated non-array parameter (parameter pollution), are
  *    refused. Undeclared headers and cookies are not (clients and browsers send many).
- * 3. The body: JSON (`application/json`, `*+json`) through the bounded parser in json.ts, then
- *    the schema; `application/x-www-form-urlencoded` as an object of strings coerced by the
+ * 3. The body: JSON (`application/json`, `*+json`) through the bounded parser in json.ts (depth,
+ *    sizes and a total budget of values: `gateway.limits.jsonValues`), then the schema; `application/x-www-form-urlencoded` as an object of strings coerced by the
  *    schema; any other declared media type passes as bytes. A missing required body is refused.
  *
  * Everything found in steps 2 and 3 becomes one **400** `invalid-request` whose `errors` name
  * each failing field by `in` and JSON pointer with the Ajv keyword as `rule` (at most
- * {@link MAX_ERRORS}), never a value. The request goes upstream unchanged: the original bytes,
- * not a re-serialisation.
+ * {@link MAX_ERRORS}), never a value. The body goes upstream unchanged: the original bytes, not a
+ * re-serialisation. The query goes upstream as validated: its canonical serialisation
+ * (`req.forwardQuery`, read by the proxy), so that `limit=1.0` or `limit=%2B1`, checked as 1, reach
+ * the upstream as `limit=1` and no parser there can read them differently. A Content-Type that
+ * names a parameter twice (two `charset`s) is refused with 415 for the same reason.
  */
 import type { ValidateFunction } from 'ajv';
 import type { Stage } from '../../context.ts';
@@ -28,6 +31,7 @@ import type { OpenApiDocument, OpenApiOperation } from '../../openapi.ts';
 import { Denial, isDenial } from '../../problems.ts';
 import type { InvalidParam } from '../../problems.ts';
 import {
+  encodeQueryComponent,
   FORM_MEDIA_TYPE,
   isJsonMediaType,
   matchMediaType,
@@ -76,6 +80,42 @@ interface LocationValidator {
 interface BodyEntry {
   readonly kind: 'json' | 'form' | 'bytes';
   readonly validate: ValidateFunction | undefined;
+}
+
+/** A delimited query array's separator as it goes upstream (space and `|` percent-encoded). */
+const ENCODED_DELIMITER: Readonly<Record<string, string>> = { ',': ',', ' ': '%20', '|': '%7C' };
+
+/** One validated (coerced) value as text: numbers in JavaScript's shortest form, null empty. */
+function scalarText(value: unknown): string {
+  if (value === null) return '';
+  if (typeof value === 'string') return value;
+  if (typeof value === 'number') return Object.is(value, -0) ? '0' : String(value);
+  if (typeof value === 'boolean') return value ? 'true' : 'false';
+  return JSON.stringify(value);
+}
+
+/**
+ * The canonical query string of what was validated: declared parameters in declared order, each
+ * value as coerced for validation (`limit=01`, `limit=1.0`, `limit=%2B1` all become `limit=1`),
+ * arrays in their declared style, every component percent-encoded but RFC 3986 unreserved.
+ */
+function canonicalQuery(specs: readonly ParamSpec[], data: Record<string, unknown>): string {
+  const parts: string[] = [];
+  for (const spec of specs) {
+    const value = data[spec.key];
+    if (value === undefined) continue;
+    const name = encodeQueryComponent(spec.name);
+    if (spec.json) {
+      parts.push(`${name}=${encodeQueryComponent(JSON.stringify(value))}`);
+    } else if (spec.array && Array.isArray(value)) {
+      const items = value.map((item) => encodeQueryComponent(scalarText(item)));
+      if (spec.explode) for (const item of items) parts.push(`${name}=${item}`);
+      else parts.push(`${name}=${items.join(ENCODED_DELIMITER[spec.delimiter] ?? ',')}`);
+    } else {
+      parts.push(`${name}=${encodeQueryComponent(scalarText(value))}`);
+    }
+  }
+  return parts.join('&');
 }
 
 /** Headers OpenAPI says a `header` parameter may not describe (they are ignored). */
@@ -242,7 +282,13 @@ export function compileRequestValidation(
       if (bodies.size === 0) throw new Denial('unsupported-media-type', 'body-not-declared');
       const header = req.headers['content-type'];
       const media = parseMediaType(header);
-      if (media === null) throw new Denial('unsupported-media-type', 'content-type-missing');
+      if (media === null) {
+        // Absent, or malformed (a parameter named twice included): no media type is acceptable.
+        throw new Denial(
+          'unsupported-media-type',
+          header === undefined ? 'content-type-missing' : 'content-type-malformed',
+        );
+      }
       entry = matchMediaType(bodies, media.essence);
       if (entry === undefined) throw new Denial('unsupported-media-type', 'content-type-not-declared');
       if (
@@ -256,6 +302,7 @@ export function compileRequestValidation(
     }
 
     const errors: InvalidParam[] = [];
+    let queryData: Record<string, unknown> | undefined;
     // 2. Parameters.
     if (path !== undefined) {
       const data = Object.create(null) as Record<string, unknown>;
@@ -274,6 +321,7 @@ export function compileRequestValidation(
         data[name] = spec === undefined ? raw[0] : shape(spec, raw, 'query', errors);
       }
       check('query', query, data, errors);
+      queryData = data;
     } else if (query !== undefined && query.specs.some((s) => s.required)) {
       check('query', query, Object.create(null) as Record<string, unknown>, errors);
     }
@@ -334,6 +382,9 @@ export function compileRequestValidation(
     if (errors.length > 0) {
       throw new Denial('invalid-request', 'request-schema', { errors: errors.slice(0, MAX_ERRORS) });
     }
+    // What goes upstream is what was validated, so that the upstream cannot read it differently.
+    if (queryData !== undefined && query !== undefined)
+      req.forwardQuery = canonicalQuery(query.specs, queryData);
     return undefined;
   };
 }

@@ -12,24 +12,40 @@ export interface MediaType {
   readonly charset: string | undefined;
 }
 
-const TOKEN = /^[!#$%&'*+.^_`|~0-9a-z-]+\/[!#$%&'*+.^_`|~0-9a-z-]+$/;
+const TYPE = /^[!#$%&'*+.^_`|~0-9a-z-]+\/[!#$%&'*+.^_`|~0-9a-z-]+$/;
+/**
+ * One `;` parameter (RFC 9110 §5.6.6): a token name, then a token or a quoted string (the
+ * HTTP parser has already refused control characters in header values).
+ */
+const PARAMETER =
+  /[ \t]*;[ \t]*(?:([!#$%&'*+.^_`|~0-9A-Za-z-]+)=([!#$%&'*+.^_`|~0-9A-Za-z-]+|"(?:[^"\\]|\\.)*"))?/y;
 
-/** Parses a Content-Type value; null when absent or malformed. */
+/**
+ * Parses a Content-Type value strictly (RFC 9110 §8.3.1); null when absent or malformed. A
+ * parameter named twice (`charset=utf-8; charset=latin1`) is malformed: parsers disagree on which
+ * one wins, so the gateway and the upstream could read the body differently.
+ */
 export function parseMediaType(value: string | undefined): MediaType | null {
   if (value === undefined) return null;
-  const [head = '', ...params] = value.split(';');
-  const essence = head.trim().toLowerCase();
-  if (!TOKEN.test(essence)) return null;
+  const semi = value.indexOf(';');
+  const essence = (semi < 0 ? value : value.slice(0, semi)).trim().toLowerCase();
+  if (!TYPE.test(essence)) return null;
   let charset: string | undefined;
-  for (const p of params) {
-    const eq = p.indexOf('=');
-    if (eq < 0) continue;
-    if (p.slice(0, eq).trim().toLowerCase() === 'charset') {
-      charset = p
-        .slice(eq + 1)
-        .trim()
-        .replace(/^"(.*)"$/, '$1')
-        .toLowerCase();
+  const seen = new Set<string>();
+  const text = value.trimEnd();
+  let at = semi < 0 ? text.length : semi;
+  while (at < text.length) {
+    PARAMETER.lastIndex = at;
+    const m = PARAMETER.exec(text);
+    if (m === null) return null;
+    at = PARAMETER.lastIndex;
+    const name = m[1]?.toLowerCase();
+    const raw = m[2];
+    if (name === undefined || raw === undefined) continue; // an empty parameter: `type/sub;`
+    if (seen.has(name)) return null;
+    seen.add(name);
+    if (name === 'charset') {
+      charset = (raw.startsWith('"') ? raw.slice(1, -1).replace(/\\(.)/g, '$1') : raw).toLowerCase();
     }
   }
   return { essence, charset };
@@ -99,6 +115,14 @@ export function parseForm(
     }
   }
   return out;
+}
+
+/** Percent-encodes all but RFC 3986 unreserved characters (UTF-8, upper-case hex). */
+export function encodeQueryComponent(value: string): string {
+  return encodeURIComponent(value).replace(
+    /[!'()*]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
 }
 
 /** Cookies by name (values as sent); the first of a repeated name wins, repeats are listed. */

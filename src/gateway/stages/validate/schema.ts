@@ -8,6 +8,8 @@
  *   (authors opt out with `additionalProperties: true` or a schema). `allOf` members stay open;
  *   the object that combines them is closed over the union of their properties instead.
  *   Wrappers with `oneOf`/`anyOf` stay open; each alternative is closed on its own.
+ * - `pattern`, `patternProperties` and the regex formats run on RE2 (regex.ts), never on V8's
+ *   backtracking engine.
  * - Requests: a `readOnly` property becomes a schema that always fails (rule `readOnly`: mass
  *   assignment) and leaves `required`. Responses: a `writeOnly` property leaves `required` (the
  *   response stage removes it before validating).
@@ -19,6 +21,7 @@ import addFormatsModule from 'ajv-formats';
 import type { OpenApiDocument } from '../../openapi.ts';
 import { boundPointer, pointerSegment } from '../../json.ts';
 import type { InvalidParam } from '../../problems.ts';
+import { LINEAR_FORMATS, linearRegExp, linearTester } from './regex.ts';
 
 /** Either Ajv flavour: draft-07 for OpenAPI 3.0, 2020-12 for 3.1. */
 export type AnyAjv = Ajv | Ajv2020;
@@ -187,6 +190,8 @@ export function prepareSchema(schema: unknown, direction: Direction, openapi30: 
   return walk(schema, false);
 }
 
+const BYTE = linearTester('^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$');
+
 const OPENAPI_FORMATS: Record<string, { type: 'number' | 'string'; validate: (v: never) => boolean }> = {
   int32: { type: 'number', validate: (v: number) => Number.isInteger(v) && v >= -(2 ** 31) && v < 2 ** 31 },
   int64: { type: 'number', validate: (v: number) => Number.isInteger(v) },
@@ -194,7 +199,7 @@ const OPENAPI_FORMATS: Record<string, { type: 'number' | 'string'; validate: (v:
   double: { type: 'number', validate: () => true },
   byte: {
     type: 'string',
-    validate: (v: string) => /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(v),
+    validate: (v: string) => BYTE(v),
   },
   binary: { type: 'string', validate: () => true },
   password: { type: 'string', validate: () => true },
@@ -208,10 +213,14 @@ function newAjv(openapi30: boolean, coerce: boolean): AnyAjv {
     logger: false,
     unicodeRegExp: true,
     validateFormats: true,
+    // `pattern` and `patternProperties` on RE2: linear time whatever the input (regex.ts).
+    code: { regExp: linearRegExp },
     ...(coerce ? { coerceTypes: 'array' as const } : {}),
   };
   const ajv: AnyAjv = openapi30 ? new Ajv(options) : new Ajv2020(options);
   addFormats(ajv);
+  for (const [name, validate] of Object.entries(LINEAR_FORMATS))
+    ajv.addFormat(name, { type: 'string', validate });
   for (const [name, format] of Object.entries(OPENAPI_FORMATS)) {
     ajv.addFormat(name, format as { type: 'number'; validate: (v: number) => boolean });
   }
