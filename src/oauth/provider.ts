@@ -42,6 +42,14 @@ import { clientSecretMatches, providerClientMetadata } from './clients.ts';
 import { createGrantTokenTracker, refreshTokenTtl } from './grant-tokens.ts';
 import { UNAVAILABLE_RETRY_AFTER_SECONDS, isDependencyUnavailable } from '../store/unavailable.ts';
 import { isAuthorizationServerPath } from './paths.ts';
+import {
+  ResourceRefusal,
+  checkScopes,
+  checkTarget,
+  chooseResource,
+  registeredAudiences,
+} from './resources.ts';
+import type { Resource, ResourceCatalog, ResourceClient } from './resources.ts';
 import { createRevocationList } from './revocation.ts';
 import type { RevocationList } from './revocation.ts';
 
@@ -135,16 +143,9 @@ export interface AuthorizationServer {
 
 export { isAuthorizationServerPath };
 
-interface ResourceInfo {
-  readonly audience: string;
-  readonly scopes: ReadonlySet<string>;
-}
-
 interface Settings {
   readonly issuer: string;
-  readonly resources: ReadonlyMap<string, ResourceInfo>;
-  /** The audience of the only API, when there is exactly one. */
-  readonly defaultResource: string | undefined;
+  readonly resources: ReadonlyMap<string, Resource>;
   readonly loaded: LoadedConfig;
 }
 
@@ -168,14 +169,13 @@ export function declaredScopes(document: OpenApiDocument): Set<string> {
 async function buildSettings(loaded: LoadedConfig): Promise<Settings> {
   const { config } = loaded;
   const issuer = config.gateway.publicUrl;
-  const resources = new Map<string, ResourceInfo>();
+  const resources = new Map<string, Resource>();
   for (const api of config.apis) {
     const document = await loadOpenApi(loaded.resolvePath(api.openapi));
     const audience = api.audience ?? `${issuer}${api.basePath}`;
-    resources.set(audience, { audience, scopes: declaredScopes(document) });
+    resources.set(audience, { name: api.name, audience, scopes: declaredScopes(document) });
   }
-  const only = resources.size === 1 ? [...resources.keys()][0] : undefined;
-  return { issuer, resources, defaultResource: only, loaded };
+  return { issuer, resources, loaded };
 }
 
 const GENERIC_ERROR_PAGE =
@@ -242,6 +242,33 @@ function errorOf(err: unknown): { error: string; description: string | undefined
 function paramOf(ctx: KoaContextWithOIDC, name: string): string | undefined {
   const value = ctx.oidc?.params?.[name];
   return typeof value === 'string' ? value : undefined;
+}
+
+/** The client metadata property carrying the audiences a client is registered for. */
+const CLIENT_RESOURCES = 'portcullis_resources';
+
+function resourceClient(client: ClientInstance): ResourceClient {
+  const audiences = (client as unknown as Record<string, unknown>)[CLIENT_RESOURCES];
+  return {
+    scope: client.scope ?? '',
+    audiences: new Set(Array.isArray(audiences) ? audiences.filter((a) => typeof a === 'string') : []),
+  };
+}
+
+/** A resource-policy refusal as the OAuth error oidc-provider renders (and audits). */
+function asOAuthError(err: unknown): Error {
+  if (!(err instanceof ResourceRefusal))
+    return err instanceof Error ? err : new Error('resource check failed');
+  return err.error === 'invalid_scope'
+    ? new errors.InvalidScope(err.description, '')
+    : new errors.InvalidTarget(err.description);
+}
+
+function resourceParams(ctx: KoaContextWithOIDC, indicator: string): string[] {
+  const value: unknown = ctx.oidc?.params?.resource;
+  if (typeof value === 'string') return [value];
+  if (Array.isArray(value)) return value.filter((v): v is string => typeof v === 'string');
+  return [indicator];
 }
 
 interface Instance {
@@ -315,6 +342,10 @@ export async function createAuthorizationServer(
     const scopes = new Set(refresh ? ['openid', 'offline_access'] : ['openid']);
     for (const name of Object.keys(claims)) scopes.add(name);
     for (const r of s.resources.values()) for (const x of r.scopes) scopes.add(x);
+    const catalog: ResourceCatalog = {
+      resources: s.resources,
+      oidcScopes: new Set(['openid', 'offline_access', ...Object.keys(claims)]),
+    };
     const storeAdapter = createAdapterFactory({
       db: store.db,
       alreadyConsumed: (model, grantId) => lostConsumeRace(storeAdapter, model, grantId),
@@ -325,10 +356,19 @@ export async function createAuthorizationServer(
         });
         if (metadata === undefined) return undefined;
         // A scope no API declares any more is dropped rather than invalidating the client.
-        const held = typeof metadata.scope === 'string' ? metadata.scope.split(' ') : [];
+        const { resources: registered, ...rest } = metadata;
+        const held = typeof rest.scope === 'string' ? rest.scope.split(' ') : [];
+        const scope = held.filter((x) => scopes.has(x)).join(' ') || 'openid';
         return {
-          ...metadata,
-          scope: held.filter((x) => scopes.has(x)).join(' ') || 'openid',
+          ...rest,
+          scope,
+          [CLIENT_RESOURCES]: [
+            ...registeredAudiences(
+              catalog,
+              scope,
+              Array.isArray(registered) ? registered.filter((r) => typeof r === 'string') : undefined,
+            ),
+          ],
           // RFC 8705 §3: a client that authenticates with its certificate gets tokens bound to
           // it (cnf.x5t#S256); secret- and key-authenticated clients get unbound tokens.
           tls_client_certificate_bound_access_tokens:
@@ -378,6 +418,7 @@ export async function createAuthorizationServer(
         id_token_signed_response_alg: alg,
       },
       clientBasedCORS: () => false,
+      extraClientMetadata: { properties: [CLIENT_RESOURCES] },
       enabledJWA: {
         clientAuthSigningAlgValues: asymmetric,
         idTokenSigningAlgValues: signingAlgs,
@@ -448,14 +489,32 @@ export async function createAuthorizationServer(
           certificateAuthorized: (ctx: KoaContextWithOIDC) => peerSocket(ctx)?.authorized === true,
           certificateSubjectMatches: subjectMatches,
         },
+        // resources.ts: a client gets tokens only for the APIs it is registered for, only with
+        // scopes it holds, and a request without `resource` gets the audience its scopes name.
         resourceIndicators: {
           enabled: true,
-          defaultResource: (_ctx: unknown, _client: unknown, oneOf?: string[]) =>
-            Promise.resolve(oneOf ?? s.defaultResource),
+          defaultResource: (ctx: KoaContextWithOIDC, client: ClientInstance, oneOf?: string[]) => {
+            try {
+              return Promise.resolve(
+                chooseResource(catalog, resourceClient(client), paramOf(ctx, 'scope'), {
+                  oneOf,
+                  openIdOnly: ctx.oidc?.route !== 'token',
+                }),
+              );
+            } catch (err) {
+              return Promise.reject(asOAuthError(err));
+            }
+          },
           useGrantedResource: () => Promise.resolve(true),
-          getResourceServerInfo: (_ctx: unknown, indicator: string, client: ClientInstance) => {
-            const resource = s.resources.get(indicator);
-            if (resource === undefined) return Promise.reject(new errors.InvalidTarget());
+          getResourceServerInfo: (ctx: KoaContextWithOIDC, indicator: string, client: ClientInstance) => {
+            let resource: Resource;
+            try {
+              const rc = resourceClient(client);
+              resource = checkTarget(catalog, rc, indicator);
+              checkScopes(catalog, rc, resourceParams(ctx, indicator), paramOf(ctx, 'scope'));
+            } catch (err) {
+              return Promise.reject(asOAuthError(err));
+            }
             const allowed = new Set((client.scope ?? '').split(' '));
             return Promise.resolve({
               scope: [...resource.scopes].filter((x) => allowed.has(x)).join(' '),
