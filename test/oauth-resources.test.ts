@@ -296,3 +296,22 @@ describe('a token request without resource, with two APIs', () => {
     expect(decodeJwt(res.access_token)).toMatchObject({ aud: billing, scope: 'billing:read' });
   });
 });
+
+describe('introspection answers a client only about tokens for its own resources', () => {
+  it('a resource server registered for the audience learns about the token; another client gets active:false', async () => {
+    const issuing = await rp('billing:read');
+    const { access_token: billingToken } = await token(issuing.config, { scope: 'billing:read' });
+    // The billing resource server (a confidential client registered for billing).
+    const billingRs = await rp('billing:read', { resources: ['billing'] });
+    expect(await oidc.tokenIntrospection(billingRs.config, billingToken)).toMatchObject({
+      active: true,
+      aud: billing,
+      client_id: issuing.id,
+    });
+    // The issuing client about its own token.
+    expect((await oidc.tokenIntrospection(issuing.config, billingToken)).active).toBe(true);
+    // A client of the other API learns nothing about it.
+    const itemsClient = await rp('items:read');
+    expect(await oidc.tokenIntrospection(itemsClient.config, billingToken)).toEqual({ active: false });
+  });
+});

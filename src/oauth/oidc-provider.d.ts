@@ -119,6 +119,10 @@ declare module 'oidc-provider' {
     class InvalidClient extends OIDCProviderError {
       constructor(description?: string);
     }
+    /** `invalid_client` with the generic description; `detail` stays server-side. */
+    class InvalidClientAuth extends OIDCProviderError {
+      constructor(detail?: string);
+    }
     class InvalidScope extends OIDCProviderError {
       constructor(description?: string, scope?: string);
     }

@@ -59,6 +59,42 @@ export { Provider } from 'oidc-provider';
 /** Asymmetric signature algorithms allowed anywhere (issued tokens, client assertions, DPoP). */
 export const ALLOWED_ALGS = ['ES256', 'PS256', 'EdDSA'] as const;
 
+/** The longest lifetime of a private_key_jwt client assertion (exp - iat, and exp - now). */
+export const MAX_CLIENT_ASSERTION_SECONDS = 300;
+
+/**
+ * private_key_jwt assertions (RFC 7523 §3, draft-ietf-oauth-rfc7523bis): `aud` is exactly the
+ * issuer identifier, as a single string (oidc-provider would also take an array, the token
+ * endpoint URL or the endpoint called), and the assertion is short-lived. Throws the generic
+ * invalid_client; the reason stays in the error detail (server-side).
+ */
+export function checkClientAssertion(
+  issuer: string,
+  claims: { aud?: unknown; exp?: unknown; iat?: unknown },
+  nowSeconds: number,
+): void {
+  if (typeof claims.aud !== 'string' || claims.aud !== issuer) {
+    throw new errors.InvalidClientAuth('aud must be exactly the issuer identifier, as a single string');
+  }
+  const exp = claims.exp;
+  if (typeof exp !== 'number' || exp - nowSeconds > MAX_CLIENT_ASSERTION_SECONDS) {
+    throw new errors.InvalidClientAuth('exp must be at most 300 seconds ahead');
+  }
+  if (typeof claims.iat === 'number' && exp - claims.iat > MAX_CLIENT_ASSERTION_SECONDS) {
+    throw new errors.InvalidClientAuth('the assertion lifetime (exp - iat) must be at most 300 seconds');
+  }
+}
+
+/**
+ * Whether introspecting `aud` may be answered for `client`: a resource the client is registered
+ * for (its resource servers), checked by {@link resourceClient}'s audiences.
+ */
+function audienceRegistered(client: ClientInstance, aud: unknown): boolean {
+  const { audiences } = resourceClient(client);
+  const list = Array.isArray(aud) ? aud : [aud];
+  return list.some((a) => typeof a === 'string' && audiences.has(a));
+}
+
 /**
  * What the login/consent implementation (src/oauth/interactions) plugs in. The provider in
  * force is passed per request, because it is rebuilt when signing keys change.
@@ -418,6 +454,10 @@ export async function createAuthorizationServer(
         id_token_signed_response_alg: alg,
       },
       clientBasedCORS: () => false,
+      assertJwtClientAuthClaimsAndHeader: (_ctx: unknown, claims: Record<string, unknown>) => {
+        checkClientAssertion(s.issuer, claims, Math.floor(Date.now() / 1000));
+        return Promise.resolve();
+      },
       extraClientMetadata: { properties: [CLIENT_RESOURCES] },
       enabledJWA: {
         clientAuthSigningAlgValues: asymmetric,
@@ -468,9 +508,19 @@ export async function createAuthorizationServer(
         devInteractions: { enabled: false },
         introspection: {
           enabled: true,
-          // Public clients cannot introspect: introspection needs real client authentication.
-          allowedPolicy: (_ctx: unknown, client: ClientInstance) =>
-            Promise.resolve(client.clientAuthMethod !== 'none'),
+          // Public clients cannot introspect: introspection needs real client authentication. A
+          // confidential client learns only about its own tokens and those for the resources it
+          // is registered for; anything else is {active: false}. (JWT access tokens: below.)
+          allowedPolicy: (
+            _ctx: unknown,
+            client: ClientInstance,
+            token: { clientId?: unknown; aud?: unknown; resourceServer?: { audience?: unknown } },
+          ) =>
+            Promise.resolve(
+              client.clientAuthMethod !== 'none' &&
+                (token.clientId === client.clientId ||
+                  audienceRegistered(client, token.resourceServer?.audience ?? token.aud)),
+            ),
         },
         revocation: { enabled: true },
         clientCredentials: { enabled: true },
@@ -641,7 +691,12 @@ export async function createAuthorizationServer(
     if (route === 'introspection') {
       ctx.status = 200;
       ctx.set('cache-control', 'no-store');
-      if (client.clientAuthMethod === 'none' || payload === undefined || jti === undefined) {
+      if (
+        client.clientAuthMethod === 'none' ||
+        payload === undefined ||
+        jti === undefined ||
+        !audienceRegistered(client, payload.aud)
+      ) {
         ctx.body = { active: false };
         return;
       }
