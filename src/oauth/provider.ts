@@ -39,6 +39,7 @@ import type { Store } from '../store/index.ts';
 import { createAdapterFactory, purgeExpired } from './adapter.ts';
 import type { OidcAdapter } from './adapter.ts';
 import { clientSecretMatches, providerClientMetadata } from './clients.ts';
+import { scopeSessionCookies } from './cookies.ts';
 import { createGrantTokenTracker, refreshTokenTtl } from './grant-tokens.ts';
 import { UNAVAILABLE_RETRY_AFTER_SECONDS, isDependencyUnavailable } from '../store/unavailable.ts';
 import { isAuthorizationServerPath } from './paths.ts';
@@ -633,6 +634,7 @@ export async function createAuthorizationServer(
       return clientSecretMatches(keys, this.clientSecret, actual);
     };
     provider.use((ctx, next) => unavailableAs503(ctx, next));
+    provider.use((ctx, next) => ownPathCookies(ctx, next, provider));
     provider.use((ctx, next) => structuredTokens(ctx, next, s));
     observe(provider);
     return { provider, callback: provider.callback() };
@@ -660,6 +662,14 @@ export async function createAuthorizationServer(
       ctx.set('retry-after', String(UNAVAILABLE_RETRY_AFTER_SECONDS));
       ctx.set('cache-control', 'no-store');
     }
+  };
+
+  /** The session cookie on the paths that read it, never `Path=/` (cookies.ts). */
+  const ownPathCookies = async (ctx: KoaContextWithOIDC, next: () => Promise<void>, provider: Provider) => {
+    await next();
+    const set = ctx.res.getHeader('set-cookie');
+    if (!Array.isArray(set) || set.length === 0) return;
+    ctx.res.setHeader('set-cookie', scopeSessionCookies(set, provider.cookieName('session')));
   };
 
   /**
