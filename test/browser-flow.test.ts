@@ -224,4 +224,90 @@ describe('sign in with a browser, then call the API through the gateway', () => 
       await browser.close();
     }
   });
+
+  it('the pages with an inline script (form_post, logout without a session) run under the CSP', async () => {
+    const browser = await launch();
+    try {
+      const page = await browser.newPage();
+      page.setDefaultTimeout(10_000);
+      // Logout without a session: oidc-provider's self-submitting form, its script hash allowed.
+      const end = await page.goto(`${issuer}/session/end`);
+      expect(end?.headers()['content-security-policy']).toMatch(
+        /^default-src 'none'; ?script-src 'nonce-[A-Za-z0-9_-]{24}' 'sha256-[A-Za-z0-9+/=]+'; ?style-src 'nonce-/,
+      );
+      await page.waitForSelector('text=You are signed out');
+
+      // response_mode=form_post: the answer (here an error: prompt=none without a session) is
+      // posted to the client by the page's script.
+      const state = oidc.randomState();
+      const url = oidc.buildAuthorizationUrl(rpConfig, {
+        redirect_uri: redirectUri,
+        scope: 'openid patients:read',
+        code_challenge: await oidc.calculatePKCECodeChallenge(oidc.randomPKCECodeVerifier()),
+        code_challenge_method: 'S256',
+        state,
+        response_mode: 'form_post',
+        prompt: 'none',
+      });
+      const posted = page.waitForRequest((r) => r.url() === redirectUri && r.method() === 'POST');
+      await page.goto(url.href);
+      const form = new URLSearchParams((await posted).postData() ?? '');
+      expect(form.get('state')).toBe(state);
+      expect(form.get('error')).toEqual(expect.any(String));
+    } finally {
+      await browser.close();
+    }
+  });
+
+  it('signed in, the logout confirmation page shows and signs out', async () => {
+    const browser = await launch();
+    try {
+      const page = await browser.newPage();
+      page.setDefaultTimeout(10_000);
+      const authorize = async () =>
+        oidc
+          .buildAuthorizationUrl(rpConfig, {
+            redirect_uri: redirectUri,
+            scope: 'openid patients:read',
+            code_challenge: await oidc.calculatePKCECodeChallenge(oidc.randomPKCECodeVerifier()),
+            code_challenge_method: 'S256',
+            state: oidc.randomState(),
+          })
+          .toString();
+      await page.goto(await authorize());
+      await page.fill('#username', 'alice');
+      await page.fill('#password', PASSWORD);
+      await Promise.all([page.waitForSelector('text=Allow access?'), page.click('button.primary')]);
+      await Promise.all([page.waitForURL(`${redirectUri}?**`), page.click('button.primary')]);
+
+      await page.goto(`${issuer}/session/end`);
+      await page.waitForSelector('text=Sign out?');
+      expect(await page.isVisible('button[name="logout"]')).toBe(true);
+      await Promise.all([
+        page.waitForSelector('text=You are signed out'),
+        page.click('button[name="logout"]'),
+      ]);
+      // The session is gone: the next authorization asks for a login again.
+      await page.goto(await authorize());
+      await page.waitForSelector('#username');
+    } finally {
+      await browser.close();
+    }
+  });
 });
+
+function launch() {
+  const spki = createHash('sha256')
+    .update(new X509Certificate(gw.p.tls.certPem).publicKey.export({ type: 'spki', format: 'der' }))
+    .digest('base64');
+  return chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      `--ignore-certificate-errors-spki-list=${spki}`,
+    ],
+  });
+}

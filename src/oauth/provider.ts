@@ -17,7 +17,7 @@
  *   node) a new Provider instance is built and swapped in; requests in flight finish on the
  *   instance they started with, and state lives in the store, shared by both.
  */
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, randomBytes } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import type { JWTPayload } from 'jose';
@@ -41,6 +41,7 @@ import type { OidcAdapter } from './adapter.ts';
 import { clientSecretMatches, providerClientMetadata } from './clients.ts';
 import { scopeSessionCookies } from './cookies.ts';
 import { createGrantTokenTracker, refreshTokenTtl } from './grant-tokens.ts';
+import { layout } from './interactions/html.ts';
 import { UNAVAILABLE_RETRY_AFTER_SECONDS, isDependencyUnavailable } from '../store/unavailable.ts';
 import { isAuthorizationServerPath } from './paths.ts';
 import {
@@ -220,15 +221,34 @@ const GENERIC_ERROR_PAGE =
   '<body><h1>The request could not be completed</h1>' +
   '<p>Return to the application and try again.</p></body></html>';
 
-const LOGOUT_PAGE = (form: string) =>
-  '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Sign out</title></head>' +
-  `<body><h1>Sign out?</h1>${form}` +
-  '<button type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button> ' +
-  '<button type="submit" form="op.logoutForm">No, stay signed in</button></body></html>';
+/** The logout confirmation (`form` is oidc-provider's, with its xsrf field): no script. */
+const LOGOUT_PAGE = (form: string, nonce: string) =>
+  layout(
+    'Sign out',
+    nonce,
+    `<h1>Sign out?</h1>${form}<div class="row">` +
+      '<button type="submit" form="op.logoutForm">No, stay signed in</button>' +
+      '<button type="submit" form="op.logoutForm" value="yes" name="logout" class="primary">Yes, sign me out</button></div>',
+  );
 
-const LOGGED_OUT_PAGE =
-  '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Signed out</title></head>' +
-  '<body><h1>You are signed out</h1></body></html>';
+const LOGGED_OUT_PAGE = (nonce: string) => layout('Signed out', nonce, '<h1>You are signed out</h1>');
+
+/**
+ * The Content-Security-Policy of the authorization server's own responses. Pages oidc-provider
+ * renders with an inline script (the `form_post` response mode, and the logout form it submits by
+ * itself when there is no session) add that script's hash to `script-src`; our pages use the
+ * per-response nonce for their stylesheet. Nothing else runs or loads. Without a `script-src`
+ * (the gateway's API policy, `default-src 'none'`) those pages stayed blank in browsers.
+ */
+export function authorizationServerCsp(nonce: string): string {
+  return `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; img-src 'none'; frame-ancestors 'none'; base-uri 'none'`;
+}
+
+/** The per-response nonce of each request the provider serves. */
+const nonces = new WeakMap<object, string>();
+function nonceOf(ctx: KoaContextWithOIDC): string {
+  return nonces.get(ctx.req) ?? '';
+}
 
 function peerSocket(ctx: KoaContextWithOIDC): TLSSocket | undefined {
   const socket = ctx.req.socket as Partial<TLSSocket> | undefined;
@@ -581,12 +601,12 @@ export async function createAuthorizationServer(
           enabled: true,
           logoutSource: (ctx: KoaContextWithOIDC, form: string) => {
             ctx.type = 'html';
-            ctx.body = LOGOUT_PAGE(form);
+            ctx.body = LOGOUT_PAGE(form, nonceOf(ctx));
             return Promise.resolve();
           },
           postLogoutSuccessSource: (ctx: KoaContextWithOIDC) => {
             ctx.type = 'html';
-            ctx.body = LOGGED_OUT_PAGE;
+            ctx.body = LOGGED_OUT_PAGE(nonceOf(ctx));
             return Promise.resolve();
           },
           ...(theirFeatures.rpInitiatedLogout as Record<string, unknown> | undefined),
@@ -633,6 +653,12 @@ export async function createAuthorizationServer(
     ) {
       return clientSecretMatches(keys, this.clientSecret, actual);
     };
+    provider.use((ctx, next) => {
+      const nonce = randomBytes(18).toString('base64url');
+      nonces.set(ctx.req, nonce);
+      ctx.set('content-security-policy', authorizationServerCsp(nonce));
+      return next();
+    });
     provider.use((ctx, next) => unavailableAs503(ctx, next));
     provider.use((ctx, next) => ownPathCookies(ctx, next, provider));
     provider.use((ctx, next) => structuredTokens(ctx, next, s));
