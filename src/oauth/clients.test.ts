@@ -284,5 +284,5 @@ describe('portcullis clients (CLI)', () => {
     expect(deleted.code).toBe(0);
     const again = await run('clients', 'show', out.client_id ?? '', ...common, '--json');
     expect(again.code).toBe(1);
-  }, 60_000);
+  }, 120_000);
 });
