@@ -380,6 +380,57 @@ describe('login and consent over HTTP', () => {
     expect(aged.body).toContain('<h1>Sign in</h1>');
   });
 
+  it('the authorization server’s cookies stay on its own paths (never Path=/), secure and httpOnly', async () => {
+    const jar = new Jar();
+    const set: string[] = [];
+    const record = (r: FlowResponse) => {
+      const h = r.headers['set-cookie'];
+      set.push(...(Array.isArray(h) ? h : h === undefined ? [] : [h]));
+      return r;
+    };
+    /** Follows redirects on the issuer, recording every Set-Cookie. */
+    const walk = async (url: string) => {
+      let current = url;
+      for (;;) {
+        const r = record(await http(jar, current));
+        if (r.status !== 303 || !(r.location ?? '').startsWith(issuer)) return { ...r, url: current };
+        current = r.location ?? '';
+      }
+    };
+    const a = await authorizationUrl();
+    const login = await walk(a.url);
+    expect(login.body).toContain('<h1>Sign in</h1>');
+    const afterLogin = record(await submitLogin(jar, login, 'alice', PASSWORD));
+    const consent = await walk(afterLogin.location ?? '');
+    const confirmed = record(
+      await http(jar, `${consent.url}/confirm`, {
+        form: { csrf: csrfOf(consent.body), scope: ['items:read'] },
+      }),
+    );
+    const done = await walk(confirmed.location ?? '');
+    expect(done.location?.startsWith(`${client.redirectUri}?code=`)).toBe(true);
+
+    const byName = (name: string) => set.filter((c) => c.startsWith(`${name}=`));
+    const pathOf = (c: string) => /;\s*path=([^;]*)/i.exec(c)?.[1];
+    expect(set.length).toBeGreaterThan(0);
+    for (const c of set) {
+      expect(pathOf(c)).not.toBe('/');
+      expect(c).toMatch(/;\s*secure/i);
+      expect(c).toMatch(/;\s*httponly/i);
+      expect(c).toMatch(/;\s*samesite=lax/i);
+    }
+    // The session cookie (and its signature) only where it is read: authorization and logout.
+    for (const name of ['_session', '_session.sig']) {
+      expect(new Set(byName(name).map(pathOf))).toEqual(new Set(['/auth', '/session/end']));
+    }
+    for (const c of byName('_interaction')) expect(pathOf(c)).toMatch(/^\/interaction\/[A-Za-z0-9_-]+$/);
+    for (const c of byName('_interaction_resume')) expect(pathOf(c)).toMatch(/^\/auth\/[A-Za-z0-9_-]+$/);
+    // Logout still sees the session: it asks for confirmation (a signed-out visitor is not asked).
+    const logout = record(await http(jar, `${issuer}/session/end`));
+    expect(logout.status).toBe(200);
+    expect(logout.body).toContain('Sign out?');
+  });
+
   it('grants only the scopes the user ticked', async () => {
     const jar = new Jar();
     const a = await authorizationUrl({ scope: 'openid items:read items:write' });
@@ -625,14 +676,22 @@ describe('in Chromium', () => {
       expect(await page.textContent('p')).toBe('back at the client');
       const tokens = await exchange(page.url(), a);
       expect(tokens.claims()?.sub).toBe(aliceId);
-      // Cookies the browser holds for the AS are Secure, HttpOnly and SameSite.
-      const cookies = (await page.context().cookies(issuer)).filter((c) => c.name.startsWith('_'));
+      // Cookies the browser holds for the AS are Secure, HttpOnly and SameSite, on the AS's own
+      // paths: none would go with a request to an API on the same origin.
+      const cookies = (await page.context().cookies()).filter(
+        (c) => c.domain === 'localhost' && c.name.startsWith('_'),
+      );
       expect(cookies.length).toBeGreaterThan(0);
       for (const c of cookies) {
         expect(c.secure).toBe(true);
         expect(c.httpOnly).toBe(true);
         expect(c.sameSite).toBe('Lax');
+        expect(c.path).not.toBe('/');
       }
+      expect(cookies.filter((c) => c.name === '_session').map((c) => c.path)).toEqual(
+        expect.arrayContaining(['/auth', '/session/end']),
+      );
+      expect(await page.context().cookies(`${issuer}/v1/items`)).toEqual([]);
     } finally {
       await browser.close();
     }

@@ -56,8 +56,16 @@ export interface Flow {
   close(): Promise<void>;
 }
 
-export function createFlow(issuer: string, caPem: string | undefined): Flow {
-  const agent = new Agent({ connect: { ca: caPem } });
+/** `localAddress`: the loopback address the requests come from (e.g. 127.0.0.2), for per-source limits. */
+export function createFlow(
+  issuer: string,
+  caPem: string | undefined,
+  options: { localAddress?: string } = {},
+): Flow {
+  const agent = new Agent({
+    connect: { ca: caPem },
+    ...(options.localAddress === undefined ? {} : { localAddress: options.localAddress }),
+  });
   const fetchFn: oidc.CustomFetch = async (url, init) => {
     const r = await undiciFetch(url, {
       method: init.method,

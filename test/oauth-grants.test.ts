@@ -518,6 +518,42 @@ describe('private_key_jwt client authentication', () => {
     expect((await tokenRequest(c.id, none)).body.error).toBe('invalid_client');
   });
 
+  it('the assertion’s aud is exactly the issuer, as a string, and its lifetime is at most 5 minutes', async () => {
+    const c = await keyClient();
+    const sign = (build: SignJWT) => build.setProtectedHeader({ alg: 'ES256', kid: 'k1' }).sign(c.privateKey);
+    const now = Math.floor(Date.now() / 1000);
+    // Allowed: aud the issuer, 5 minutes.
+    const ok = await sign(assertion(c.id).setExpirationTime(now + 300));
+    expect((await tokenRequest(c.id, ok)).status).toBe(200);
+    const refused = [
+      // aud as an array holding the issuer, or the token endpoint URL.
+      await sign(assertion(c.id).setAudience([off.issuer])),
+      await sign(assertion(c.id).setAudience(`${off.issuer}/token`)),
+      // exp a year ahead; a lifetime of 11 minutes with a backdated iat.
+      await sign(assertion(c.id).setExpirationTime(now + 365 * 86_400)),
+      await sign(
+        assertion(c.id)
+          .setIssuedAt(now - 600)
+          .setExpirationTime(now + 60),
+      ),
+    ];
+    for (const a of refused) {
+      const res = await tokenRequest(c.id, a);
+      expect(res.status).toBe(401);
+      expect(res.body).toEqual({
+        error: 'invalid_client',
+        error_description: 'client authentication failed',
+      });
+    }
+    // Each refusal is in the audit trail.
+    await off.gw.p.audit.flush();
+    const rows = await off.gw.p.store.db.selectFrom('audit_events').select('event').execute();
+    const audited = rows
+      .map((r) => JSON.parse(r.event) as Record<string, unknown>)
+      .filter((e) => e['portcullis.client_id'] === c.id && e['event.reason'] === 'invalid_client');
+    expect(audited).toHaveLength(refused.length);
+  });
+
   it('client_secret_jwt (an HS256 assertion keyed with the client secret) is refused', async () => {
     const c = await off.register({});
     const config = await off.flow.discover(c.id, oidc.ClientSecretJwt(c.secret));

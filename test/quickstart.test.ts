@@ -217,12 +217,12 @@ describe('the quickstart banner', () => {
     // 3. The API call.
     const list = await curl(shellWords(callLine, { ...env, TOKEN: token }));
     expect(list.status).toBe(200);
-    const items = (JSON.parse(list.body) as { items: { id: string }[] }).items;
-    expect(items.length).toBeGreaterThan(0);
+    // The list is owner-bound like the records (issue 12): a client owns no patient record.
+    expect(JSON.parse(list.body)).toEqual({ items: [], nextCursor: null });
 
-    // Someone else's record: the owner binding refuses it.
+    // Someone else's record (the demo's first seeded patient): the owner binding refuses it.
     const other = await curl(
-      shellWords(callLine.replace('/v1/patients', `/v1/patients/${items[0]?.id ?? ''}`), {
+      shellWords(callLine.replace('/v1/patients', '/v1/patients/pat_0h52dgzb28m6'), {
         ...env,
         TOKEN: token,
       }),

@@ -744,7 +744,8 @@ describe('the caller assertion from the gateway', () => {
       accessToken,
       tampered,
     ];
-    const id = (await call('GET', '/patients?limit=1', valid)).body as { items: Patient[] };
+    const staff = await assertion({ scopes: ['patients:read', 'patients:admin'] });
+    const id = (await call('GET', '/patients?limit=1', staff)).body as { items: Patient[] };
     const target = id.items[0]?.id ?? '';
     for (const identity of bad) {
       for (const [method, path, body] of [
@@ -760,6 +761,35 @@ describe('the caller assertion from the gateway', () => {
         expect(answer.text).not.toContain('evil');
       }
     }
+  });
+
+  it('lists and searches only the caller’s own record unless it holds patients:admin', async () => {
+    const created = await call('POST', '/patients', await assertion(), {
+      ...newPatientInput(),
+      givenName: 'Quintessa',
+    });
+    const id = (created.body as Patient).id;
+    const own = await assertion({ subject: id, scopes: ['patients:read'] });
+    const list = await call('GET', '/patients?limit=50', own);
+    expect(list.status).toBe(200);
+    expect(list.body).toEqual({ items: [created.body], nextCursor: null });
+    const found = await call('GET', '/patients/search?name=quint', own);
+    expect((found.body as { items: Patient[] }).items.map((p) => p.id)).toEqual([id]);
+    // Someone else (no record of their own): nothing, though the records exist.
+    const stranger = await assertion({ subject: 'user-9', scopes: ['patients:read'] });
+    expect((await call('GET', '/patients?limit=50', stranger)).body).toEqual({ items: [], nextCursor: null });
+    expect((await call('GET', '/patients/search?name=an', stranger)).body).toEqual({ items: [] });
+    expect((await call('GET', '/patients/search?name=quint', stranger)).body).toEqual({ items: [] });
+    // Staff: every record, paginated.
+    const admin = await assertion({ subject: 'staff-1', scopes: ['patients:read', 'patients:admin'] });
+    const page = (await call('GET', '/patients?limit=5', admin)).body as {
+      items: Patient[];
+      nextCursor: string;
+    };
+    expect(page.items).toHaveLength(5);
+    expect(page.nextCursor).not.toBeNull();
+    const staffFound = await call('GET', '/patients/search?name=an', admin);
+    expect((staffFound.body as { items: Patient[] }).items.length).toBeGreaterThan(1);
   });
 
   it("checks the owner binding again: 403 for another's record unless patients:admin", async () => {

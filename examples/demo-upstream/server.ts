@@ -11,7 +11,8 @@
  *   `identity` option it also verifies the gateway's signed caller assertion on every operation
  *   but `GET /status` (401 without a valid one) and checks the owner binding again itself
  *   (defence in depth: 403 unless the assertion's subject is the patient or it carries
- *   `patients:admin`).
+ *   `patients:admin`). Lists and searches are bound the same way: a caller without
+ *   `patients:admin` gets only its own record, read from the verified assertion.
  *
  * The contract is `openapi.yaml` beside this file; `server.test.ts` checks that the two agree.
  */
@@ -227,10 +228,27 @@ function getStatus({ query, store }: Context): Reply {
   return { status: 200, body: { status: 'ok', patients: store.count() } };
 }
 
-function listPatients({ query, store }: Context): Reply {
+/** The privileged scope that reaches every record (the contract's `bypassScopes`). */
+const ADMIN_SCOPE = 'patients:admin';
+
+/**
+ * The record a non-privileged caller may see in lists and searches: its own (patient id =
+ * subject), as for the owner-bound record operations. `null` means every record (the caller holds
+ * patients:admin, or the service runs without `identity` and knows no caller).
+ */
+function ownRecordOnly(caller: VerifiedIdentity | undefined): string | null {
+  return caller === undefined || caller.scopes.has(ADMIN_SCOPE) ? null : caller.subject;
+}
+
+function listPatients({ query, store, caller }: Context): Reply {
   onlyQueryParameters(query, ['limit', 'cursor']);
   const limit = parseLimit(query.get('limit'));
   const after = parseCursor(query.get('cursor'));
+  const own = ownRecordOnly(caller);
+  if (own !== null) {
+    const patient = store.get(own);
+    return { status: 200, body: { items: patient && patient.id > after ? [patient] : [], nextCursor: null } };
+  }
   // One more than asked tells whether another page follows.
   const rows = store.page(after, limit + 1);
   const items = rows.slice(0, limit);
@@ -239,7 +257,7 @@ function listPatients({ query, store }: Context): Reply {
   return { status: 200, body: { items, nextCursor } };
 }
 
-function searchPatients({ query, store }: Context): Reply {
+function searchPatients({ query, store, caller }: Context): Reply {
   onlyQueryParameters(query, ['name']);
   const name = query.get('name');
   if (name === null) throw new HttpProblem(400, 'The query parameter name is required.');
@@ -250,7 +268,9 @@ function searchPatients({ query, store }: Context): Reply {
       'The query parameter name must be 2 to 64 characters, without control characters.',
     );
   }
-  return { status: 200, body: { items: store.search(name, MAX_SEARCH_RESULTS) } };
+  const own = ownRecordOnly(caller);
+  const found = store.search(name, own === null ? MAX_SEARCH_RESULTS : store.count());
+  return { status: 200, body: { items: own === null ? found : found.filter((p) => p.id === own) } };
 }
 
 async function createPatient({ req, query, store }: Context): Promise<Reply> {
@@ -274,7 +294,7 @@ async function createPatient({ req, query, store }: Context): Promise<Reply> {
 
 /** Defence in depth: the gateway's owner binding, checked again (patient id = subject). */
 function mayReach(caller: VerifiedIdentity | undefined, id: string): void {
-  if (caller === undefined || caller.subject === id || caller.scopes.has('patients:admin')) return;
+  if (caller === undefined || caller.subject === id || caller.scopes.has(ADMIN_SCOPE)) return;
   throw new HttpProblem(403, 'The caller may not reach this patient record.');
 }
 

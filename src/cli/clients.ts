@@ -9,6 +9,7 @@ import type { JWK } from 'jose';
 import {
   CLIENT_AUTH_METHODS,
   CLIENT_GRANTS,
+  ClientRegistrationError,
   createClient,
   deleteClient,
   getClient,
@@ -34,6 +35,7 @@ interface CreateOptions extends JsonOption {
   jwks?: string;
   tlsSubjectDn?: string;
   requirePar?: boolean;
+  resource: string[];
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -56,6 +58,7 @@ function describe(c: ClientRecord): string {
     `application    ${m.application_type}`,
     ...m.redirect_uris.map((u) => `redirect URI   ${u}`),
     ...(m.require_pushed_authorization_requests === true ? ['PAR            required'] : []),
+    `resources      ${m.resources?.join(', ') ?? '(the APIs of its scopes)'}`,
     `created        ${c.createdAt}`,
     '',
   ].join('\n');
@@ -94,6 +97,12 @@ export function registerClientsCommands(program: Command): void {
     .option('--jwks <file>', 'private_key_jwt: a JSON file with the client’s public JWKS')
     .option('--tls-subject-dn <dn>', 'tls_client_auth: the client certificate’s subject DN')
     .option('--require-par', 'authorization requests must be pushed first (RFC 9126 PAR)')
+    .option(
+      '--resource <api>',
+      'an API (name or audience) the client may get tokens for (repeatable; default: the APIs of its scopes)',
+      collect,
+      [],
+    )
     .option('--json', 'print {"client_id", "client_secret"} as JSON')
     .action(async (opts: CreateOptions) => {
       const json = opts.json === true;
@@ -103,8 +112,19 @@ export function registerClientsCommands(program: Command): void {
           opts.jwks === undefined
             ? undefined
             : (JSON.parse(await readFile(opts.jwks, 'utf8')) as { keys: JWK[] });
-        const created = await withContext(opts, (ctx) =>
-          ctx.audited(
+        const created = await withContext(opts, (ctx) => {
+          const { config } = ctx.loaded;
+          const known = config.apis.flatMap((a) => [
+            a.name,
+            a.audience ?? `${config.gateway.publicUrl}${a.basePath}`,
+          ]);
+          const unknown = opts.resource.find((r) => !known.includes(r));
+          if (unknown !== undefined) {
+            throw new ClientRegistrationError(
+              `--resource ${unknown}: not an API of the configuration (APIs: ${config.apis.map((a) => a.name).join(', ') || 'none'})`,
+            );
+          }
+          return ctx.audited(
             'credential-lifecycle',
             'client-create',
             () =>
@@ -119,11 +139,12 @@ export function registerClientsCommands(program: Command): void {
                 ...(jwks === undefined ? {} : { jwks }),
                 ...(opts.tlsSubjectDn === undefined ? {} : { tlsSubjectDn: opts.tlsSubjectDn }),
                 ...(opts.requirePar === true ? { requirePushedAuthorizationRequests: true } : {}),
+                ...(opts.resource.length > 0 ? { resources: opts.resource } : {}),
               }),
             (c) => ({ 'portcullis.client_id': c.client.clientId, 'portcullis.credential.type': 'client' }),
             { 'portcullis.credential.type': 'client' },
-          ),
-        );
+          );
+        });
         const secret = created.clientSecret ?? null;
         if (json) {
           process.stdout.write(

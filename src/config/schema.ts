@@ -519,10 +519,11 @@ const OAuth = Section(
           default: 5,
           minimum: 1,
           maximum: 50,
-          description: 'failed logins per account or IP before delays grow',
+          description:
+            'failed logins per IP, or per username from one IP, before that source is blocked with growing delays; per username alone they only slow attempts (at most 3 s), never block',
         }),
         windowSeconds: Seconds(900, 60, 86_400, 'window in which failures count'),
-        maxDelaySeconds: Seconds(300, 1, 3_600, 'longest throttling delay'),
+        maxDelaySeconds: Seconds(300, 1, 3_600, 'longest block of a source'),
       },
       'login throttling',
     ),

@@ -127,6 +127,17 @@ describe('registration policy', () => {
     expect(par.require_pushed_authorization_requests).toBe(true);
     expect(refused({ requirePushedAuthorizationRequests: true })).toThrow(/authorization_code/);
   });
+
+  it('records registered resources (API names or absolute audiences without fragment)', () => {
+    expect(buildClientMetadata(base).resources).toBeUndefined();
+    const named = buildClientMetadata({
+      ...base,
+      resources: ['billing', 'https://api.example/v1', 'billing'],
+    });
+    expect(named.resources).toEqual(['billing', 'https://api.example/v1']);
+    expect(refused({ resources: ['Not A Name'] })).toThrow(/API name or an absolute audience URI/);
+    expect(refused({ resources: ['https://api.example/v1#x'] })).toThrow(/without fragment/);
+  });
 });
 
 describe.each(backends.names)('client registry on %s', (name) => {
@@ -252,10 +263,26 @@ describe('portcullis clients (CLI)', () => {
     );
     expect(bad.code).toBe(1);
     expect(JSON.parse(bad.stdout)).toMatchObject({ error: expect.stringMatching(/http is allowed only/) });
+    const unknownApi = await run(
+      'clients',
+      'create',
+      ...common,
+      '--name',
+      'svc',
+      '--scope',
+      'openid',
+      '--resource',
+      'nope',
+      '--json',
+    );
+    expect(unknownApi.code).toBe(1);
+    expect(JSON.parse(unknownApi.stdout)).toMatchObject({
+      error: expect.stringMatching(/--resource nope: not an API of the configuration/),
+    });
 
     const deleted = await run('clients', 'delete', out.client_id ?? '', ...common, '--json');
     expect(deleted.code).toBe(0);
     const again = await run('clients', 'show', out.client_id ?? '', ...common, '--json');
     expect(again.code).toBe(1);
-  }, 60_000);
+  }, 120_000);
 });

@@ -59,6 +59,12 @@ export interface NewClient {
    * authorization request from this client is refused. Authorization-code clients only.
    */
   readonly requirePushedAuthorizationRequests?: boolean;
+  /**
+   * The resources (APIs) the client may obtain tokens for: API names or audiences. Default: every
+   * API that declares one of its scopes. With one, that is its default resource when a token
+   * request names none (resources.ts).
+   */
+  readonly resources?: readonly string[];
 }
 
 /** Registered metadata, RFC 7591 names. Never contains a secret. */
@@ -75,6 +81,8 @@ export interface ClientMetadata {
   readonly jwks?: { readonly keys: readonly JWK[] };
   readonly tls_client_auth_subject_dn?: string;
   readonly require_pushed_authorization_requests?: boolean;
+  /** API names or audiences; absent: derived from the scopes (resources.ts). */
+  readonly resources?: readonly string[];
 }
 
 export interface ClientRecord {
@@ -106,6 +114,8 @@ const CLIENT_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const PRIVATE_JWK_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k', 'priv'];
 const LOOPBACK_HOSTS = new Set(['127.0.0.1', '[::1]']);
 const MAX_REDIRECT_URIS = 20;
+const MAX_RESOURCES = 20;
+const API_NAME = /^[a-z][a-z0-9-]{0,62}$/;
 
 function fail(message: string): never {
   throw new ClientRegistrationError(message);
@@ -148,6 +158,21 @@ function validateScope(scope: string): string {
     fail('scope must be one or more space-separated scope names (printable ASCII, no quotes or backslash)');
   }
   return [...new Set(parts)].join(' ');
+}
+
+/** Each resource is an API name or an absolute URI without fragment (RFC 8707 §2). */
+function validateResources(resources: readonly string[]): string[] {
+  const list = [...new Set(resources)];
+  if (list.length > MAX_RESOURCES) fail(`at most ${String(MAX_RESOURCES)} resources`);
+  for (const r of list) {
+    if (typeof r !== 'string') fail('a resource is an API name or its audience URI');
+    if (API_NAME.test(r)) continue;
+    const url = URL.parse(r);
+    if (url === null || r.length > 2000 || r.includes('#')) {
+      fail(`resource ${r}: an API name or an absolute audience URI without fragment`);
+    }
+  }
+  return list;
 }
 
 /** Array.isArray without narrowing (it would widen `readonly JWK[]` to `any[]`). */
@@ -216,6 +241,9 @@ export function buildClientMetadata(input: NewClient): ClientMetadata {
     token_endpoint_auth_method: method,
     ...(method === 'private_key_jwt' ? { jwks: validateJwks(input.jwks) } : {}),
     ...(requirePar ? { require_pushed_authorization_requests: true } : {}),
+    ...(input.resources !== undefined && input.resources.length > 0
+      ? { resources: validateResources(input.resources) }
+      : {}),
   };
   if (method === 'tls_client_auth') {
     const dn = input.tlsSubjectDn?.trim() ?? '';

@@ -85,6 +85,8 @@ declare module 'oidc-provider' {
     proxy: boolean;
     callback(): (req: AnyRequest, res: AnyResponse) => Promise<void>;
     use(middleware: (ctx: KoaContextWithOIDC, next: () => Promise<void>) => Promise<void>): this;
+    /** The name of one of its cookies (configuration `cookies.names`). */
+    cookieName(type: 'session' | 'interaction' | 'resume'): string;
     interactionDetails(req: AnyRequest, res: AnyResponse): Promise<InteractionDetails>;
     interactionFinished(
       req: AnyRequest,
@@ -118,6 +120,10 @@ declare module 'oidc-provider' {
     }
     class InvalidClient extends OIDCProviderError {
       constructor(description?: string);
+    }
+    /** `invalid_client` with the generic description; `detail` stays server-side. */
+    class InvalidClientAuth extends OIDCProviderError {
+      constructor(detail?: string);
     }
     class InvalidScope extends OIDCProviderError {
       constructor(description?: string, scope?: string);

@@ -17,7 +17,7 @@
  *   node) a new Provider instance is built and swapped in; requests in flight finish on the
  *   instance they started with, and state lives in the store, shared by both.
  */
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, randomBytes } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import type { JWTPayload } from 'jose';
@@ -39,9 +39,19 @@ import type { Store } from '../store/index.ts';
 import { createAdapterFactory, purgeExpired } from './adapter.ts';
 import type { OidcAdapter } from './adapter.ts';
 import { clientSecretMatches, providerClientMetadata } from './clients.ts';
+import { scopeSessionCookies } from './cookies.ts';
 import { createGrantTokenTracker, refreshTokenTtl } from './grant-tokens.ts';
+import { layout } from './interactions/html.ts';
 import { UNAVAILABLE_RETRY_AFTER_SECONDS, isDependencyUnavailable } from '../store/unavailable.ts';
 import { isAuthorizationServerPath } from './paths.ts';
+import {
+  ResourceRefusal,
+  checkScopes,
+  checkTarget,
+  chooseResource,
+  registeredAudiences,
+} from './resources.ts';
+import type { Resource, ResourceCatalog, ResourceClient } from './resources.ts';
 import { createRevocationList } from './revocation.ts';
 import type { RevocationList } from './revocation.ts';
 
@@ -50,6 +60,42 @@ export { Provider } from 'oidc-provider';
 
 /** Asymmetric signature algorithms allowed anywhere (issued tokens, client assertions, DPoP). */
 export const ALLOWED_ALGS = ['ES256', 'PS256', 'EdDSA'] as const;
+
+/** The longest lifetime of a private_key_jwt client assertion (exp - iat, and exp - now). */
+export const MAX_CLIENT_ASSERTION_SECONDS = 300;
+
+/**
+ * private_key_jwt assertions (RFC 7523 §3, draft-ietf-oauth-rfc7523bis): `aud` is exactly the
+ * issuer identifier, as a single string (oidc-provider would also take an array, the token
+ * endpoint URL or the endpoint called), and the assertion is short-lived. Throws the generic
+ * invalid_client; the reason stays in the error detail (server-side).
+ */
+export function checkClientAssertion(
+  issuer: string,
+  claims: { aud?: unknown; exp?: unknown; iat?: unknown },
+  nowSeconds: number,
+): void {
+  if (typeof claims.aud !== 'string' || claims.aud !== issuer) {
+    throw new errors.InvalidClientAuth('aud must be exactly the issuer identifier, as a single string');
+  }
+  const exp = claims.exp;
+  if (typeof exp !== 'number' || exp - nowSeconds > MAX_CLIENT_ASSERTION_SECONDS) {
+    throw new errors.InvalidClientAuth('exp must be at most 300 seconds ahead');
+  }
+  if (typeof claims.iat === 'number' && exp - claims.iat > MAX_CLIENT_ASSERTION_SECONDS) {
+    throw new errors.InvalidClientAuth('the assertion lifetime (exp - iat) must be at most 300 seconds');
+  }
+}
+
+/**
+ * Whether introspecting `aud` may be answered for `client`: a resource the client is registered
+ * for (its resource servers), checked by {@link resourceClient}'s audiences.
+ */
+function audienceRegistered(client: ClientInstance, aud: unknown): boolean {
+  const { audiences } = resourceClient(client);
+  const list = Array.isArray(aud) ? aud : [aud];
+  return list.some((a) => typeof a === 'string' && audiences.has(a));
+}
 
 /**
  * What the login/consent implementation (src/oauth/interactions) plugs in. The provider in
@@ -135,16 +181,9 @@ export interface AuthorizationServer {
 
 export { isAuthorizationServerPath };
 
-interface ResourceInfo {
-  readonly audience: string;
-  readonly scopes: ReadonlySet<string>;
-}
-
 interface Settings {
   readonly issuer: string;
-  readonly resources: ReadonlyMap<string, ResourceInfo>;
-  /** The audience of the only API, when there is exactly one. */
-  readonly defaultResource: string | undefined;
+  readonly resources: ReadonlyMap<string, Resource>;
   readonly loaded: LoadedConfig;
 }
 
@@ -168,14 +207,13 @@ export function declaredScopes(document: OpenApiDocument): Set<string> {
 async function buildSettings(loaded: LoadedConfig): Promise<Settings> {
   const { config } = loaded;
   const issuer = config.gateway.publicUrl;
-  const resources = new Map<string, ResourceInfo>();
+  const resources = new Map<string, Resource>();
   for (const api of config.apis) {
     const document = await loadOpenApi(loaded.resolvePath(api.openapi));
     const audience = api.audience ?? `${issuer}${api.basePath}`;
-    resources.set(audience, { audience, scopes: declaredScopes(document) });
+    resources.set(audience, { name: api.name, audience, scopes: declaredScopes(document) });
   }
-  const only = resources.size === 1 ? [...resources.keys()][0] : undefined;
-  return { issuer, resources, defaultResource: only, loaded };
+  return { issuer, resources, loaded };
 }
 
 const GENERIC_ERROR_PAGE =
@@ -183,15 +221,34 @@ const GENERIC_ERROR_PAGE =
   '<body><h1>The request could not be completed</h1>' +
   '<p>Return to the application and try again.</p></body></html>';
 
-const LOGOUT_PAGE = (form: string) =>
-  '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Sign out</title></head>' +
-  `<body><h1>Sign out?</h1>${form}` +
-  '<button type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button> ' +
-  '<button type="submit" form="op.logoutForm">No, stay signed in</button></body></html>';
+/** The logout confirmation (`form` is oidc-provider's, with its xsrf field): no script. */
+const LOGOUT_PAGE = (form: string, nonce: string) =>
+  layout(
+    'Sign out',
+    nonce,
+    `<h1>Sign out?</h1>${form}<div class="row">` +
+      '<button type="submit" form="op.logoutForm">No, stay signed in</button>' +
+      '<button type="submit" form="op.logoutForm" value="yes" name="logout" class="primary">Yes, sign me out</button></div>',
+  );
 
-const LOGGED_OUT_PAGE =
-  '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Signed out</title></head>' +
-  '<body><h1>You are signed out</h1></body></html>';
+const LOGGED_OUT_PAGE = (nonce: string) => layout('Signed out', nonce, '<h1>You are signed out</h1>');
+
+/**
+ * The Content-Security-Policy of the authorization server's own responses. Pages oidc-provider
+ * renders with an inline script (the `form_post` response mode, and the logout form it submits by
+ * itself when there is no session) add that script's hash to `script-src`; our pages use the
+ * per-response nonce for their stylesheet. Nothing else runs or loads. Without a `script-src`
+ * (the gateway's API policy, `default-src 'none'`) those pages stayed blank in browsers.
+ */
+export function authorizationServerCsp(nonce: string): string {
+  return `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; img-src 'none'; frame-ancestors 'none'; base-uri 'none'`;
+}
+
+/** The per-response nonce of each request the provider serves. */
+const nonces = new WeakMap<object, string>();
+function nonceOf(ctx: KoaContextWithOIDC): string {
+  return nonces.get(ctx.req) ?? '';
+}
 
 function peerSocket(ctx: KoaContextWithOIDC): TLSSocket | undefined {
   const socket = ctx.req.socket as Partial<TLSSocket> | undefined;
@@ -242,6 +299,33 @@ function errorOf(err: unknown): { error: string; description: string | undefined
 function paramOf(ctx: KoaContextWithOIDC, name: string): string | undefined {
   const value = ctx.oidc?.params?.[name];
   return typeof value === 'string' ? value : undefined;
+}
+
+/** The client metadata property carrying the audiences a client is registered for. */
+const CLIENT_RESOURCES = 'portcullis_resources';
+
+function resourceClient(client: ClientInstance): ResourceClient {
+  const audiences = (client as unknown as Record<string, unknown>)[CLIENT_RESOURCES];
+  return {
+    scope: client.scope ?? '',
+    audiences: new Set(Array.isArray(audiences) ? audiences.filter((a) => typeof a === 'string') : []),
+  };
+}
+
+/** A resource-policy refusal as the OAuth error oidc-provider renders (and audits). */
+function asOAuthError(err: unknown): Error {
+  if (!(err instanceof ResourceRefusal))
+    return err instanceof Error ? err : new Error('resource check failed');
+  return err.error === 'invalid_scope'
+    ? new errors.InvalidScope(err.description, '')
+    : new errors.InvalidTarget(err.description);
+}
+
+function resourceParams(ctx: KoaContextWithOIDC, indicator: string): string[] {
+  const value: unknown = ctx.oidc?.params?.resource;
+  if (typeof value === 'string') return [value];
+  if (Array.isArray(value)) return value.filter((v): v is string => typeof v === 'string');
+  return [indicator];
 }
 
 interface Instance {
@@ -315,6 +399,10 @@ export async function createAuthorizationServer(
     const scopes = new Set(refresh ? ['openid', 'offline_access'] : ['openid']);
     for (const name of Object.keys(claims)) scopes.add(name);
     for (const r of s.resources.values()) for (const x of r.scopes) scopes.add(x);
+    const catalog: ResourceCatalog = {
+      resources: s.resources,
+      oidcScopes: new Set(['openid', 'offline_access', ...Object.keys(claims)]),
+    };
     const storeAdapter = createAdapterFactory({
       db: store.db,
       alreadyConsumed: (model, grantId) => lostConsumeRace(storeAdapter, model, grantId),
@@ -325,10 +413,19 @@ export async function createAuthorizationServer(
         });
         if (metadata === undefined) return undefined;
         // A scope no API declares any more is dropped rather than invalidating the client.
-        const held = typeof metadata.scope === 'string' ? metadata.scope.split(' ') : [];
+        const { resources: registered, ...rest } = metadata;
+        const held = typeof rest.scope === 'string' ? rest.scope.split(' ') : [];
+        const scope = held.filter((x) => scopes.has(x)).join(' ') || 'openid';
         return {
-          ...metadata,
-          scope: held.filter((x) => scopes.has(x)).join(' ') || 'openid',
+          ...rest,
+          scope,
+          [CLIENT_RESOURCES]: [
+            ...registeredAudiences(
+              catalog,
+              scope,
+              Array.isArray(registered) ? registered.filter((r) => typeof r === 'string') : undefined,
+            ),
+          ],
           // RFC 8705 §3: a client that authenticates with its certificate gets tokens bound to
           // it (cnf.x5t#S256); secret- and key-authenticated clients get unbound tokens.
           tls_client_certificate_bound_access_tokens:
@@ -378,6 +475,11 @@ export async function createAuthorizationServer(
         id_token_signed_response_alg: alg,
       },
       clientBasedCORS: () => false,
+      assertJwtClientAuthClaimsAndHeader: (_ctx: unknown, claims: Record<string, unknown>) => {
+        checkClientAssertion(s.issuer, claims, Math.floor(Date.now() / 1000));
+        return Promise.resolve();
+      },
+      extraClientMetadata: { properties: [CLIENT_RESOURCES] },
       enabledJWA: {
         clientAuthSigningAlgValues: asymmetric,
         idTokenSigningAlgValues: signingAlgs,
@@ -427,9 +529,19 @@ export async function createAuthorizationServer(
         devInteractions: { enabled: false },
         introspection: {
           enabled: true,
-          // Public clients cannot introspect: introspection needs real client authentication.
-          allowedPolicy: (_ctx: unknown, client: ClientInstance) =>
-            Promise.resolve(client.clientAuthMethod !== 'none'),
+          // Public clients cannot introspect: introspection needs real client authentication. A
+          // confidential client learns only about its own tokens and those for the resources it
+          // is registered for; anything else is {active: false}. (JWT access tokens: below.)
+          allowedPolicy: (
+            _ctx: unknown,
+            client: ClientInstance,
+            token: { clientId?: unknown; aud?: unknown; resourceServer?: { audience?: unknown } },
+          ) =>
+            Promise.resolve(
+              client.clientAuthMethod !== 'none' &&
+                (token.clientId === client.clientId ||
+                  audienceRegistered(client, token.resourceServer?.audience ?? token.aud)),
+            ),
         },
         revocation: { enabled: true },
         clientCredentials: { enabled: true },
@@ -448,14 +560,32 @@ export async function createAuthorizationServer(
           certificateAuthorized: (ctx: KoaContextWithOIDC) => peerSocket(ctx)?.authorized === true,
           certificateSubjectMatches: subjectMatches,
         },
+        // resources.ts: a client gets tokens only for the APIs it is registered for, only with
+        // scopes it holds, and a request without `resource` gets the audience its scopes name.
         resourceIndicators: {
           enabled: true,
-          defaultResource: (_ctx: unknown, _client: unknown, oneOf?: string[]) =>
-            Promise.resolve(oneOf ?? s.defaultResource),
+          defaultResource: (ctx: KoaContextWithOIDC, client: ClientInstance, oneOf?: string[]) => {
+            try {
+              return Promise.resolve(
+                chooseResource(catalog, resourceClient(client), paramOf(ctx, 'scope'), {
+                  oneOf,
+                  openIdOnly: ctx.oidc?.route !== 'token',
+                }),
+              );
+            } catch (err) {
+              return Promise.reject(asOAuthError(err));
+            }
+          },
           useGrantedResource: () => Promise.resolve(true),
-          getResourceServerInfo: (_ctx: unknown, indicator: string, client: ClientInstance) => {
-            const resource = s.resources.get(indicator);
-            if (resource === undefined) return Promise.reject(new errors.InvalidTarget());
+          getResourceServerInfo: (ctx: KoaContextWithOIDC, indicator: string, client: ClientInstance) => {
+            let resource: Resource;
+            try {
+              const rc = resourceClient(client);
+              resource = checkTarget(catalog, rc, indicator);
+              checkScopes(catalog, rc, resourceParams(ctx, indicator), paramOf(ctx, 'scope'));
+            } catch (err) {
+              return Promise.reject(asOAuthError(err));
+            }
             const allowed = new Set((client.scope ?? '').split(' '));
             return Promise.resolve({
               scope: [...resource.scopes].filter((x) => allowed.has(x)).join(' '),
@@ -471,12 +601,12 @@ export async function createAuthorizationServer(
           enabled: true,
           logoutSource: (ctx: KoaContextWithOIDC, form: string) => {
             ctx.type = 'html';
-            ctx.body = LOGOUT_PAGE(form);
+            ctx.body = LOGOUT_PAGE(form, nonceOf(ctx));
             return Promise.resolve();
           },
           postLogoutSuccessSource: (ctx: KoaContextWithOIDC) => {
             ctx.type = 'html';
-            ctx.body = LOGGED_OUT_PAGE;
+            ctx.body = LOGGED_OUT_PAGE(nonceOf(ctx));
             return Promise.resolve();
           },
           ...(theirFeatures.rpInitiatedLogout as Record<string, unknown> | undefined),
@@ -523,7 +653,14 @@ export async function createAuthorizationServer(
     ) {
       return clientSecretMatches(keys, this.clientSecret, actual);
     };
+    provider.use((ctx, next) => {
+      const nonce = randomBytes(18).toString('base64url');
+      nonces.set(ctx.req, nonce);
+      ctx.set('content-security-policy', authorizationServerCsp(nonce));
+      return next();
+    });
     provider.use((ctx, next) => unavailableAs503(ctx, next));
+    provider.use((ctx, next) => ownPathCookies(ctx, next, provider));
     provider.use((ctx, next) => structuredTokens(ctx, next, s));
     observe(provider);
     return { provider, callback: provider.callback() };
@@ -551,6 +688,14 @@ export async function createAuthorizationServer(
       ctx.set('retry-after', String(UNAVAILABLE_RETRY_AFTER_SECONDS));
       ctx.set('cache-control', 'no-store');
     }
+  };
+
+  /** The session cookie on the paths that read it, never `Path=/` (cookies.ts). */
+  const ownPathCookies = async (ctx: KoaContextWithOIDC, next: () => Promise<void>, provider: Provider) => {
+    await next();
+    const set = ctx.res.getHeader('set-cookie');
+    if (!Array.isArray(set) || set.length === 0) return;
+    ctx.res.setHeader('set-cookie', scopeSessionCookies(set, provider.cookieName('session')));
   };
 
   /**
@@ -582,7 +727,12 @@ export async function createAuthorizationServer(
     if (route === 'introspection') {
       ctx.status = 200;
       ctx.set('cache-control', 'no-store');
-      if (client.clientAuthMethod === 'none' || payload === undefined || jti === undefined) {
+      if (
+        client.clientAuthMethod === 'none' ||
+        payload === undefined ||
+        jti === undefined ||
+        !audienceRegistered(client, payload.aud)
+      ) {
         ctx.body = { active: false };
         return;
       }

@@ -8,6 +8,7 @@ import { createLocalKms } from '../keys/kms.ts';
 import { openStore } from '../store/index.ts';
 import type { Store } from '../store/index.ts';
 import {
+  ACCOUNT_MAX_DELAY_MS,
   base32Decode,
   base32Encode,
   createUsers,
@@ -149,6 +150,7 @@ describe.each(backends)('user directory on $name', ({ url }) => {
   let users: Users;
   const login = { maxFailures: 3, windowSeconds: 600, maxDelaySeconds: 8 };
   const ITER = 1000;
+  const slept: number[] = [];
 
   beforeAll(async () => {
     store = await openStore({ url: url(), dataDir: tmp });
@@ -158,6 +160,10 @@ describe.each(backends)('user directory on $name', ({ url }) => {
       login,
       iterations: ITER,
       now: () => clock,
+      sleep: (ms) => {
+        slept.push(ms);
+        return Promise.resolve();
+      },
     });
   });
   afterAll(async () => {
@@ -221,32 +227,51 @@ describe.each(backends)('user directory on $name', ({ url }) => {
         ip: `10.1.0.${String(i)}`,
       });
     }
-    expect(await users.throttledFor({ username: 'ghost', ip: '10.9.9.9' })).toBe(1);
+    expect(await users.accountDelayMs('ghost')).toBe(250);
   });
 
-  it('throttles per account with a doubling delay up to the maximum, and resets on success', async () => {
+  // Changed with issue 12 #7: failures per username alone used to block the account (even the
+  // right password, from anywhere); now they only slow it, and blocking is per source.
+  it('per username only slows, capped, and never denies the right password from a clean source', async () => {
     clock += 3_600_000;
     await users.create({ username: 'dave', password: 'dave password 1' });
     const attempt = (password: string, ip: string) => users.authenticate({ username: 'dave', password, ip });
-    // Different IPs: only the account counter reaches the limit.
-    await attempt('wrong wrong wrong', '10.2.0.1');
-    await attempt('wrong wrong wrong', '10.2.0.2');
+    const delays: number[] = [];
+    for (let i = 0; i < 7; i++) {
+      await attempt('wrong wrong wrong', `10.2.0.${String(i)}`);
+      delays.push(await users.accountDelayMs('dave'));
+    }
+    expect(delays).toEqual([0, 0, 250, 500, 1000, 2000, ACCOUNT_MAX_DELAY_MS]);
+    // No source is blocked for the account: one failure each.
     expect(await users.throttledFor({ username: 'dave', ip: '10.2.9.9' })).toBe(0);
-    await attempt('wrong wrong wrong', '10.2.0.3');
-    expect(await users.throttledFor({ username: 'dave', ip: '10.2.9.9' })).toBe(1);
-    // While blocked even the right password is refused, and the refusal is generic.
-    expect(await attempt('dave password 1', '10.2.0.4')).toEqual({ ok: false });
+    slept.length = 0;
+    expect(await attempt('dave password 1', '10.2.9.9')).toMatchObject({ ok: true });
+    expect(slept).toEqual([ACCOUNT_MAX_DELAY_MS]);
+    expect(await users.accountDelayMs('dave')).toBe(0);
+  });
+
+  it('blocks username + source with a doubling delay up to the maximum; another source still signs in', async () => {
+    clock += 3_600_000;
+    await users.create({ username: 'dina', password: 'dina password 1' });
+    const attempt = (password: string, ip: string) => users.authenticate({ username: 'dina', password, ip });
+    await attempt('wrong wrong wrong', '10.4.0.1');
+    await attempt('wrong wrong wrong', '10.4.0.1');
+    expect(await users.throttledFor({ username: 'dina', ip: '10.4.0.1' })).toBe(0);
+    await attempt('wrong wrong wrong', '10.4.0.1');
+    expect(await users.throttledFor({ username: 'dina', ip: '10.4.0.1' })).toBe(1);
+    // While blocked even the right password is refused from there, and the refusal is generic.
+    expect(await attempt('dina password 1', '10.4.0.1')).toEqual({ ok: false });
     const delays: number[] = [];
     for (let i = 0; i < 5; i++) {
       clock += 60_000; // past the block
-      await attempt('wrong wrong wrong', '10.2.1.1');
-      delays.push(await users.throttledFor({ username: 'dave', ip: '10.2.9.9' }));
+      await attempt('wrong wrong wrong', '10.4.0.1');
+      delays.push(await users.throttledFor({ username: 'dina', ip: '10.4.0.1' }));
     }
-    expect(delays).toEqual([2, 4, 8, 8, 8]);
-    clock += 60_000;
-    expect(await attempt('dave password 1', '10.2.1.2')).toMatchObject({ ok: true });
-    await attempt('wrong wrong wrong', '10.2.1.3');
-    expect(await users.throttledFor({ username: 'dave', ip: '10.2.9.9' })).toBe(0);
+    // The refused attempt while blocked counted as the 4th failure.
+    expect(delays).toEqual([4, 8, 8, 8, 8]);
+    // Another source is not blocked: the right password signs in, after the account's slow-down.
+    expect(await users.throttledFor({ username: 'dina', ip: '10.4.0.2' })).toBe(0);
+    expect(await attempt('dina password 1', '10.4.0.2')).toMatchObject({ ok: true });
   });
 
   it('throttles per client IP across accounts (password spraying)', async () => {
@@ -273,10 +298,11 @@ describe.each(backends)('user directory on $name', ({ url }) => {
     clock += 3_600_000;
     await users.create({ username: 'frank', password: 'frank password 1' });
     await users.authenticate({ username: 'frank', password: 'nope nope nope', ip: '10.3.0.1' });
-    await users.authenticate({ username: 'frank', password: 'nope nope nope', ip: '10.3.0.2' });
+    await users.authenticate({ username: 'frank', password: 'nope nope nope', ip: '10.3.0.1' });
     clock += login.windowSeconds * 1000 + 1000;
-    await users.authenticate({ username: 'frank', password: 'nope nope nope', ip: '10.3.0.3' });
-    expect(await users.throttledFor({ username: 'frank', ip: '10.3.9.9' })).toBe(0);
+    await users.authenticate({ username: 'frank', password: 'nope nope nope', ip: '10.3.0.1' });
+    expect(await users.throttledFor({ username: 'frank', ip: '10.3.0.1' })).toBe(0);
+    expect(await users.accountDelayMs('frank')).toBe(0);
   });
 
   it('TOTP: secret wrapped at rest, second factor required, replay of a used step refused', async () => {

@@ -1,8 +1,16 @@
 /**
  * End users of the authorization server: local accounts with PBKDF2-HMAC-SHA-256 password hashes,
  * an optional TOTP second factor (RFC 6238), federated accounts (`<issuer>|<sub>`), and login
- * throttling per account and per client IP counted in the store (so it survives restarts and is
- * shared by every process on the same database).
+ * throttling counted in the store (so it survives restarts and is shared by every process on the
+ * same database).
+ *
+ * Throttling follows NIST SP 800-63B §5.2.2 without handing attackers a lockout: failures are
+ * counted per client IP (password spraying) and per username + client IP, and each of those is
+ * blocked with a doubling delay up to `oauth.login.maxDelaySeconds` (an attempt while blocked
+ * counts too). Per username alone there is
+ * only a ceiling that slows: once the account has `maxFailures` failures from anywhere, each
+ * attempt on it waits a doubling delay capped at {@link ACCOUNT_MAX_DELAY_MS} before it is checked,
+ * and the right password from a source that is not blocked still signs in.
  *
  * Every failure the caller can observe is the same `{ ok: false }`: wrong password, unknown user,
  * disabled user, wrong or replayed TOTP code and throttling all look alike, and an unknown user
@@ -28,6 +36,9 @@ const HASH_PREFIX = 'pbkdf2-sha256';
 /** Lower bound accepted when reading a stored hash (tests may create cheaper hashes). */
 const MIN_STORED_ITERATIONS = 1_000;
 const MAX_STORED_ITERATIONS = 10_000_000;
+/** The per-username slow-down: 250 ms after `maxFailures`, doubling, never more than this. */
+export const ACCOUNT_MAX_DELAY_MS = 3_000;
+const ACCOUNT_BASE_DELAY_MS = 250;
 
 const USERNAME = /^[a-z0-9][a-z0-9._@+-]{0,63}$/;
 
@@ -288,8 +299,13 @@ export interface Users {
    * disabled or the identifiers are unusable.
    */
   federated(issuer: string, subject: string): Promise<UserInfo | undefined>;
-  /** Seconds until `ip` / `username` may try again (0 when not throttled); for tests and admin. */
+  /**
+   * Seconds until `username` may be tried again from `ip` (0 when neither the IP nor the pair is
+   * blocked); for tests and admin.
+   */
   throttledFor(input: { username: string; ip: string }): Promise<number>;
+  /** The slow-down every attempt on `username` waits now, in milliseconds (never a denial). */
+  accountDelayMs(username: string): Promise<number>;
 }
 
 export interface UsersOptions {
@@ -301,6 +317,8 @@ export interface UsersOptions {
   /** PBKDF2 iterations for new hashes (default 600 000); lower only in tests. */
   readonly iterations?: number;
   readonly now?: () => number;
+  /** Waits the per-username slow-down (default a timer; tests record it instead). */
+  readonly sleep?: (ms: number) => Promise<void>;
 }
 
 function info(row: {
@@ -338,10 +356,42 @@ export function createUsers(options: UsersOptions): Users {
   let dummy: Promise<string> | undefined;
   const dummyHash = () => (dummy ??= hashPassword(randomBytes(16).toString('base64url'), iterations));
 
-  const throttleKeys = (username: string, ip: string) => [
-    `account:${normalizeUsername(username) ?? username.slice(0, 100)}`,
+  const sleep =
+    options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref()));
+  const accountKey = (username: string) => `account:${normalizeUsername(username) ?? username.slice(0, 100)}`;
+  /** The keys that deny: the source, and the username from that source. */
+  const denyKeys = (username: string, ip: string) => [
+    `pair:${ip.slice(0, 100)}|${normalizeUsername(username) ?? username.slice(0, 100)}`,
     `ip:${ip.slice(0, 100)}`,
   ];
+
+  async function accountDelay(username: string): Promise<number> {
+    const row = await db
+      .selectFrom('login_throttle')
+      .select(['failures', 'window_start'])
+      .where('key', '=', accountKey(username))
+      .executeTakeFirst();
+    if (row === undefined) return 0;
+    if (Date.parse(row.window_start) < now() - login.windowSeconds * 1000) return 0;
+    const over = row.failures - login.maxFailures;
+    if (over < 0) return 0;
+    return Math.min(ACCOUNT_MAX_DELAY_MS, ACCOUNT_BASE_DELAY_MS * 2 ** Math.min(over, 30));
+  }
+
+  /**
+   * Blocked: the generic refusal, and the attempt counts against the source (hammering a blocked
+   * source extends its block). Otherwise the account's slow-down is waited first.
+   */
+  async function admit(username: string, ip: string): Promise<boolean> {
+    const keys = denyKeys(username, ip);
+    if ((await blockedFor(keys)) > 0) {
+      await recordFailure(keys);
+      return false;
+    }
+    const delay = await accountDelay(username);
+    if (delay > 0) await sleep(delay);
+    return true;
+  }
 
   async function blockedFor(keys: string[]): Promise<number> {
     const rows = await db
@@ -387,8 +437,13 @@ export function createUsers(options: UsersOptions): Users {
     }
   }
 
-  async function reset(key: string): Promise<void> {
-    await db.deleteFrom('login_throttle').where('key', '=', key).execute();
+  /** A sign-in succeeded: the account and this source's count for it start again (not the IP's). */
+  async function resetAccount(username: string, ip: string): Promise<void> {
+    const [pair = ''] = denyKeys(username, ip);
+    await db
+      .deleteFrom('login_throttle')
+      .where('key', 'in', [accountKey(username), pair])
+      .execute();
   }
 
   const columns = [
@@ -496,8 +551,8 @@ export function createUsers(options: UsersOptions): Users {
     },
 
     async authenticate({ username, password, ip }) {
-      const keys = throttleKeys(username, ip);
-      if ((await blockedFor(keys)) > 0) return { ok: false };
+      const keys = [...denyKeys(username, ip), accountKey(username)];
+      if (!(await admit(username, ip))) return { ok: false };
       const name = normalizeUsername(username);
       const row = name === undefined ? undefined : await byUsername(name);
       const usable = row !== undefined && row.disabled === 0 && row.password_hash !== null;
@@ -508,7 +563,7 @@ export function createUsers(options: UsersOptions): Users {
         return { ok: false };
       }
       if (row.totp_secret_wrapped !== null) return { ok: true, user: info(row), secondFactor: 'totp' };
-      await reset(keys[0] ?? '');
+      await resetAccount(username, ip);
       await db
         .updateTable('users')
         .set({ last_login_at: iso(now()) })
@@ -527,8 +582,9 @@ export function createUsers(options: UsersOptions): Users {
 
     async verifyTotp({ accountId, code, ip }) {
       const row = await db.selectFrom('users').select(columns).where('id', '=', accountId).executeTakeFirst();
-      const keys = throttleKeys(row?.username ?? accountId, ip);
-      if ((await blockedFor(keys)) > 0) return { ok: false };
+      const username = row?.username ?? accountId;
+      const keys = [...denyKeys(username, ip), accountKey(username)];
+      if (!(await admit(username, ip))) return { ok: false };
       if (!row || row.disabled !== 0 || row.totp_secret_wrapped === null) {
         await recordFailure(keys);
         return { ok: false };
@@ -551,7 +607,7 @@ export function createUsers(options: UsersOptions): Users {
         await recordFailure(keys);
         return { ok: false };
       }
-      await reset(keys[0] ?? '');
+      await resetAccount(username, ip);
       return { ok: true, user: info(row) };
     },
 
@@ -599,7 +655,9 @@ export function createUsers(options: UsersOptions): Users {
     },
 
     async throttledFor({ username, ip }) {
-      return blockedFor(throttleKeys(username, ip));
+      return blockedFor(denyKeys(username, ip));
     },
+
+    accountDelayMs: accountDelay,
   };
 }
