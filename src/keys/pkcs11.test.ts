@@ -7,8 +7,11 @@
 import { createPublicKey, verify } from 'node:crypto';
 import type { JsonWebKey } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { compactVerify, importJWK } from 'jose';
+import { compactVerify, createLocalJWKSet, importJWK, jwtVerify } from 'jose';
+import { Provider } from 'oidc-provider';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { checkpointPayload } from '../audit/chain.ts';
 import { ConfigError, parseConfig } from '../config/load.ts';
@@ -18,6 +21,7 @@ import { openCustody, resolveSecretRef } from './custody.ts';
 import { ENVELOPE_V2, KmsError, envelopeKeyId } from './kms.ts';
 import { Hsm, createPkcs11KeyRing } from './pkcs11.ts';
 import { openKeyManager } from './index.ts';
+import { EXTERNAL_SIGNING_FEATURE, oidcSigningKeys } from './oidc.ts';
 import type { StoreKeyManager } from './index.ts';
 import { initSoftHsmToken } from './testing/softhsm.ts';
 
@@ -277,5 +281,74 @@ describe('custody from configuration', () => {
     expect(custody.source).toBe(`pkcs11:${token.label}/portcullis-kek`);
     expect(custody.hsmSigning).toBe(true);
     custody.hsm?.close();
+  });
+});
+
+describe('oidc-provider signs access tokens through PKCS#11 (externalSigningSupport)', () => {
+  it('issues a JWT access token signed on the token that the published JWKS verifies', async () => {
+    const store = await backends.open('sqlite');
+    stores.push(store);
+    const keys = await openKeyManager({ store, dataDir: backends.dir, config: OAUTH, keys: keysConfig, env });
+    managers.push(keys);
+    const resource = 'https://api.example.test';
+    const provider = new Provider('http://127.0.0.1', {
+      jwks: oidcSigningKeys(keys),
+      clients: [
+        {
+          client_id: 'hsm-client',
+          client_secret: 'hsm-client-secret-value-0123456789',
+          grant_types: ['client_credentials'],
+          redirect_uris: [],
+          response_types: [],
+          token_endpoint_auth_method: 'client_secret_post',
+          id_token_signed_response_alg: 'ES256',
+        },
+      ],
+      features: {
+        externalSigningSupport: EXTERNAL_SIGNING_FEATURE,
+        clientCredentials: { enabled: true },
+        devInteractions: { enabled: false },
+        resourceIndicators: {
+          enabled: true,
+          defaultResource: () => resource,
+          useGrantedResource: () => true,
+          getResourceServerInfo: () => ({
+            scope: 'read',
+            audience: resource,
+            accessTokenFormat: 'jwt',
+            jwt: { sign: { alg: 'ES256' } },
+          }),
+        },
+      },
+    });
+    const handle = provider.callback();
+    const server = createServer((req, res) => {
+      void handle(req, res);
+    });
+    await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const response = await fetch(`http://127.0.0.1:${String(port)}/token`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({
+          grant_type: 'client_credentials',
+          client_id: 'hsm-client',
+          client_secret: 'hsm-client-secret-value-0123456789',
+          scope: 'read',
+          resource,
+        }),
+      });
+      expect(response.status).toBe(200);
+      const body = (await response.json()) as { access_token: string };
+      const jwks = createLocalJWKSet(keys.publicJwks());
+      const { payload, protectedHeader } = await jwtVerify(body.access_token, jwks, { audience: resource });
+      expect(protectedHeader).toMatchObject({ alg: 'ES256', kid: keys.current().kid });
+      expect(payload.client_id).toBe('hsm-client');
+      // The key that signed it has no private JWK anywhere: it signed on the token.
+      expect(keys.signingJwks().keys).toEqual([]);
+    } finally {
+      server.close();
+    }
   });
 });
