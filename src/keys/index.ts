@@ -545,6 +545,8 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
       .where('id', '=', STATE_ID)
       .executeTakeFirst();
     if (state !== undefined && state.generation === set.generation) return false;
+    // A master-key rotation elsewhere moves the generation too: new wraps use the new key.
+    await kms.refresh();
     const fresh = await readKeySet();
     if (fresh === undefined) throw new KeyManagerError('KEYS_INCONSISTENT', 'the key set is gone');
     if (fresh.generation === set.generation) return false;
