@@ -146,35 +146,13 @@ describe('backup and restore of the data directory (docs/deployment.md, Key cust
       const config = join(tmp, `portcullis-backup.yaml`);
       writeFileSync(config, stringify({ version: 1 }));
       const common = ['--config', config, '--data-dir', dataDir];
-      const issued = await runPortcullis([
-        'apikeys',
-        'issue',
-        '--name',
-        'backup',
-        '--api',
-        'any',
-        '--json',
-        ...common,
-      ]);
+      expect((await runPortcullis(['keys', 'rotate', ...common])).code).toBe(0);
       const before = await snapshot(config, dataDir);
 
       const restored = join(dir, 'restored');
       cpSync(dataDir, restored, { recursive: true });
       const after = await snapshot(config, restored);
       expect({ ...after, envelopes: [] }).toEqual({ ...before, envelopes: [] });
-      if (issued.code === 0) {
-        const { id } = JSON.parse(issued.stdout) as { id: string };
-        const list = await runPortcullis([
-          'apikeys',
-          'list',
-          '--json',
-          '--config',
-          config,
-          '--data-dir',
-          restored,
-        ]);
-        expect(list.stdout).toContain(id);
-      }
 
       // The database without its master key: refused loudly, nothing regenerated over it.
       const lost = join(dir, 'lost');

@@ -22,6 +22,7 @@ import { ENVELOPE_V2, KmsError, envelopeKeyId } from './kms.ts';
 import { Hsm, createPkcs11KeyRing } from './pkcs11.ts';
 import { openKeyManager } from './index.ts';
 import { EXTERNAL_SIGNING_FEATURE, oidcSigningKeys } from './oidc.ts';
+import { rotateMasterKey } from './rotate-master.ts';
 import type { StoreKeyManager } from './index.ts';
 import { initSoftHsmToken } from './testing/softhsm.ts';
 
@@ -350,5 +351,58 @@ describe('oidc-provider signs access tokens through PKCS#11 (externalSigningSupp
     } finally {
       server.close();
     }
+  });
+});
+
+describe.each(backends.names)('master-key rotation on the token, on %s', (backend) => {
+  it('re-wraps every key under a new HSM key, resumes after a stop, and the old key is retired', async () => {
+    const store = await backends.open(backend);
+    stores.push(store);
+    const wrappedConfig = {
+      ...keysConfig,
+      pkcs11: { ...keysConfig.pkcs11, kekLabel: `kek-${backend}`, signingKeys: false },
+    };
+    const custody = openCustody({ keys: wrappedConfig, kms: OAUTH.kms, dataDir: backends.dir, env });
+    const keys = await openKeyManager({ store, dataDir: backends.dir, config: OAUTH, custody });
+    managers.push(keys);
+    const oldId = custody.kms.currentKeyId();
+    const hmac = keys.hmac('client-secret', 'secret-value');
+    const stop = new Error('stopped by the test');
+    await expect(
+      rotateMasterKey({
+        store,
+        kms: custody.kms,
+        onProgress: (n) => {
+          if (n >= 2) throw stop;
+        },
+      }),
+    ).rejects.toBe(stop);
+    const journal = await store.db.selectFrom('master_key_rotations').selectAll().executeTakeFirstOrThrow();
+    expect(journal).toMatchObject({ from_key: oldId, provider: 'pkcs11', rewrapped: 2, finished_at: null });
+    const done = await rotateMasterKey({ store, kms: custody.kms });
+    expect(done).toMatchObject({ from: oldId, to: journal.to_key, resumed: true });
+    expect(custody.kms.currentKeyId()).toBe(journal.to_key);
+    const hsm = custody.hsm;
+    if (hsm === undefined) throw new Error('no HSM');
+    expect(hsm.aesKeys(`kek-${backend}`).map((k) => k.id)).toEqual([journal.to_key]);
+    expect(hsm.aesKeys(`kek-${backend}.retired`).map((k) => k.id)).toEqual([oldId]);
+    const rows = [
+      ...(await store.db.selectFrom('signing_keys').select('private_jwk_wrapped as w').execute()),
+      ...(await store.db.selectFrom('key_peppers').select('wrapped as w').execute()),
+      ...(await store.db.selectFrom('audit_keys').select('private_jwk_wrapped as w').execute()),
+    ];
+    for (const r of rows) expect(envelopeKeyId(Buffer.from(r.w, 'base64url'))).toBe(journal.to_key);
+    // Another process (a fresh session on the token) opens the rotated store unchanged.
+    keys.close();
+    const reopened = await openKeyManager({
+      store,
+      dataDir: backends.dir,
+      config: OAUTH,
+      keys: wrappedConfig,
+      env,
+    });
+    managers.push(reopened);
+    expect(reopened.hmac('client-secret', 'secret-value')).toBe(hmac);
+    expect(reopened.current().kid).toBe(keys.current().kid);
   });
 });
