@@ -163,3 +163,38 @@ describe('backup and restore of the data directory (docs/deployment.md, Key cust
     },
   );
 });
+
+describe('portcullis keys rotate-audit', () => {
+  it(
+    'replaces the audit-checkpoint key; audit verify accepts the checkpoints of the old and the new key',
+    { timeout: 120_000 },
+    async () => {
+      const dir = join(tmp, `audit-${String(++counter)}`);
+      const dataDir = join(dir, 'data');
+      const config = join(tmp, `portcullis-audit.yaml`);
+      writeFileSync(config, stringify({ version: 1 }));
+      const common = ['--config', config, '--data-dir', dataDir];
+      expect((await runPortcullis(['keys', 'rotate', ...common])).code).toBe(0);
+      const rotated = await runPortcullis(['keys', 'rotate-audit', ...common, '--json']);
+      expect(rotated.code).toBe(0);
+      const { retired, kid } = JSON.parse(rotated.stdout) as { retired: string; kid: string };
+      expect(retired).not.toBe(kid);
+      expect((await runPortcullis(['keys', 'rotate', ...common])).code).toBe(0);
+
+      const verified = await runPortcullis(['audit', 'verify', ...common, '--json']);
+      expect(verified.code).toBe(0);
+      const result = JSON.parse(verified.stdout) as { ok: boolean; checkpoints: number };
+      expect(result.ok).toBe(true);
+      const ctx = await openCliContext({ config, dataDir });
+      let kids: string[];
+      try {
+        kids = (await ctx.store.db.selectFrom('audit_checkpoints').select('kid').execute()).map((r) => r.kid);
+      } finally {
+        await ctx.close();
+      }
+      expect(kids).toContain(retired);
+      expect(kids).toContain(kid);
+      expect(result.checkpoints).toBeGreaterThanOrEqual(2);
+    },
+  );
+});

@@ -130,6 +130,36 @@ export function registerKeysCommands(program: Command): void {
 
   common(
     keys
+      .command('rotate-audit')
+      .description('replace the audit-checkpoint key; checkpoints signed by the old one keep verifying'),
+  )
+    .option('--json', 'machine-readable output')
+    .action(async (opts: KeysOptions) => {
+      const json = opts.json === true;
+      try {
+        const ctx = await openCliContext(opts);
+        try {
+          const result = await ctx.audited(
+            'key-lifecycle',
+            'audit-key-rotate',
+            () => ctx.keys.rotateAuditKey(),
+            (r) => ({
+              'portcullis.key.kid': r.kid,
+              'event.reason': `audit-checkpoint key ${r.retired ?? '-'} -> ${r.kid}`,
+            }),
+          );
+          if (json) process.stdout.write(JSON.stringify(result) + '\n');
+          else process.stderr.write(`audit checkpoints are now signed with ${result.kid}\n`);
+        } finally {
+          await ctx.close();
+        }
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(
+    keys
       .command('rotate-master')
       .description(
         're-wrap every wrapped key under a new master key (local key file or PKCS#11); resumes an interrupted run',

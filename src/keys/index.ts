@@ -35,7 +35,7 @@ import { openCustody } from './custody.ts';
 import type { Custody } from './custody.ts';
 import type { KeyRing } from './kms.ts';
 import type { Hsm } from './pkcs11.ts';
-import { openAuditKey, storeAuditVerifier } from './audit-key.ts';
+import { openAuditKey, rotateAuditKey, storeAuditVerifier } from './audit-key.ts';
 import type { KeyManager, KeyStatus, KeySummary, PepperPurpose, SigningAlg, TokenSigner } from './types.ts';
 
 export type { KeyManager, KeyStatus, KeySummary, PepperPurpose, SigningAlg, TokenSigner } from './types.ts';
@@ -94,6 +94,11 @@ export interface StoreKeyManager extends KeyManager {
    * and what `rotate-master` rotates.
    */
   readonly kms: KeyRing;
+  /**
+   * Retires the audit-checkpoint key and makes a new one (on the HSM when configured); the old
+   * public key stays in the store, so checkpoints it signed keep verifying. Returns the kids.
+   */
+  rotateAuditKey(): Promise<{ retired: string | undefined; kid: string }>;
   /**
    * What the timer does: refreshes, rotates when the current key is older than
    * `rotationDays`, and removes previous keys past their overlap.
@@ -492,17 +497,18 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
   }
 
   // The audit-checkpoint key: created once, like the key set, under the key-set lock.
-  const auditKey = await openAuditKey({
+  const auditKeyOptions = {
     db: store.db,
     kms,
     hsm: hsmSigning ? hsm : undefined,
     now,
-    transact: (fn) =>
+    transact: <T>(fn: (db: Kysely<Database>) => Promise<T>) =>
       writeTransaction(store, async (db) => {
         await lockState(db, store.kind);
         return fn(db);
       }),
-  });
+  };
+  const auditKey = await openAuditKey(auditKeyOptions);
   if (auditKey.created) {
     logger?.info(
       { event: 'keys.audit_key_created', kid: auditKey.signer.kid, kms: kms.name },
@@ -729,6 +735,12 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     },
     auditCheckpointSigner() {
       return auditKey.signer;
+    },
+    async rotateAuditKey() {
+      const rotated = await rotateAuditKey(auditKeyOptions);
+      await auditKey.signer.refresh();
+      logger?.info({ event: 'keys.audit_key_rotated', ...rotated }, 'audit-checkpoint key rotated');
+      return rotated;
     },
     auditCheckpointVerifier() {
       return auditVerifier;
