@@ -434,7 +434,7 @@ describe.each(backends)('key manager on $name', (backend) => {
     for (const row of pepperRows) {
       const envelope = Buffer.from(row.wrapped, 'base64url');
       expect(envelope[0]).toBe(ENVELOPE_V2);
-      expect(envelope.length).toBe(1 + 12 + 32 + 16);
+      expect(envelope.length).toBe(1 + 8 + 12 + 32 + 16);
     }
     // No private member value anywhere in the database's text.
     const dump = JSON.stringify([
