@@ -79,6 +79,7 @@ export async function openCliContext(opts: CliContextOptions): Promise<CliContex
       store,
       dataDir: opts.dataDir,
       config: loaded.config.oauth,
+      keys: loaded.config.keys,
       ...(opts.logger === undefined ? {} : { logger: opts.logger }),
     });
   } catch (error) {

@@ -7,6 +7,10 @@ import type { KeySummary } from '../keys/types.ts';
 import { common, fail } from './common.ts';
 import type { CommonOptions } from './common.ts';
 import { openCliContext } from './context.ts';
+import { rotateMasterKey } from '../keys/rotate-master.ts';
+
+/** Test hook: stop the process after this many secrets were moved (a crash mid-rotation). */
+const EXIT_AFTER_ENV = 'PORTCULLIS_TEST_ROTATE_MASTER_EXIT_AFTER';
 
 interface KeysOptions extends CommonOptions {
   json?: boolean;
@@ -116,6 +120,81 @@ export function registerKeysCommands(program: Command): void {
               `rotated: tokens are now signed with ${ctx.keys.current().kid}; ${PICKUP[announced]}\n`,
             );
           }
+        } finally {
+          await ctx.close();
+        }
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(
+    keys
+      .command('rotate-audit')
+      .description('replace the audit-checkpoint key; checkpoints signed by the old one keep verifying'),
+  )
+    .option('--json', 'machine-readable output')
+    .action(async (opts: KeysOptions) => {
+      const json = opts.json === true;
+      try {
+        const ctx = await openCliContext(opts);
+        try {
+          const result = await ctx.audited(
+            'key-lifecycle',
+            'audit-key-rotate',
+            () => ctx.keys.rotateAuditKey(),
+            (r) => ({
+              'portcullis.key.kid': r.kid,
+              'event.reason': `audit-checkpoint key ${r.retired ?? '-'} -> ${r.kid}`,
+            }),
+          );
+          if (json) process.stdout.write(JSON.stringify(result) + '\n');
+          else process.stderr.write(`audit checkpoints are now signed with ${result.kid}\n`);
+        } finally {
+          await ctx.close();
+        }
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(
+    keys
+      .command('rotate-master')
+      .description(
+        're-wrap every wrapped key under a new master key (local key file or PKCS#11); resumes an interrupted run',
+      ),
+  )
+    .option('--json', 'machine-readable output')
+    .action(async (opts: KeysOptions) => {
+      const json = opts.json === true;
+      const exitAfter = Number(process.env[EXIT_AFTER_ENV] ?? '0');
+      try {
+        const ctx = await openCliContext(opts);
+        try {
+          const result = await ctx.audited(
+            'key-lifecycle',
+            'master-key-rotate',
+            () =>
+              rotateMasterKey({
+                store: ctx.store,
+                kms: ctx.keys.kms,
+                onProgress: (n) => {
+                  if (exitAfter > 0 && n >= exitAfter) process.exit(75);
+                },
+              }),
+            (r) => ({
+              'portcullis.key.kid': r.to,
+              'event.reason': `master key ${r.from} -> ${r.to}${r.resumed ? ' (resumed)' : ''}`,
+            }),
+            {},
+          );
+          await ctx.announce({ kind: 'keys-changed' });
+          if (json) process.stdout.write(JSON.stringify(result) + '\n');
+          else
+            process.stderr.write(
+              `master key rotated: ${result.from} -> ${result.to}; ${String(result.rewrapped)} wrapped secrets moved${result.resumed ? ' (resumed an interrupted rotation)' : ''}\n`,
+            );
         } finally {
           await ctx.close();
         }

@@ -228,7 +228,7 @@ async function prepare(loaded: LoadedConfig, dataDir: string, logger: Logger): P
   );
   const store = await openStore({ url: config.store.url, dataDir });
   try {
-    const keys = await openKeyManager({ store, dataDir, config: config.oauth, logger });
+    const keys = await openKeyManager({ store, dataDir, config: config.oauth, keys: config.keys, logger });
     keys.close();
   } finally {
     await store.close();

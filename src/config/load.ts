@@ -339,6 +339,14 @@ export function parseConfig(
     }
   };
 
+  // Key custody (src/keys/custody.ts): the HSM settings the provider needs.
+  if (config.keys.provider === 'pkcs11') {
+    if (config.keys.pkcs11 === undefined) {
+      issue(['keys', 'provider'], 'pkcs11 needs keys.pkcs11 (module, tokenLabel, pin)');
+    } else if (config.keys.pkcs11.signingKeys && config.oauth.signing.alg !== 'ES256') {
+      issue(['keys', 'pkcs11', 'signingKeys'], 'signing keys on the token need oauth.signing.alg ES256');
+    }
+  }
   const { gateway, admin } = config;
   if ((gateway.tls.certFile === undefined) !== (gateway.tls.keyFile === undefined)) {
     issue(['gateway', 'tls'], 'set both certFile and keyFile, or neither (development certificate)');

@@ -1015,6 +1015,55 @@ const Tokens = Section(
   'access tokens from external issuers, accepted beside the built-in authorization server',
 );
 
+const Keys = Section(
+  {
+    provider: Type.Union([Type.Literal('local'), Type.Literal('pkcs11')], {
+      default: 'local',
+      description:
+        'local: the master key is oauth.kms (file or environment); pkcs11: the master key (and the signing keys) live in an HSM',
+    }),
+    pkcs11: Type.Optional(
+      Type.Object(
+        {
+          module: Type.String({
+            minLength: 1,
+            maxLength: 4096,
+            description: 'path of the PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so',
+          }),
+          tokenLabel: Type.String({ minLength: 1, maxLength: 32, description: 'label of the token' }),
+          pin: Type.String({
+            minLength: 1,
+            maxLength: 4096,
+            pattern: '^\\$\\{(env:[A-Za-z_][A-Za-z0-9_]*|file:[^}]+)\\}$',
+            description:
+              'user PIN as ${env:NAME} or ${file:PATH} (relative to the data directory); never the PIN itself',
+          }),
+          kekLabel: Type.String({
+            minLength: 1,
+            maxLength: 64,
+            default: 'portcullis-kek',
+            description: 'label of the AES-256 master key on the token (created when absent)',
+          }),
+          signingKeys: Type.Boolean({
+            default: true,
+            description:
+              'generate the token-signing (ES256) and audit-checkpoint keys on the token; they sign there and never leave it',
+          }),
+        },
+        { additionalProperties: false, description: 'the HSM (keys.provider: pkcs11)' },
+      ),
+    ),
+    pepperGraceDays: Type.Integer({
+      default: 7,
+      minimum: 1,
+      maximum: 90,
+      description:
+        'after `portcullis keys rotate-pepper`, how long client secrets and API keys hashed under the old pepper are still accepted',
+    }),
+  },
+  'key custody: where the master key and the signing keys live',
+);
+
 export const ConfigSchema = Type.Object(
   {
     version: Type.Literal(1, { default: 1 }),
@@ -1042,6 +1091,7 @@ export const ConfigSchema = Type.Object(
       'JSON logs on stdout',
     ),
     oauth: OAuth,
+    keys: Keys,
     tokens: Tokens,
     audit: Audit,
     alerts: Alerts,
@@ -1070,6 +1120,7 @@ export type ExceptionConfig = Config['exceptions'][number];
 export type CorsConfig = NonNullable<ApiConfig['cors']>;
 export type LimitsConfig = Config['gateway']['limits'];
 export type OAuthConfig = Config['oauth'];
+export type KeysConfig = Config['keys'];
 export type AuditConfig = Config['audit'];
 export type AlertsConfig = Config['alerts'];
 export type RateLimitsConfig = Config['rateLimits'];

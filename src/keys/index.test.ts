@@ -17,7 +17,7 @@ import type { Store } from '../store/index.ts';
 import { PRIVATE_JWK_MEMBERS, thumbprint } from './generate.ts';
 import { KeyManagerError, PEPPER_PURPOSES, SIGNING_ALGS, createLocalKms, openKeyManager } from './index.ts';
 import type { OpenKeyManagerOptions, StoreKeyManager } from './index.ts';
-import { LOCAL_FORMAT_V1 } from './kms.ts';
+import { ENVELOPE_V2 } from './kms.ts';
 
 const PG_URL = process.env.PORTCULLIS_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 const DAY = 24 * 60 * 60 * 1000;
@@ -424,7 +424,7 @@ describe.each(backends)('key manager on $name', (backend) => {
       expect(row.private_jwk_wrapped).toMatch(/^[A-Za-z0-9_-]+$/);
       expect(row.private_jwk_wrapped).not.toContain('"d"');
       const envelope = Buffer.from(row.private_jwk_wrapped, 'base64url');
-      expect(envelope[0]).toBe(LOCAL_FORMAT_V1);
+      expect(envelope[0]).toBe(ENVELOPE_V2);
       expect(() => JSON.parse(envelope.toString('utf8')) as unknown).toThrow();
       const publicJwk = JSON.parse(row.public_jwk) as Record<string, unknown>;
       for (const member of PRIVATE_JWK_MEMBERS) expect(publicJwk).not.toHaveProperty(member);
@@ -433,8 +433,8 @@ describe.each(backends)('key manager on $name', (backend) => {
     const pepperRows = await store.db.selectFrom('key_peppers').selectAll().execute();
     for (const row of pepperRows) {
       const envelope = Buffer.from(row.wrapped, 'base64url');
-      expect(envelope[0]).toBe(LOCAL_FORMAT_V1);
-      expect(envelope.length).toBe(1 + 12 + 32 + 16);
+      expect(envelope[0]).toBe(ENVELOPE_V2);
+      expect(envelope.length).toBe(1 + 8 + 12 + 32 + 16);
     }
     // No private member value anywhere in the database's text.
     const dump = JSON.stringify([

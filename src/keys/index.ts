@@ -14,24 +14,32 @@
  * keys.close();
  * ```
  */
-import { createHmac, randomBytes } from 'node:crypto';
+import {
+  constants as cryptoConstants,
+  createHmac,
+  createPrivateKey,
+  randomBytes,
+  sign as cryptoSign,
+} from 'node:crypto';
 import { sql } from 'kysely';
 import type { Insertable, Kysely, Selectable } from 'kysely';
 import type { JWK } from 'jose';
-import type { OAuthConfig } from '../config/schema.ts';
+import type { KeysConfig, OAuthConfig } from '../config/schema.ts';
 import type { Logger } from '../log/index.ts';
 import { describeError } from '../log/index.ts';
 import type { Database, Store } from '../store/index.ts';
 import type { SigningKeysTable } from '../store/schema.ts';
 import { PRIVATE_JWK_MEMBERS, generateSigningKey, isSigningAlg, publicPart, thumbprint } from './generate.ts';
 import type { GeneratedKey } from './generate.ts';
-import { openKms } from './kms.ts';
-import type { KmsProvider } from './kms.ts';
-import { openAuditKey, storeAuditVerifier } from './audit-key.ts';
-import type { KeyManager, KeyStatus, KeySummary, PepperPurpose, SigningAlg } from './types.ts';
+import { openCustody } from './custody.ts';
+import type { Custody } from './custody.ts';
+import type { KeyRing } from './kms.ts';
+import type { Hsm } from './pkcs11.ts';
+import { openAuditKey, rotateAuditKey, storeAuditVerifier } from './audit-key.ts';
+import type { KeyManager, KeyStatus, KeySummary, PepperPurpose, SigningAlg, TokenSigner } from './types.ts';
 
-export type { KeyManager, KeyStatus, KeySummary, PepperPurpose, SigningAlg } from './types.ts';
-export type { KmsProvider } from './kms.ts';
+export type { KeyManager, KeyStatus, KeySummary, PepperPurpose, SigningAlg, TokenSigner } from './types.ts';
+export type { KeyRing, KmsProvider } from './kms.ts';
 export { KmsError, createLocalKms, loadLocalKek } from './kms.ts';
 export { SIGNING_ALGS, generateSigningKey } from './generate.ts';
 export { AUDIT_KEY_ALG, storeAuditVerifier } from './audit-key.ts';
@@ -65,8 +73,12 @@ export interface OpenKeyManagerOptions {
   readonly logger?: Logger;
   /** The clock; injectable for tests. */
   readonly now?: () => Date;
-  /** The KMS provider; default: the one `config.kms` names. */
-  readonly kms?: KmsProvider;
+  /** The KMS provider; default: the one `keys` (and `config.kms`) names. */
+  readonly kms?: KeyRing;
+  /** Key custody (`config.keys`); default local. */
+  readonly keys?: KeysConfig;
+  /** An opened custody (tests, the rotate-master command); default: opened from `keys`. */
+  readonly custody?: Custody;
   /** Environment for the local KMS's key variable; default `process.env`. */
   readonly env?: NodeJS.ProcessEnv;
   /** How often the timer checks for a due rotation and expired keys; default one hour. */
@@ -78,6 +90,16 @@ export interface StoreKeyManager extends KeyManager {
   /** Name of the KMS provider in use. */
   readonly kmsName: string;
   /**
+   * The key-encryption key ring: what other wrapped secrets (TOTP seeds) should be wrapped with,
+   * and what `rotate-master` rotates.
+   */
+  readonly kms: KeyRing;
+  /**
+   * Retires the audit-checkpoint key and makes a new one (on the HSM when configured); the old
+   * public key stays in the store, so checkpoints it signed keep verifying. Returns the kids.
+   */
+  rotateAuditKey(): Promise<{ retired: string | undefined; kid: string }>;
+  /**
    * What the timer does: refreshes, rotates when the current key is older than
    * `rotationDays`, and removes previous keys past their overlap.
    */
@@ -87,7 +109,25 @@ export interface StoreKeyManager extends KeyManager {
 interface LoadedKey {
   readonly summary: KeySummary;
   readonly publicJwk: JWK;
-  readonly privateJwk: JWK;
+  /** Undefined for a key on the HSM: it never leaves it. */
+  readonly privateJwk: JWK | undefined;
+  readonly signer: TokenSigner;
+}
+
+/** What `private_jwk_wrapped` holds for a key generated on the HSM: a reference, not a key. */
+export const HSM_REF_PREFIX = 'pkcs11:';
+
+function localSign(alg: SigningAlg, jwk: JWK): (data: Buffer) => Buffer {
+  const key = createPrivateKey({ key: jwk, format: 'jwk' });
+  switch (alg) {
+    case 'ES256':
+      return (data) => cryptoSign('sha256', data, { key, dsaEncoding: 'ieee-p1363' });
+    case 'PS256':
+      return (data) =>
+        cryptoSign('sha256', data, { key, padding: cryptoConstants.RSA_PKCS1_PSS_PADDING, saltLength: 32 });
+    case 'EdDSA':
+      return (data) => cryptoSign(null, data, key);
+  }
 }
 
 interface KeySet {
@@ -180,12 +220,23 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
   if (!Number.isInteger(checkIntervalMs) || checkIntervalMs < 1) {
     throw new TypeError('openKeyManager: checkIntervalMs must be a positive integer');
   }
-  let kms: KmsProvider;
+  let kms: KeyRing;
+  let hsm: Hsm | undefined;
+  let hsmSigning = false;
   if (options.kms) {
     kms = options.kms;
   } else {
-    const opened = openKms(config.kms, options.dataDir, options.env);
+    const opened =
+      options.custody ??
+      openCustody({
+        keys: options.keys ?? { provider: 'local', pepperGraceDays: 7 },
+        kms: config.kms,
+        dataDir: options.dataDir,
+        ...(options.env === undefined ? {} : { env: options.env }),
+      });
     kms = opened.kms;
+    hsm = opened.hsm;
+    hsmSigning = opened.hsmSigning && alg === 'ES256';
     if (opened.source.startsWith('created:')) {
       logger?.info(
         { event: 'kms.master_key_created', file: opened.source.slice('created:'.length) },
@@ -195,6 +246,38 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
   }
 
   const unwrapped = new Map<string, JWK>();
+
+  /** A new signing key: on the HSM when configured (ES256), else generated here. */
+  async function generateKey(): Promise<{ row: Omit<KeyRow, 'created_at'> }> {
+    if (hsm !== undefined && hsmSigning) {
+      const made = await hsm.generateEcKey('portcullis-token-signing');
+      return {
+        row: {
+          kid: made.kid,
+          alg: 'ES256',
+          status: 'next',
+          public_jwk: JSON.stringify(made.publicJwk),
+          private_jwk_wrapped: `${HSM_REF_PREFIX}${made.ref}`,
+          kms: 'pkcs11',
+          activated_at: null,
+          retires_at: null,
+        },
+      };
+    }
+    const key = await generateSigningKey(alg);
+    return {
+      row: {
+        kid: key.kid,
+        alg: key.alg,
+        status: 'next',
+        public_jwk: JSON.stringify(key.publicJwk),
+        private_jwk_wrapped: await wrapKey(key),
+        kms: kms.name,
+        activated_at: null,
+        retires_at: null,
+      },
+    };
+  }
 
   async function wrapKey(key: GeneratedKey): Promise<string> {
     const plaintext = Buffer.from(JSON.stringify(key.privateJwk), 'utf8');
@@ -246,7 +329,32 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     if ((await thumbprint(publicJwk)) !== row.kid) {
       throw new KeyManagerError('KEYS_CORRUPT', `signing key ${row.kid} does not match its kid`);
     }
-    const privateJwk = await unwrapKey(row);
+    let privateJwk: JWK | undefined;
+    let sign: (data: Buffer) => Buffer;
+    if (row.private_jwk_wrapped.startsWith(HSM_REF_PREFIX)) {
+      if (hsm === undefined) {
+        throw new KeyManagerError(
+          'KEYS_CORRUPT',
+          `signing key ${row.kid} lives on an HSM: set keys.provider: pkcs11 to use it`,
+        );
+      }
+      try {
+        sign = hsm.es256Signer(row.private_jwk_wrapped.slice(HSM_REF_PREFIX.length), row.kid);
+      } catch (error) {
+        const reason = error instanceof Error ? error.message : 'unknown error';
+        throw new KeyManagerError('KEYS_CORRUPT', `signing key ${row.kid}: ${reason}`);
+      }
+    } else {
+      privateJwk = await unwrapKey(row);
+      sign = localSign(row.alg, privateJwk);
+    }
+    const signer: TokenSigner = Object.freeze({
+      kid: row.kid,
+      alg: row.alg,
+      publicJwk,
+      external: privateJwk === undefined,
+      sign,
+    });
     return {
       summary: Object.freeze({
         kid: row.kid,
@@ -258,6 +366,7 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
       }),
       publicJwk,
       privateJwk,
+      signer,
     };
   }
 
@@ -305,18 +414,9 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     return out;
   }
 
-  async function newKeyRow(key: GeneratedKey, at: Date): Promise<KeyRow> {
-    return {
-      kid: key.kid,
-      alg: key.alg,
-      status: 'next',
-      public_jwk: JSON.stringify(key.publicJwk),
-      private_jwk_wrapped: await wrapKey(key),
-      kms: kms.name,
-      created_at: iso(at),
-      activated_at: null,
-      retires_at: null,
-    };
+  async function newKeyRow(at: Date): Promise<KeyRow> {
+    const { row } = await generateKey();
+    return { ...row, created_at: iso(at) };
   }
 
   /** Creates what is missing: the key set (once, whoever wins) and any missing pepper. */
@@ -334,8 +434,7 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     // Generate and wrap outside the transaction: RSA generation takes a while.
     let keyRows: { current: KeyRow; next: KeyRow } | undefined;
     if (state === undefined) {
-      const [current, next] = await Promise.all([generateSigningKey(alg), generateSigningKey(alg)]);
-      keyRows = { current: await newKeyRow(current, at), next: await newKeyRow(next, at) };
+      keyRows = { current: await newKeyRow(at), next: await newKeyRow(at) };
     }
     const pepperRows = await Promise.all(
       missingPeppers.map(async (purpose) => {
@@ -398,16 +497,18 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
   }
 
   // The audit-checkpoint key: created once, like the key set, under the key-set lock.
-  const auditKey = await openAuditKey({
+  const auditKeyOptions = {
     db: store.db,
     kms,
+    hsm: hsmSigning ? hsm : undefined,
     now,
-    transact: (fn) =>
+    transact: <T>(fn: (db: Kysely<Database>) => Promise<T>) =>
       writeTransaction(store, async (db) => {
         await lockState(db, store.kind);
         return fn(db);
       }),
-  });
+  };
+  const auditKey = await openAuditKey(auditKeyOptions);
   if (auditKey.created) {
     logger?.info(
       { event: 'keys.audit_key_created', kid: auditKey.signer.kid, kms: kms.name },
@@ -450,6 +551,8 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
       .where('id', '=', STATE_ID)
       .executeTakeFirst();
     if (state !== undefined && state.generation === set.generation) return false;
+    // A master-key rotation elsewhere moves the generation too: new wraps use the new key.
+    await kms.refresh();
     const fresh = await readKeySet();
     if (fresh === undefined) throw new KeyManagerError('KEYS_INCONSISTENT', 'the key set is gone');
     if (fresh.generation === set.generation) return false;
@@ -477,7 +580,7 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
   async function rotateNow(reason: string, scheduled: boolean): Promise<boolean> {
     if (closed) throw new KeyManagerError('KEYS_CLOSED', 'the key manager is closed');
     const at = now();
-    const fresh = await newKeyRow(await generateSigningKey(alg), at);
+    const fresh = await newKeyRow(at);
     const outcome = await writeTransaction(store, async (db) => {
       const generation = await lockState(db, store.kind);
       if (generation === undefined) throw new KeyManagerError('KEYS_INCONSISTENT', 'the key set is gone');
@@ -562,7 +665,7 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     const stale = set.keys.find((k) => k.summary.status === 'next' && k.summary.alg !== alg);
     if (stale === undefined) return;
     const at = now();
-    const fresh = await newKeyRow(await generateSigningKey(alg), at);
+    const fresh = await newKeyRow(at);
     const replaced = await writeTransaction(store, async (db) => {
       await lockState(db, store.kind);
       const next = await db
@@ -599,8 +702,14 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
 
   const manager: StoreKeyManager = {
     kmsName: kms.name,
+    kms,
     signingJwks() {
-      return { keys: live(now()).map((k) => ({ ...k.privateJwk })) };
+      const keys: JWK[] = [];
+      for (const k of live(now())) if (k.privateJwk !== undefined) keys.push({ ...k.privateJwk });
+      return { keys };
+    },
+    signers() {
+      return live(now()).map((k) => k.signer);
     },
     publicJwks() {
       return { keys: live(now()).map((k) => ({ ...k.publicJwk })) };
@@ -627,6 +736,12 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     auditCheckpointSigner() {
       return auditKey.signer;
     },
+    async rotateAuditKey() {
+      const rotated = await rotateAuditKey(auditKeyOptions);
+      await auditKey.signer.refresh();
+      logger?.info({ event: 'keys.audit_key_rotated', ...rotated }, 'audit-checkpoint key rotated');
+      return rotated;
+    },
     auditCheckpointVerifier() {
       return auditVerifier;
     },
@@ -647,6 +762,7 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     },
     close() {
       closed = true;
+      if (options.kms === undefined && options.custody === undefined) hsm?.close();
       if (timer !== undefined) clearInterval(timer);
       timer = undefined;
       listeners.clear();

@@ -4,7 +4,17 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { KmsError, LOCAL_FORMAT_V1, createLocalKms, loadLocalKek, openKms } from './kms.ts';
+import { createCipheriv } from 'node:crypto';
+import {
+  ENVELOPE_V2,
+  KmsError,
+  LOCAL_FORMAT_V1,
+  createLocalKms,
+  envelopeAad,
+  localKeyId,
+  loadLocalKek,
+  openKms,
+} from './kms.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'portcullis-kms-'));
 afterAll(() => {
@@ -52,19 +62,31 @@ describe('local KMS provider (AES-256-GCM)', () => {
   const kms = createLocalKms(kek);
   const plaintext = Buffer.from('{"kty":"EC","d":"secret-scalar"}');
 
-  it('round-trips and writes the versioned envelope v1 ‖ iv ‖ ciphertext ‖ tag', async () => {
+  it('round-trips and writes the versioned envelope v2 ‖ keyId ‖ iv ‖ ciphertext ‖ tag', async () => {
     const wrapped = await kms.wrap(plaintext, 'signing-key:abc');
     expect(kms.name).toBe('local');
-    expect(wrapped[0]).toBe(LOCAL_FORMAT_V1);
-    expect(wrapped.length).toBe(1 + 12 + plaintext.length + 16);
+    expect(wrapped[0]).toBe(ENVELOPE_V2);
+    expect(wrapped.subarray(1, 9).toString('hex')).toBe(localKeyId(kek));
+    expect(kms.currentKeyId()).toBe(localKeyId(kek));
+    expect(wrapped.length).toBe(1 + 8 + 12 + plaintext.length + 16);
     expect(wrapped.includes(plaintext)).toBe(false);
     expect(await kms.unwrap(wrapped, 'signing-key:abc')).toEqual(plaintext);
+  });
+
+  it('still unwraps the v1 envelope (no key id) written before key ids existed', async () => {
+    const iv = randomBytes(12);
+    const cipher = createCipheriv('aes-256-gcm', kek, iv, { authTagLength: 16 });
+    cipher.setAAD(envelopeAad(LOCAL_FORMAT_V1, 'p'));
+    const body = Buffer.concat([cipher.update(plaintext), cipher.final()]);
+    const v1 = Buffer.concat([Buffer.from([LOCAL_FORMAT_V1]), iv, body, cipher.getAuthTag()]);
+    expect(await kms.unwrap(v1, 'p')).toEqual(plaintext);
+    expect((await rejection(kms.unwrap(v1, 'q'))).code).toBe('KMS_UNWRAP_FAILED');
   });
 
   it('uses a fresh IV for every wrap', async () => {
     const a = await kms.wrap(plaintext, 'x');
     const b = await kms.wrap(plaintext, 'x');
-    expect(a.subarray(1, 13).equals(b.subarray(1, 13))).toBe(false);
+    expect(a.subarray(9, 21).equals(b.subarray(9, 21))).toBe(false);
     expect(a.equals(b)).toBe(false);
   });
 
@@ -94,9 +116,9 @@ describe('local KMS provider (AES-256-GCM)', () => {
 
   it('refuses unknown versions and truncated envelopes', async () => {
     const wrapped = await kms.wrap(plaintext, 'p');
-    const v2 = Buffer.from(wrapped);
-    v2[0] = 2;
-    expect((await rejection(kms.unwrap(v2, 'p'))).code).toBe('KMS_FORMAT');
+    const v3 = Buffer.from(wrapped);
+    v3[0] = 3;
+    expect((await rejection(kms.unwrap(v3, 'p'))).code).toBe('KMS_FORMAT');
     expect((await rejection(kms.unwrap(wrapped.subarray(0, 20), 'p'))).code).toBe('KMS_FORMAT');
   });
 

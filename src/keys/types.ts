@@ -23,12 +23,33 @@ export interface KeySummary {
   readonly retiresAt: Date | undefined;
 }
 
+/**
+ * Signs with one token-signing key, synchronously, wherever the key lives: in process
+ * (node:crypto) or on an HSM (PKCS#11, the private key never leaves it). `sign` returns the JWS
+ * signature over the signing input (`base64url(header).base64url(payload)`): IEEE P1363 `r‖s`
+ * for ES256, RSASSA-PSS for PS256, Ed25519 for EdDSA.
+ */
+export interface TokenSigner {
+  readonly kid: string;
+  readonly alg: SigningAlg;
+  /** Public JWK with kid, alg and use. */
+  readonly publicJwk: JWK;
+  /** True when the private key is not exportable (on an HSM): there is no private JWK for it. */
+  readonly external: boolean;
+  sign(data: Buffer): Buffer;
+}
+
 /** Purposes of keyed hashes; each has its own pepper. */
 export type PepperPurpose = 'client-secret' | 'api-key';
 
 export interface KeyManager {
-  /** Private JWKs for the token signer: the current key first, then next, then previous. */
+  /**
+   * Private JWKs for the token signer: the current key first, then next, then previous. Keys on
+   * an HSM have none and are left out: use {@link signers} (or `oidcSigningKeys`) for them.
+   */
   signingJwks(): { keys: JWK[] };
+  /** Signers of the published keys: the current key first, then next, then previous. */
+  signers(): TokenSigner[];
   /** Public JWKs of next, current and previous keys (what /jwks publishes). */
   publicJwks(): { keys: JWK[] };
   /** The key tokens are signed with now. */

@@ -284,7 +284,7 @@ export interface Users {
   /** One user by username; throws UserError('not-found'). */
   show(username: string): Promise<UserRecord>;
   /**
-   * Sets a new password (the policy applies) and clears the account's sign-in throttle; throws
+   * Sets a new password (the policy applies) and clears the account's sign-in slow-down; throws
    * UserError('not-found') for an unknown or federated account.
    */
   resetPassword(username: string, password: string): Promise<UserRecord>;
@@ -546,7 +546,7 @@ export function createUsers(options: UsersOptions): Users {
         .set({ password_hash: await hashPassword(password, iterations), password_changed_at: iso(now()) })
         .where('id', '=', row.id)
         .execute();
-      await reset(throttleKeys(name, '')[0] ?? '');
+      await db.deleteFrom('login_throttle').where('key', '=', accountKey(name)).execute();
       return recordOf(name);
     },
 

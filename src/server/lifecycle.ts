@@ -179,7 +179,13 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     let tokens: TokenSource | undefined;
     // The key manager signs tokens and caller assertions and holds the peppers of keyed hashes
     // (API keys); its keys live in the store, shared by every process.
-    const openedKeys = await openKeyManager({ store, dataDir, config: config.oauth, logger });
+    const openedKeys = await openKeyManager({
+      store,
+      dataDir,
+      config: config.oauth,
+      keys: config.keys,
+      logger,
+    });
     const keys: StoreKeyManager = openedKeys;
     cleanups.push(async () => {
       openedKeys.close();

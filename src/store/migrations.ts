@@ -280,6 +280,21 @@ export function migrations(kind: StoreKind): Record<string, Migration> {
           .execute();
       },
     },
+    '009_master_key_rotations': {
+      // `portcullis keys rotate-master`'s journal (src/keys/rotate-master.ts): one row per
+      // rotation, keyed by the new master key's id; a row without finished_at is resumed.
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('master_key_rotations')
+          .addColumn('to_key', 'varchar(64)', (col) => col.primaryKey())
+          .addColumn('from_key', 'varchar(64)', (col) => col.notNull())
+          .addColumn('provider', 'varchar(32)', (col) => col.notNull())
+          .addColumn('rewrapped', 'integer', (col) => col.notNull())
+          .addColumn('started_at', 'varchar(32)', (col) => col.notNull())
+          .addColumn('finished_at', 'varchar(32)')
+          .execute();
+      },
+    },
   };
 }
 

@@ -221,6 +221,19 @@ export interface AuditKeysTable {
   retired_at: string | null;
 }
 
+/** Journal of master-key rotations (migration 009): progress survives a crash. */
+export interface MasterKeyRotationsTable {
+  /** Id of the new master key (hex). */
+  to_key: string;
+  from_key: string;
+  /** `local` or `pkcs11`. */
+  provider: string;
+  /** Wrapped secrets moved to the new key so far. */
+  rewrapped: number;
+  started_at: string;
+  finished_at: string | null;
+}
+
 export interface Database {
   oauth_models: OAuthModelsTable;
   oauth_clients: OAuthClientsTable;
@@ -237,6 +250,7 @@ export interface Database {
   api_key_networks: ApiKeyNetworksTable;
   audit_keys: AuditKeysTable;
   idempotency_records: IdempotencyRecordsTable;
+  master_key_rotations: MasterKeyRotationsTable;
 }
 
 export type ConfigVersionRow = Selectable<ConfigVersionsTable>;
