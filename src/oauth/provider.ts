@@ -17,6 +17,7 @@
  *   node) a new Provider instance is built and swapped in; requests in flight finish on the
  *   instance they started with, and state lives in the store, shared by both.
  */
+import { EXTERNAL_SIGNING_FEATURE, oidcSigningKeys } from '../keys/oidc.ts';
 import { X509Certificate, randomBytes } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { createLocalJWKSet, jwtVerify } from 'jose';
@@ -390,7 +391,9 @@ export async function createAuthorizationServer(
     const oauth = config.oauth;
     const refresh = oauth.refreshTokens.enabled;
     const alg = keys.current().alg;
-    const jwks = keys.signingJwks();
+    // Keys on an HSM sign through PKCS#11 as oidc-provider ExternalSigningKeys (src/keys/oidc.ts).
+    const jwks = oidcSigningKeys(keys);
+    const external = keys.signers().some((k) => k.external);
     const signingAlgs = ALLOWED_ALGS.filter((a) => jwks.keys.some((k) => k.alg === a));
     const asymmetric = [...ALLOWED_ALGS];
     const cookieKey = keys.hmac('client-secret', 'portcullis/oidc-provider/cookie-signing/v1');
@@ -526,6 +529,7 @@ export async function createAuthorizationServer(
       },
       features: {
         ...theirFeatures,
+        ...(external ? { externalSigningSupport: EXTERNAL_SIGNING_FEATURE } : {}),
         devInteractions: { enabled: false },
         introspection: {
           enabled: true,

@@ -323,6 +323,10 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         signingJwks: () => openedKeys.signingJwks(),
         ttlSeconds: config.gateway.identity.ttlSeconds,
         currentKid: () => openedKeys.current().kid,
+        currentSigner: () => {
+          const kid = openedKeys.current().kid;
+          return openedKeys.signers().find((s) => s.kid === kid);
+        },
       }),
     };
 

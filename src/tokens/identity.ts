@@ -14,6 +14,7 @@
  * `typ` is `portcullis-identity+jwt`, which the gateway's access-token check refuses, and the
  * upstream verifier refuses anything else.
  */
+import type { TokenSigner } from '../keys/types.ts';
 import { constants, createPrivateKey, randomUUID, sign as cryptoSign } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
 import { createLocalJWKSet, jwtVerify } from 'jose';
@@ -43,6 +44,12 @@ export interface IdentitySignerOptions {
    * `signingJwks()`'s first key is asked instead (a copy of the key set per request).
    */
   readonly currentKid?: () => string;
+  /**
+   * The current key's signer (the KeyManager signer of the current kid), asked only when the kid changes. Given, it
+   * signs instead of a private JWK: the only way for a key on an HSM, whose private part never
+   * leaves it.
+   */
+  readonly currentSigner?: () => TokenSigner | undefined;
   readonly ttlSeconds: number;
   readonly now?: () => number;
   /** Bound of the reuse cache (default {@link IDENTITY_CACHE_MAX}). */
@@ -74,10 +81,12 @@ function importSigningKey(jwk: JWK): SigningKey {
     default:
       throw new Error(`identity assertions cannot be signed with alg ${jwk.alg}`);
   }
-  const header = Buffer.from(JSON.stringify({ alg: jwk.alg, kid: jwk.kid, typ: IDENTITY_TYP })).toString(
-    'base64url',
-  );
-  return { kid: jwk.kid, header, sign };
+  return { kid: jwk.kid, header: identityHeader(jwk.alg, jwk.kid), sign };
+}
+
+/** The protected header of an assertion signed with `kid`, encoded once per key. */
+function identityHeader(alg: string, kid: string): string {
+  return Buffer.from(JSON.stringify({ alg, kid, typ: IDENTITY_TYP })).toString('base64url');
 }
 
 interface CachedAssertion {
@@ -100,9 +109,18 @@ export function createIdentitySigner(options: IdentitySignerOptions): IdentitySi
   const currentKey = (): SigningKey => {
     const kid = currentKid();
     if (key?.kid !== kid) {
-      const jwk = options.signingJwks().keys[0];
-      if (jwk === undefined) throw new Error('no current signing key');
-      key = importSigningKey(jwk);
+      const signer = options.currentSigner?.();
+      if (signer !== undefined) {
+        key = {
+          kid: signer.kid,
+          header: identityHeader(signer.alg, signer.kid),
+          sign: (d) => signer.sign(d),
+        };
+      } else {
+        const jwk = options.signingJwks().keys[0];
+        if (jwk === undefined) throw new Error('no current signing key');
+        key = importSigningKey(jwk);
+      }
       cache.clear();
     }
     return key;
