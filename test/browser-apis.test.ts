@@ -517,7 +517,12 @@ describe('every door is observed: one audit event and one metric per request', (
       const res = await undiciRequest(`${issuer}/token`, {
         method: 'POST',
         headers: { authorization: `Basic ${basic}`, 'content-type': 'application/x-www-form-urlencoded' },
-        body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'chat:read' }).toString(),
+        // Three APIs declare chat:read: the resource names one (else invalid_target, issue 14 #1).
+        body: new URLSearchParams({
+          grant_type: 'client_credentials',
+          scope: 'chat:read',
+          resource: `${issuer}/v2`,
+        }).toString(),
         dispatcher: agent,
       });
       await res.body.text();
