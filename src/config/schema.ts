@@ -1053,13 +1053,6 @@ const Keys = Section(
         { additionalProperties: false, description: 'the HSM (keys.provider: pkcs11)' },
       ),
     ),
-    pepperGraceDays: Type.Integer({
-      default: 7,
-      minimum: 1,
-      maximum: 90,
-      description:
-        'after `portcullis keys rotate-pepper`, how long client secrets and API keys hashed under the old pepper are still accepted',
-    }),
   },
   'key custody: where the master key and the signing keys live',
 );

@@ -229,7 +229,7 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     const opened =
       options.custody ??
       openCustody({
-        keys: options.keys ?? { provider: 'local', pepperGraceDays: 7 },
+        keys: options.keys ?? { provider: 'local' },
         kms: config.kms,
         dataDir: options.dataDir,
         ...(options.env === undefined ? {} : { env: options.env }),

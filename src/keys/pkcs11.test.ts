@@ -33,7 +33,6 @@ const PIN_ENV = 'PORTCULLIS_TEST_HSM_PIN';
 const env = { ...process.env, [PIN_ENV]: token.pin };
 const keysConfig = {
   provider: 'pkcs11' as const,
-  pepperGraceDays: 7,
   pkcs11: {
     module: token.module,
     tokenLabel: token.label,
