@@ -19,7 +19,7 @@ import {
 import type { ApiKeyEnv, ApiKeyRecord } from '../tokens/api-keys.ts';
 import { common, fail, formatTable } from './common.ts';
 import type { CommonOptions } from './common.ts';
-import { openCliContext } from './context.ts';
+import { withCliContext } from './context.ts';
 
 interface JsonOption extends CommonOptions {
   json?: boolean;
@@ -109,18 +109,6 @@ function integer(text: string, what: string): number {
   return Number(text);
 }
 
-async function withContext<T>(
-  opts: JsonOption,
-  run: (ctx: Awaited<ReturnType<typeof openCliContext>>) => Promise<T>,
-) {
-  const ctx = await openCliContext(opts);
-  try {
-    return await run(ctx);
-  } finally {
-    await ctx.close();
-  }
-}
-
 export function registerApiKeysCommands(program: Command): void {
   const apikeys = program.command('apikeys').description('API keys for the APIs that declare them');
 
@@ -145,7 +133,7 @@ export function registerApiKeysCommands(program: Command): void {
     .action(async (opts: IssueOptions) => {
       const json = opts.json === true;
       try {
-        const issued = await withContext(opts, (ctx) =>
+        const issued = await withCliContext(opts, (ctx) =>
           ctx.audited(
             'credential-lifecycle',
             'apikey-issue',
@@ -193,7 +181,7 @@ export function registerApiKeysCommands(program: Command): void {
     .action(async (opts: JsonOption) => {
       const json = opts.json === true;
       try {
-        const records = await withContext(opts, (ctx) => listApiKeys(ctx.store));
+        const records = await withCliContext(opts, (ctx) => listApiKeys(ctx.store));
         if (json)
           process.stdout.write(
             JSON.stringify({ apikeys: records.map((r) => apiKeyToJson(r)) }, null, 2) + '\n',
@@ -215,7 +203,7 @@ export function registerApiKeysCommands(program: Command): void {
     .action(async (id: string, opts: RotateOptions) => {
       const json = opts.json === true;
       try {
-        const rotated = await withContext(opts, (ctx) =>
+        const rotated = await withCliContext(opts, (ctx) =>
           ctx
             .audited(
               'credential-lifecycle',
@@ -269,7 +257,7 @@ export function registerApiKeysCommands(program: Command): void {
     .action(async (id: string, opts: JsonOption) => {
       const json = opts.json === true;
       try {
-        const record = await withContext(opts, (ctx) =>
+        const record = await withCliContext(opts, (ctx) =>
           ctx
             .audited(
               'credential-lifecycle',

@@ -18,7 +18,7 @@ import {
 import type { ClientAuthMethod, ClientGrant, ClientRecord } from '../oauth/clients.ts';
 import { common, fail, formatTable } from './common.ts';
 import type { CommonOptions } from './common.ts';
-import { openCliContext } from './context.ts';
+import { withCliContext } from './context.ts';
 
 interface JsonOption extends CommonOptions {
   json?: boolean;
@@ -64,18 +64,6 @@ function describe(c: ClientRecord): string {
   ].join('\n');
 }
 
-async function withContext<T>(
-  opts: CommonOptions,
-  fn: (ctx: Awaited<ReturnType<typeof openCliContext>>) => Promise<T>,
-) {
-  const ctx = await openCliContext(opts);
-  try {
-    return await fn(ctx);
-  } finally {
-    await ctx.close();
-  }
-}
-
 export function registerClientsCommands(program: Command): void {
   const clients = program
     .command('clients')
@@ -112,7 +100,7 @@ export function registerClientsCommands(program: Command): void {
           opts.jwks === undefined
             ? undefined
             : (JSON.parse(await readFile(opts.jwks, 'utf8')) as { keys: JWK[] });
-        const created = await withContext(opts, (ctx) => {
+        const created = await withCliContext(opts, (ctx) => {
           const { config } = ctx.loaded;
           const known = config.apis.flatMap((a) => [
             a.name,
@@ -167,7 +155,7 @@ export function registerClientsCommands(program: Command): void {
     .action(async (opts: JsonOption) => {
       const json = opts.json === true;
       try {
-        const all = await withContext(opts, (ctx) => listClients(ctx.store.db));
+        const all = await withCliContext(opts, (ctx) => listClients(ctx.store.db));
         if (json) {
           process.stdout.write(JSON.stringify({ clients: all.map(clientToJson) }, null, 2) + '\n');
           return;
@@ -188,7 +176,7 @@ export function registerClientsCommands(program: Command): void {
     .action(async (clientId: string, opts: JsonOption) => {
       const json = opts.json === true;
       try {
-        const c = await withContext(opts, (ctx) => getClient(ctx.store.db, clientId));
+        const c = await withCliContext(opts, (ctx) => getClient(ctx.store.db, clientId));
         if (c === undefined) throw new Error('no such client');
         process.stdout.write(json ? JSON.stringify(clientToJson(c), null, 2) + '\n' : describe(c));
       } catch (err) {
@@ -206,7 +194,7 @@ export function registerClientsCommands(program: Command): void {
     .action(async (clientId: string, opts: JsonOption) => {
       const json = opts.json === true;
       try {
-        await withContext(opts, (ctx) =>
+        await withCliContext(opts, (ctx) =>
           ctx.audited(
             'credential-lifecycle',
             'client-delete',

@@ -172,3 +172,16 @@ export async function openCliContext(opts: CliContextOptions): Promise<CliContex
     },
   };
 }
+
+/** Opens the CLI context, runs `fn` with it, and closes it whatever `fn` did. */
+export async function withCliContext<T>(
+  opts: CliContextOptions,
+  fn: (ctx: CliContext) => Promise<T>,
+): Promise<T> {
+  const ctx = await openCliContext(opts);
+  try {
+    return await fn(ctx);
+  } finally {
+    await ctx.close();
+  }
+}

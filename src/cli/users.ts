@@ -9,7 +9,7 @@ import { createUsers, kmsSecretWrapper } from '../oauth/users.ts';
 import type { UserInfo, UserRecord, Users } from '../oauth/users.ts';
 import { common, fail, formatTable } from './common.ts';
 import type { CommonOptions } from './common.ts';
-import { openCliContext } from './context.ts';
+import { openCliContext, withCliContext } from './context.ts';
 import type { CliContext } from './context.ts';
 
 interface UserOptions extends CommonOptions {
@@ -98,17 +98,9 @@ function recordJson(u: UserRecord) {
   };
 }
 
-/** Opens the CLI context, runs `fn` with the user directory, and closes the context. */
-async function withUsers<T>(
-  opts: CommonOptions,
-  fn: (users: Users, ctx: CliContext) => Promise<T>,
-): Promise<T> {
-  const ctx = await openCliContext(opts);
-  try {
-    return await fn(usersOf(ctx, opts.dataDir), ctx);
-  } finally {
-    await ctx.close();
-  }
+/** Runs `fn` with the user directory of a CLI context opened for it. */
+function withUsers<T>(opts: CommonOptions, fn: (users: Users, ctx: CliContext) => Promise<T>): Promise<T> {
+  return withCliContext(opts, (ctx) => fn(usersOf(ctx, opts.dataDir), ctx));
 }
 
 export function registerUsersCommands(program: Command): void {
