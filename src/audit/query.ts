@@ -20,11 +20,24 @@ export class AuditQueryError extends Error {
   }
 }
 
-/** ISO-8601 date or date-time → canonical ISO string. */
-export function parseQueryDate(field: string, v: string): string {
+const RELATIVE = /^([0-9]{1,6})([smhdw])$/;
+const UNIT_MS: Readonly<Record<string, number>> = { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3, w: 604800e3 };
+
+/**
+ * An ISO-8601 date or date-time, or a time before `now` such as `90s`, `15m`, `1h`, `7d`, `2w`
+ * → canonical ISO string.
+ */
+export function parseQueryDate(field: string, v: string, now: () => number = Date.now): string {
+  const relative = RELATIVE.exec(v);
+  if (relative !== null) {
+    return new Date(now() - Number(relative[1]) * (UNIT_MS[relative[2] ?? 's'] ?? 1e3)).toISOString();
+  }
   const d = new Date(v);
   if (v.length > 64 || Number.isNaN(d.getTime()))
-    throw new AuditQueryError(field, 'expected an ISO-8601 date or date-time');
+    throw new AuditQueryError(
+      field,
+      'expected an ISO-8601 date or date-time, or a time ago such as 1h or 7d',
+    );
   return d.toISOString();
 }
 

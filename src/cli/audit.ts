@@ -251,8 +251,8 @@ export function registerAuditCommands(program: Command): void {
 
   common(audit.command('search').description('search audit events (store sink), oldest first'))
     .option('--json', 'one JSON object per line')
-    .option('--since <time>', 'from (ISO-8601)', date)
-    .option('--until <time>', 'to (ISO-8601)', date)
+    .option('--since <time>', 'from (ISO-8601, or a time ago: 30m, 1h, 7d)', date)
+    .option('--until <time>', 'to (ISO-8601, or a time ago: 30m, 1h, 7d)', date)
     .option('--category <category>', AUDIT_CATEGORIES.join('|'), oneOf(AUDIT_CATEGORIES))
     .option('--outcome <outcome>', AUDIT_OUTCOMES.join('|'), oneOf(AUDIT_OUTCOMES))
     .option('--client <id>', 'OAuth client id')
