@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import type { KeySummary } from '../keys/types.ts';
 import { common, fail } from './common.ts';
 import type { CommonOptions } from './common.ts';
-import { openCliContext } from './context.ts';
+import { withCliContext } from './context.ts';
 import { rotateMasterKey } from '../keys/rotate-master.ts';
 
 /** Test hook: stop the process after this many secrets were moved (a crash mid-rotation). */
@@ -81,12 +81,9 @@ export function registerKeysCommands(program: Command): void {
     .action(async (opts: KeysOptions) => {
       const json = opts.json === true;
       try {
-        const ctx = await openCliContext(opts);
-        try {
+        await withCliContext(opts, async (ctx) => {
           print(ctx.keys.list(), json);
-        } finally {
-          await ctx.close();
-        }
+        });
       } catch (err) {
         fail(err, json);
       }
@@ -104,8 +101,7 @@ export function registerKeysCommands(program: Command): void {
     .action(async (opts: RotateOptions) => {
       const json = opts.json === true;
       try {
-        const ctx = await openCliContext(opts);
-        try {
+        await withCliContext(opts, async (ctx) => {
           const listed = await ctx.audited(
             'key-lifecycle',
             'key-rotate',
@@ -120,9 +116,7 @@ export function registerKeysCommands(program: Command): void {
               `rotated: tokens are now signed with ${ctx.keys.current().kid}; ${PICKUP[announced]}\n`,
             );
           }
-        } finally {
-          await ctx.close();
-        }
+        });
       } catch (err) {
         fail(err, json);
       }
@@ -137,8 +131,7 @@ export function registerKeysCommands(program: Command): void {
     .action(async (opts: KeysOptions) => {
       const json = opts.json === true;
       try {
-        const ctx = await openCliContext(opts);
-        try {
+        await withCliContext(opts, async (ctx) => {
           const result = await ctx.audited(
             'key-lifecycle',
             'audit-key-rotate',
@@ -150,9 +143,7 @@ export function registerKeysCommands(program: Command): void {
           );
           if (json) process.stdout.write(JSON.stringify(result) + '\n');
           else process.stderr.write(`audit checkpoints are now signed with ${result.kid}\n`);
-        } finally {
-          await ctx.close();
-        }
+        });
       } catch (err) {
         fail(err, json);
       }
@@ -170,8 +161,7 @@ export function registerKeysCommands(program: Command): void {
       const json = opts.json === true;
       const exitAfter = Number(process.env[EXIT_AFTER_ENV] ?? '0');
       try {
-        const ctx = await openCliContext(opts);
-        try {
+        await withCliContext(opts, async (ctx) => {
           const result = await ctx.audited(
             'key-lifecycle',
             'master-key-rotate',
@@ -180,6 +170,7 @@ export function registerKeysCommands(program: Command): void {
                 store: ctx.store,
                 kms: ctx.keys.kms,
                 onProgress: (n) => {
+                  if (!json) process.stderr.write(`re-wrapped ${String(n)}\n`);
                   if (exitAfter > 0 && n >= exitAfter) process.exit(75);
                 },
               }),
@@ -195,9 +186,7 @@ export function registerKeysCommands(program: Command): void {
             process.stderr.write(
               `master key rotated: ${result.from} -> ${result.to}; ${String(result.rewrapped)} wrapped secrets moved${result.resumed ? ' (resumed an interrupted rotation)' : ''}\n`,
             );
-        } finally {
-          await ctx.close();
-        }
+        });
       } catch (err) {
         fail(err, json);
       }
