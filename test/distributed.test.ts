@@ -458,6 +458,45 @@ describe('distributed mode: three nodes on one PostgreSQL and one Redis', () => 
     await allReadyAgain();
   }, 60_000);
 
+  it('PostgreSQL silent (blackhole, no reset): every node stays in the pool and refuses state changes within the bound', async () => {
+    // A token first, so each node's pool holds connections opened before the partition: a query
+    // on one of them waits for an answer that never comes, until `store.queryTimeoutMs`.
+    const token = await tokenFrom(nodes[0]!);
+    for (const node of nodes) expect((await tokenRequest(node)).status).toBe(200);
+    backends.pg.cut('blackhole');
+    try {
+      for (const node of nodes) {
+        const res = await request(node, 'GET', '/v1/private', { headers: bearer(token) });
+        expect(res.status, res.body).toBe(200);
+      }
+      for (const node of nodes) {
+        const started = Date.now();
+        const issue = await tokenRequest(node);
+        const waited = Date.now() - started;
+        expect(issue.status, issue.body).toBe(503);
+        expect(issue.headers['retry-after']).toBe('5');
+        expect(issue.body).not.toMatch(/postgres|ECONN|5432|timeout|stack/i);
+        // The default bound is 1.5 s (connect and query); the slack is for a loaded CI machine.
+        expect(waited).toBeLessThan(4_000);
+      }
+      for (const node of nodes) {
+        const r = await readyz(node);
+        expect(r.status, JSON.stringify(r.body)).toBe(200);
+        expect(r.body.status).toBe('degraded');
+        expect(r.body.checks.store).toMatchObject({ status: 'degraded' });
+      }
+    } finally {
+      backends.pg.restore();
+    }
+    const waits = await waitOnEveryNode(
+      Date.now(),
+      20_000,
+      async (node) => (await tokenRequest(node)).status === 200,
+    );
+    for (const ms of waits) expect(ms).toBeLessThan(20_000);
+    await allReadyAgain();
+  }, 90_000);
+
   it('PostgreSQL down: valid tokens keep flowing, state changes fail closed with 503, nothing is lost', async () => {
     const token = await tokenFrom(nodes[1]!);
     backends.pg.cut('reset');

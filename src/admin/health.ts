@@ -3,7 +3,8 @@
  * reduced guarantees: Redis down and the limiter on local counters, an audit sink spooling to
  * disk, an upstream circuit open) or `failed` (this process should not get traffic: the store
  * does not answer, audit events are being dropped). Any `failed` check makes `/readyz` answer
- * 503. A check that does not answer within its deadline is `failed`.
+ * 503. A check that does not answer within its deadline reports its `onTimeout` status: `failed`
+ * unless its dependency's outage only degrades service.
  *
  * Details are short, fixed words and counts: never connection strings, hosts or errors.
  */
@@ -23,6 +24,12 @@ export interface HealthCheck {
   /** The key in the `/readyz` answer: `config`, `store`, `audit`, `redis`, `upstreams`, … */
   readonly name: string;
   check(): CheckResult | Promise<CheckResult>;
+  /**
+   * What a check that misses its deadline reports (default `failed`). A dependency whose outage
+   * only degrades service (the store with Redis configured) is `degraded` when it is merely slow
+   * or silent too: a blackholed server must not take every node out of the pool.
+   */
+  readonly onTimeout?: HealthStatus;
 }
 
 export interface Readiness {
@@ -37,7 +44,7 @@ async function runOne(c: HealthCheck, timeoutMs: number): Promise<CheckResult> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<CheckResult>((ok) => {
     timer = setTimeout(() => {
-      ok({ status: 'failed', detail: 'timeout' });
+      ok({ status: c.onTimeout ?? 'failed', detail: 'timeout' });
     }, timeoutMs);
   });
   try {
@@ -82,6 +89,7 @@ export function storeCheck(store: Store, options: { outage?: 'failed' | 'degrade
   const down: HealthStatus = options.outage ?? 'failed';
   return {
     name: 'store',
+    onTimeout: down,
     check: async () => {
       try {
         await sql`select 1`.execute(store.db);
@@ -147,6 +155,7 @@ export function redisCheck(redis: PingableRedis, options: { required?: boolean }
   const down: HealthStatus = options.required === true ? 'failed' : 'degraded';
   return {
     name: 'redis',
+    onTimeout: down,
     check: async () => {
       if (redis.status !== 'ready') return { status: down, detail: 'unreachable' };
       try {

@@ -156,6 +156,20 @@ describe('readiness', () => {
     });
   });
 
+  it('reports a silent dependency whose outage only degrades as degraded, not failed', async () => {
+    const r = await readiness(
+      [
+        { name: 'store', onTimeout: 'degraded', check: () => new Promise(() => undefined) },
+        { name: 'config', check: () => ({ status: 'ok' }) },
+      ],
+      50,
+    );
+    expect(r).toEqual({
+      status: 'degraded',
+      checks: { store: { status: 'degraded', detail: 'timeout' }, config: { status: 'ok' } },
+    });
+  });
+
   it('reports open circuits as degraded', async () => {
     const m = createMetrics({ defaultMetrics: false });
     const check = circuitsCheck(m);

@@ -1070,6 +1070,18 @@ export const ConfigSchema = Type.Object(
           description:
             'sqlite:FILE (relative to the data directory) or postgres://…; ${env:NAME} inserts an environment variable (e.g. the password)',
         }),
+        connectTimeoutMs: Milliseconds(
+          1_500,
+          100,
+          30_000,
+          'PostgreSQL: how long a request waits for a pooled connection before it is refused (503); CLI commands wait 5 s',
+        ),
+        queryTimeoutMs: Milliseconds(
+          1_500,
+          100,
+          300_000,
+          'PostgreSQL: how long a request waits for a query, also on a connection that went silent in a partition, before it is refused (503); CLI commands wait 30 s',
+        ),
       },
       'where state lives',
     ),

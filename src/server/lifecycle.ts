@@ -160,6 +160,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
   const store = await openStore({
     url: loaded.config.store.url,
     dataDir,
+    waits: { connectMs: loaded.config.store.connectTimeoutMs, queryMs: loaded.config.store.queryTimeoutMs },
     onPoolError: (err) =>
       logger.warn({ event: 'store-error', error: describeError(err) }, 'store connection error'),
   });

@@ -32,7 +32,23 @@ export interface StoreOptions {
    * the process.
    */
   readonly onPoolError?: (error: Error) => void;
+  /**
+   * PostgreSQL only: how long a serving process waits for a pooled connection and for a query
+   * before the operation fails (and the caller answers 503). Migrations always run on their own
+   * connection with the maintenance waits, so a short serving bound never interrupts them.
+   * Default: the maintenance waits (connect 5 s, query 30 s), right for CLI work.
+   */
+  readonly waits?: StoreWaits;
 }
+
+/** Bounds on waiting for PostgreSQL (see `StoreOptions.waits`). */
+export interface StoreWaits {
+  readonly connectMs: number;
+  readonly queryMs: number;
+}
+
+/** What CLI and maintenance work waits for (long batch updates, prunes, migrations). */
+export const MAINTENANCE_WAITS: StoreWaits = { connectMs: 5_000, queryMs: 30_000 };
 
 export interface Store {
   readonly db: Kysely<Database>;
@@ -157,14 +173,17 @@ function openPostgres(
   connectionString: string,
   schema: string | undefined,
   onPoolError: ((error: Error) => void) | undefined,
+  waits: StoreWaits,
 ): OpenedDatabase {
   // Bounded waits: an unreachable or partitioned server fails a request within seconds (503)
-  // instead of holding it; keep-alive notices a dead peer on an idle connection.
+  // instead of holding it. `query_timeout` is a client-side timer, so it also ends a query on a
+  // connection opened before a silent partition (no reset), which the server's
+  // statement_timeout could not; keep-alive notices a dead peer on an idle connection.
   const pool = new pg.Pool({
     connectionString,
     application_name: 'portcullis',
-    connectionTimeoutMillis: 5_000,
-    query_timeout: 30_000,
+    connectionTimeoutMillis: waits.connectMs,
+    query_timeout: waits.queryMs,
     keepAlive: true,
   });
   pool.on('error', (error) => onPoolError?.(error));
@@ -217,10 +236,20 @@ function closeOnce(db: Kysely<Database>): () => Promise<void> {
  */
 export async function openStore(options: StoreOptions): Promise<Store> {
   const target = parseStoreUrl(options.url, options.dataDir);
+  const waits = options.waits ?? MAINTENANCE_WAITS;
+  // Short serving waits would cut a long migration short: migrate on a maintenance pool first.
+  const separateMigrations =
+    target.kind === 'postgres' &&
+    (waits.connectMs < MAINTENANCE_WAITS.connectMs || waits.queryMs < MAINTENANCE_WAITS.queryMs);
   const opened =
     target.kind === 'sqlite'
       ? openSqlite(target.path)
-      : openPostgres(target.connectionString, target.schema, options.onPoolError);
+      : openPostgres(
+          target.connectionString,
+          target.schema,
+          options.onPoolError,
+          separateMigrations ? MAINTENANCE_WAITS : waits,
+        );
   let appliedMigrations: string[];
   try {
     appliedMigrations = await migrateToLatest(
@@ -230,6 +259,11 @@ export async function openStore(options: StoreOptions): Promise<Store> {
   } catch (error) {
     await opened.close();
     throw error;
+  }
+  if (separateMigrations) {
+    await opened.close();
+    const serving = openPostgres(target.connectionString, target.schema, options.onPoolError, waits);
+    return { db: serving.db, kind: target.kind, appliedMigrations, close: () => serving.close() };
   }
   return { db: opened.db, kind: target.kind, appliedMigrations, close: () => opened.close() };
 }
