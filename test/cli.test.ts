@@ -145,7 +145,11 @@ describe('portcullis config validate', () => {
       trustedProxies: [],
     });
     expect(effective.admin).toEqual({ enabled: true, host: '127.0.0.1', port: 9443 });
-    expect(effective.store).toEqual({ url: 'sqlite:portcullis.db' });
+    expect(effective.store).toEqual({
+      url: 'sqlite:portcullis.db',
+      connectTimeoutMs: 1500,
+      queryTimeoutMs: 1500,
+    });
     expect(effective.apis).toMatchObject([
       { name: 'patients', basePath: '/v1', upstream: { url: 'http://127.0.0.1:4010', connections: 128 } },
     ]);
@@ -261,6 +265,47 @@ describe('portcullis config validate', () => {
     const r2 = await portcullis('config', 'validate', '--config', notOpenapi);
     expect(r2.code).toBe(1);
     expect(r2.stderr).toMatch(/:3:5: apis\[0\]\.openapi: .*3\.0\.x or 3\.1\.x/);
+  });
+
+  it('a per-operation rate limit for an operationId the document does not declare is reported with its line', async () => {
+    const limits = (id: string) => [
+      ...API,
+      '    rateLimits:',
+      '      operations:',
+      `        ${id}:`,
+      '          ip: { burst: { points: 5, seconds: 1 } }',
+    ];
+    const typo = await configFile('typo-operation.yaml', limits('serchItems').join('\n') + '\n');
+    const r = await portcullis('config', 'validate', '--config', typo);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(
+      `${typo}:9:9: apis[0].rateLimits.operations.serchItems: operationId "serchItems" is not declared in api.yaml`,
+    );
+    const right = await configFile('right-operation.yaml', limits('searchItems').join('\n') + '\n');
+    expect((await portcullis('config', 'validate', '--config', right)).code).toBe(0);
+  });
+
+  it('an operation requiring a security scheme the gateway cannot verify is refused at load, naming it', async () => {
+    await writeFile(
+      join(dir, 'basic-api.yaml'),
+      stringify({
+        openapi: '3.1.0',
+        info: { title: 'basic', version: '1' },
+        components: { securitySchemes: { password: { type: 'http', scheme: 'basic' } } },
+        paths: {
+          '/a': { get: { security: [{ password: [] }], responses: { '200': { description: 'ok' } } } },
+        },
+      }),
+    );
+    const file = await configFile(
+      'basic-config.yaml',
+      API.map((l) => l.replace('api.yaml', 'basic-api.yaml')).join('\n') + '\n',
+    );
+    const r = await portcullis('config', 'validate', '--config', file);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(
+      /:3:5: apis\[0\]\.openapi: paths\."\/a"\.get: security scheme "password" is http "basic"/,
+    );
   });
 
   it('a configuration with a working OpenAPI file beside it is valid', async () => {

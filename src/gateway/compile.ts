@@ -265,6 +265,16 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
       if (document.operations.length === 0) {
         throw configError(loaded, ['apis', i, 'openapi'], 'the document declares no operations');
       }
+      const declaredIds = new Set(document.operations.map((op) => op.operationId));
+      for (const id of Object.keys(api.rateLimits?.operations ?? {})) {
+        if (!declaredIds.has(id)) {
+          throw configError(
+            loaded,
+            ['apis', i, 'rateLimits', 'operations', id],
+            `operationId "${id}" is not declared in ${api.openapi}, so this limit would never apply`,
+          );
+        }
+      }
       let caFile: string | undefined;
       if (api.upstream.caFile !== undefined) caFile = loaded.resolvePath(api.upstream.caFile);
       let upstream: Upstream;

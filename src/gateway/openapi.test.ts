@@ -67,6 +67,31 @@ describe('parseOpenApi', () => {
       { openapi: '3.1.0', paths: { '/a': { get: { security: [{ ghost: [] }] } } } },
       /"ghost" is not declared/,
     ],
+    ...(
+      [
+        [
+          'http basic',
+          { type: 'http', scheme: 'basic' },
+          /"s" is http "basic", which the gateway does not verify/,
+        ],
+        ['http digest', { type: 'http', scheme: 'Digest' }, /http "digest"/],
+        ['an apiKey without a name', { type: 'apiKey', in: 'header' }, /apiKey scheme without a name/],
+        [
+          'an apiKey in the body',
+          { type: 'apiKey', in: 'body', name: 'k' },
+          /"in" is not header, query or cookie/,
+        ],
+        ['an unknown type', { type: 'hawk' }, /type "hawk", which the gateway does not verify/],
+      ] as [string, unknown, RegExp][]
+    ).map(([what, scheme, message]): [string, unknown, RegExp] => [
+      `an operation requiring a scheme the gateway cannot verify: ${what}`,
+      {
+        openapi: '3.1.0',
+        components: { securitySchemes: { s: scheme } },
+        paths: { '/a': { get: { security: [{ s: [] }] } } },
+      },
+      message,
+    ]),
     [
       'a network $ref (never fetched)',
       {
@@ -122,6 +147,34 @@ describe('parseOpenApi', () => {
       '/tmp/api.yaml',
     );
     expect(doc.operations).toHaveLength(1);
+  });
+
+  it('accepts every scheme type the gateway verifies, and an unusable scheme no operation requires', async () => {
+    const doc = await parseOpenApi(
+      stringify({
+        openapi: '3.1.0',
+        components: {
+          securitySchemes: {
+            oauth: { type: 'oauth2', flows: {} },
+            oidc: {
+              type: 'openIdConnect',
+              openIdConnectUrl: 'https://as.example/.well-known/openid-configuration',
+            },
+            bearer: { type: 'http', scheme: 'Bearer' },
+            key: { type: 'apiKey', in: 'header', name: 'x-api-key' },
+            cert: { type: 'mutualTLS' },
+            unused: { type: 'http', scheme: 'basic' },
+          },
+        },
+        paths: {
+          '/a': {
+            get: { security: [{ oauth: [] }, { oidc: [] }, { bearer: [] }, { key: [] }, { cert: [] }] },
+          },
+        },
+      }),
+      '/tmp/x.yaml',
+    );
+    expect(doc.operations[0]!.security).toHaveLength(5);
   });
 
   it('refuses text that is not YAML or JSON, and a missing file', async () => {

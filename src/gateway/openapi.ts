@@ -152,6 +152,12 @@ export async function parseOpenApi(text: string, file: string): Promise<OpenApiD
           if (!(scheme in securitySchemes)) {
             throw new OpenApiError(`${where}: security scheme "${scheme}" is not declared in components`);
           }
+          const unverifiable = unverifiableScheme(securitySchemes[scheme] ?? {});
+          if (unverifiable !== undefined) {
+            throw new OpenApiError(
+              `${where}: security scheme "${scheme}" ${unverifiable}; Portcullis verifies oauth2, openIdConnect, http bearer, apiKey (header, query, cookie) and mutualTLS schemes`,
+            );
+          }
         }
       }
       const parameters = new Map<string, Record<string, unknown>>();
@@ -180,6 +186,29 @@ export async function parseOpenApi(text: string, file: string): Promise<OpenApiD
     operations,
     securitySchemes,
   };
+}
+
+/**
+ * Why the gateway could never verify a scheme an operation requires, or undefined when it can.
+ * Such an operation would refuse every request (default deny), which is a contract mistake the
+ * operator should hear about at load, not from callers.
+ */
+function unverifiableScheme(scheme: Readonly<Record<string, unknown>>): string | undefined {
+  const { type } = scheme;
+  if (type === 'oauth2' || type === 'openIdConnect' || type === 'mutualTLS') return undefined;
+  if (type === 'http') {
+    const name = typeof scheme.scheme === 'string' ? scheme.scheme.toLowerCase() : '';
+    return name === 'bearer'
+      ? undefined
+      : `is http "${name || '(no scheme)'}", which the gateway does not verify (a password or digest on every request)`;
+  }
+  if (type === 'apiKey') {
+    if (typeof scheme.name !== 'string' || scheme.name === '') return 'is an apiKey scheme without a name';
+    return scheme.in === 'header' || scheme.in === 'query' || scheme.in === 'cookie'
+      ? undefined
+      : 'is an apiKey scheme whose "in" is not header, query or cookie';
+  }
+  return `has type ${JSON.stringify(type ?? null)}, which the gateway does not verify`;
 }
 
 /** Reads and parses a document file. */
