@@ -308,6 +308,36 @@ describe('portcullis config validate', () => {
     );
   });
 
+  it('every invalid schema of an OpenAPI file is reported at once, with its line and pointer in words', async () => {
+    await writeFile(
+      join(dir, 'bad-schemas.yaml'),
+      [
+        'openapi: 3.1.0',
+        'info: { title: t, version: "1" }',
+        'paths:',
+        '  /a:',
+        '    get:',
+        '      parameters:',
+        '        - { name: q, in: query, schema: { type: strnig } }',
+        '      responses:',
+        '        "200": { description: ok, content: { application/json: { schema: { required: 5 } } } }',
+      ].join('\n') + '\n',
+    );
+    const file = await configFile(
+      'bad-schemas-config.yaml',
+      API.map((l) => l.replace('api.yaml', 'bad-schemas.yaml')).join('\n') + '\n',
+    );
+    const r = await portcullis('config', 'validate', '--config', file);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(
+      'apis[0].openapi: bad-schemas.yaml:7:49 /paths/~1a/get/parameters/0/schema/type: must be one of array, boolean, integer, null, number, object, string (got "strnig")',
+    );
+    expect(r.stderr).toContain(
+      'apis[0].openapi: bad-schemas.yaml:9:86 /paths/~1a/get/responses/200/content/application~1json/schema/required: must be array (got 5)',
+    );
+    expect(r.stderr).not.toMatch(/data\/properties|undefined/);
+  });
+
   it('a configuration with a working OpenAPI file beside it is valid', async () => {
     const file = await configFile('good.yaml', API.join('\n') + '\n');
     const r = await portcullis('config', 'validate', '--config', file, '--json');

@@ -12,6 +12,7 @@ import type { ConfigIssue, ConfigPath, LoadedConfig } from '../config/load.ts';
 import type { LimitsConfig } from '../config/schema.ts';
 import type { GatewayRequest, OperationInfo, ResponseStage, Stage, Step } from './context.ts';
 import { loadOpenApi, OpenApiError } from './openapi.ts';
+import type { SchemaIssue } from './openapi-schemas.ts';
 import type { OpenApiDocument } from './openapi.ts';
 import { buildRouteTable } from './routes.ts';
 import { allowedHosts } from './strict-http.ts';
@@ -212,6 +213,24 @@ function configError(loaded: LoadedConfig, path: ConfigPath, message: string): C
   return new ConfigError(loaded.file, [issue]);
 }
 
+/** Every schema mistake of one API's document, each as `document:line:col pointer: what`. */
+function documentErrors(
+  loaded: LoadedConfig,
+  index: number,
+  document: string,
+  issues: readonly SchemaIssue[],
+): ConfigError {
+  const at = loaded.locate(['apis', index, 'openapi']);
+  return new ConfigError(
+    loaded.file,
+    issues.map((issue) => ({
+      path: pathToString(['apis', index, 'openapi']),
+      message: `${document}${issue.line === undefined ? '' : `:${String(issue.line)}:${String(issue.column ?? 1)}`} ${issue.pointer}: ${issue.message}`,
+      ...(at ? { line: at.line, column: at.column } : {}),
+    })),
+  );
+}
+
 /** The version of a runtime: sha256 over the configuration's sha256 and each API's document. */
 export function runtimeVersion(
   configSha: string,
@@ -259,7 +278,10 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
       try {
         document = await loadOpenApi(loaded.resolvePath(api.openapi));
       } catch (err) {
-        if (err instanceof OpenApiError) throw configError(loaded, ['apis', i, 'openapi'], err.message);
+        if (err instanceof OpenApiError) {
+          if (err.issues.length === 0) throw configError(loaded, ['apis', i, 'openapi'], err.message);
+          throw documentErrors(loaded, i, api.openapi, err.issues);
+        }
         throw err;
       }
       if (document.operations.length === 0) {

@@ -177,6 +177,73 @@ describe('parseOpenApi', () => {
     expect(doc.operations[0]!.security).toHaveLength(5);
   });
 
+  it('reports every invalid schema at once, each with its line, JSON pointer and what was expected', async () => {
+    const text = [
+      'openapi: 3.1.0',
+      'info: { title: t, version: "1" }',
+      'components:',
+      '  schemas:',
+      '    Item: { type: object, required: name }',
+      'paths:',
+      '  /a:',
+      '    get:',
+      '      parameters:',
+      '        - { name: q, in: query, schema: { type: strnig } }',
+      '      responses:',
+      '        "200":',
+      '          description: ok',
+      '          content:',
+      '            application/json:',
+      '              schema: { type: object, properties: { n: { type: integer, minimum: zero } } }',
+    ].join('\n');
+    const attempt = parseOpenApi(text, '/tmp/api.yaml');
+    await expect(attempt).rejects.toBeInstanceOf(OpenApiError);
+    const error = (await attempt.catch((e: unknown) => e)) as OpenApiError;
+    expect(error.issues).toEqual([
+      {
+        pointer: '/components/schemas/Item/required',
+        line: 5,
+        column: 37,
+        message: 'must be array (got "name")',
+      },
+      {
+        pointer: '/paths/~1a/get/parameters/0/schema/type',
+        line: 10,
+        column: 49,
+        message: 'must be one of array, boolean, integer, null, number, object, string (got "strnig")',
+      },
+      {
+        pointer: '/paths/~1a/get/responses/200/content/application~1json/schema/properties/n/minimum',
+        line: 16,
+        column: 82,
+        message: 'must be number (got "zero")',
+      },
+    ]);
+  });
+
+  it("accepts OpenAPI 3.0's own schema keywords (nullable, boolean exclusiveMinimum)", async () => {
+    const doc = await parseOpenApi(
+      stringify({
+        openapi: '3.0.3',
+        paths: {
+          '/a': {
+            get: {
+              parameters: [
+                {
+                  name: 'q',
+                  in: 'query',
+                  schema: { type: 'integer', minimum: 0, exclusiveMinimum: true, nullable: true },
+                },
+              ],
+            },
+          },
+        },
+      }),
+      '/tmp/x.yaml',
+    );
+    expect(doc.operations).toHaveLength(1);
+  });
+
   it('refuses text that is not YAML or JSON, and a missing file', async () => {
     await expect(parseOpenApi('openapi: [unclosed', '/tmp/x.yaml')).rejects.toBeInstanceOf(OpenApiError);
     await expect(loadOpenApi('/nonexistent/api.yaml')).rejects.toThrow(/cannot read .*ENOENT/);

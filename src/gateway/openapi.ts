@@ -6,6 +6,8 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { $RefParser } from '@apidevtools/json-schema-ref-parser';
 import { parse as parseYaml } from 'yaml';
+import { checkDocumentSchemas } from './openapi-schemas.ts';
+import type { SchemaIssue } from './openapi-schemas.ts';
 import { compileLinear, PatternError } from './stages/validate/regex.ts';
 
 export const HTTP_METHODS = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'] as const;
@@ -39,9 +41,12 @@ export interface OpenApiDocument {
 
 /** A document that cannot be used; `message` says where inside it. */
 export class OpenApiError extends Error {
-  constructor(message: string) {
+  /** Every schema mistake of the document, when that is what is wrong (openapi-schemas.ts). */
+  readonly issues: readonly SchemaIssue[];
+  constructor(message: string, issues: readonly SchemaIssue[] = []) {
     super(message);
     this.name = 'OpenApiError';
+    this.issues = issues;
   }
 }
 
@@ -116,6 +121,13 @@ export async function parseOpenApi(text: string, file: string): Promise<OpenApiD
     throw new OpenApiError('"openapi" must be a 3.0.x or 3.1.x version');
   }
   checkPatterns(raw, file, '');
+  const schemaIssues = checkDocumentSchemas(raw, text, version.startsWith('3.0'));
+  if (schemaIssues.length > 0) {
+    throw new OpenApiError(
+      `${String(schemaIssues.length)} invalid schema(s), the first at ${schemaIssues[0]?.pointer ?? ''}`,
+      schemaIssues,
+    );
+  }
   let doc: Record<string, unknown>;
   try {
     doc = await $RefParser.dereference<Record<string, unknown>>(file, raw, {
