@@ -446,7 +446,7 @@ describe('openapi.yaml', () => {
 
   it('is OpenAPI 3.1.0 whose $refs all resolve', () => {
     expect(raw.openapi).toBe('3.1.0');
-    expect(raw.servers).toEqual([{ url: '/v1' }]);
+    expect(raw.servers).toEqual([{ url: '/v1', 'x-internal': false }]);
     expect(JSON.stringify(raw)).toContain('"$ref"');
     expect(JSON.stringify(spec)).not.toContain('"$ref"');
   });

@@ -155,7 +155,7 @@ function mostSpecific(errors: readonly ErrorObject[]): ErrorObject[] {
 }
 
 /** Where a JSON pointer is written in the YAML (or JSON) text, 1-based. */
-function locator(text: string): (pointer: string) => { line: number; col: number } | undefined {
+export function locateInYaml(text: string): (pointer: string) => { line: number; col: number } | undefined {
   const lineCounter = new LineCounter();
   const document = parseDocument(text, { lineCounter, keepSourceTokens: false, uniqueKeys: false });
   return (pointer) => {
@@ -217,7 +217,7 @@ export function checkDocumentSchemas(
     }
   }
   if (issues.length === 0) return [];
-  const locate = locator(text);
+  const locate = locateInYaml(text);
   return issues.slice(0, MAX_SCHEMA_ISSUES).map((i) => {
     const at = locate(i.pointer);
     return { pointer: i.pointer, message: i.message, line: at?.line, column: at?.col };
