@@ -18,6 +18,7 @@ import { registerAuditCommands } from './audit.ts';
 import { registerApiKeysCommands } from './apikeys.ts';
 import { registerUsersCommands } from './users.ts';
 import { registerLintCommand } from './lint.ts';
+import { registerProbeCommand } from './probe.ts';
 import { startBanner } from './banner.ts';
 import { parseWorkerCount, runPrimary, runWorker } from './workers.ts';
 import type { Role } from './workers.ts';
@@ -117,5 +118,6 @@ registerApiKeysCommands(program);
 registerClientsCommands(program);
 registerUsersCommands(program);
 registerLintCommand(program);
+registerProbeCommand(program);
 
 await program.parseAsync(process.argv);
