@@ -4,13 +4,14 @@
  * as the relying party, pages driven by HTTP requests and in real Chromium, and a second
  * oidc-provider instance as the upstream identity provider for federation.
  */
-import { createHash, X509Certificate } from 'node:crypto';
+import { createHash, randomUUID, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:https';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { decodeJwt } from 'jose';
 import * as oidcProvider from 'oidc-provider';
@@ -48,7 +49,7 @@ const OPENAPI = {
           authorizationCode: {
             authorizationUrl: 'https://localhost/auth',
             tokenUrl: 'https://localhost/token',
-            scopes: { 'items:read': 'read', 'items:write': 'write' },
+            scopes: { 'items:read': 'Read your items', 'items:write': 'Create and change your items' },
           },
         },
       },
@@ -66,6 +67,9 @@ const OPENAPI = {
 };
 
 const PASSWORD = 'alice-correct-horse-42';
+/** Screenshots of every page, kept by the test run (git-ignored) for a human to look at. */
+const SCREENSHOTS = join(import.meta.dirname, '..', 'test-results', 'screenshots');
+mkdirSync(SCREENSHOTS, { recursive: true });
 const TOTP_PASSWORD = 'bob-battery-staple-77';
 const UPSTREAM_SECRET = 'upstream-client-secret-0123456789';
 const secrets: string[] = [PASSWORD, TOTP_PASSWORD, UPSTREAM_SECRET];
@@ -260,7 +264,8 @@ beforeAll(async () => {
       s.end();
       return;
     }
-    void server.handle(q, s);
+    // As the gateway's front door does: a correlation id for every request.
+    void server.handle(q, s, { correlationId: `corr-${randomUUID()}` });
   };
 
   // The relying party's redirect URI: a small HTTPS page on another origin.
@@ -645,6 +650,42 @@ describe('federation', () => {
 });
 
 describe('in Chromium', () => {
+  it('error pages have the sign-in look and a correlation id, never the error itself', async () => {
+    const browser = await chromium.launch({
+      executablePath: '/usr/bin/chromium',
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        `--ignore-certificate-errors-spki-list=${spki}`,
+      ],
+    });
+    try {
+      const page = await browser.newPage();
+      page.setDefaultTimeout(8000);
+      // The authorization server's own error (an unknown client): oidc-provider's renderError.
+      const res = await page.goto(
+        `${issuer}/auth?client_id=no-such-client&response_type=code&scope=openid&redirect_uri=${encodeURIComponent(`${rpOrigin}/cb`)}`,
+      );
+      expect(res?.status()).toBe(400);
+      expect(await page.textContent('h1')).toBe('Something went wrong');
+      expect(await page.textContent('main')).toMatch(/Reference: corr-[0-9a-f-]{36}/);
+      expect(await page.textContent('main')).not.toMatch(/no-such-client|invalid_client/);
+      // The stylesheet applied under the CSP nonce: the page is laid out as the login page is.
+      expect(await page.evaluate(() => getComputedStyle(document.body).fontFamily)).not.toBe('');
+      expect(await page.locator('style[nonce]').count()).toBe(1);
+      await page.screenshot({ path: join(SCREENSHOTS, 'error-authorization-server.png') });
+      // An interaction that does not exist (expired or forged uid): the interactions' error page.
+      const gone = await page.goto(`${issuer}/interaction/no-such-interaction`);
+      expect(gone?.status()).toBeGreaterThanOrEqual(400);
+      expect(await page.textContent('main')).toMatch(/Reference: corr-[0-9a-f-]{36}/);
+      await page.screenshot({ path: join(SCREENSHOTS, 'error-interaction.png') });
+    } finally {
+      await browser.close();
+    }
+  });
+
   it('login, consent, redirect to the client, code exchanged; wrong password shows the generic message', async () => {
     const browser = await chromium.launch({
       executablePath: '/usr/bin/chromium',
@@ -662,16 +703,22 @@ describe('in Chromium', () => {
       const a = await authorizationUrl();
       await page.goto(a.url);
       await page.waitForSelector('#username');
-      await page.screenshot({ path: '/tmp/portcullis-login.png' });
+      await page.screenshot({ path: join(SCREENSHOTS, 'login.png') });
       await page.fill('#username', 'alice');
       await page.fill('#password', 'wrong-password-in-browser');
       await Promise.all([page.waitForSelector('.error'), page.click('button.primary')]);
       expect(await page.textContent('.error')).toBe('Invalid username or password');
+      // A failed login keeps the username, never the password.
+      expect(await page.inputValue('#username')).toBe('alice');
+      expect(await page.inputValue('#password')).toBe('');
+      await page.screenshot({ path: join(SCREENSHOTS, 'login-failed.png') });
       secrets.push('wrong-password-in-browser');
-      await page.fill('#username', 'alice');
       await page.fill('#password', PASSWORD);
       await Promise.all([page.waitForSelector('text=Allow access?'), page.click('button.primary')]);
       expect(await page.textContent('main')).toContain('Shop <script>alert("x")</script> & Co');
+      // Each scope with the description its API's OpenAPI document gives it.
+      expect(await page.textContent('label[for="scope-items:read"]')).toContain('Read your items');
+      await page.screenshot({ path: join(SCREENSHOTS, 'consent.png') });
       await Promise.all([page.waitForURL(`${client.redirectUri}?**`), page.click('button.primary')]);
       expect(await page.textContent('p')).toBe('back at the client');
       const tokens = await exchange(page.url(), a);

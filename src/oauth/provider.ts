@@ -42,7 +42,7 @@ import type { OidcAdapter } from './adapter.ts';
 import { clientSecretMatches, providerClientMetadata } from './clients.ts';
 import { scopeSessionCookies } from './cookies.ts';
 import { createGrantTokenTracker, refreshTokenTtl } from './grant-tokens.ts';
-import { layout } from './interactions/html.ts';
+import { errorPage, layout } from './interactions/html.ts';
 import { UNAVAILABLE_RETRY_AFTER_SECONDS, isDependencyUnavailable } from '../store/unavailable.ts';
 import { isAuthorizationServerPath } from './paths.ts';
 import {
@@ -645,7 +645,14 @@ export async function createAuthorizationServer(
       },
       renderError: (ctx: KoaContextWithOIDC) => {
         ctx.type = 'html';
-        ctx.body = GENERIC_ERROR_PAGE;
+        // The sign-in pages' look, under the nonce this response's CSP names, with the
+        // correlation id for support; never the error's own text (it may name internals).
+        const nonce = nonces.get(ctx.req) ?? randomBytes(18).toString('base64url');
+        ctx.body = layout(
+          'Request not completed',
+          nonce,
+          errorPage('The request could not be completed.', contextOf(ctx).correlationId),
+        );
         return Promise.resolve();
       },
     };

@@ -12,6 +12,7 @@ import { openKms } from '../../keys/kms.ts';
 import type { KeyManager } from '../../keys/types.ts';
 import type { Logger } from '../../log/index.ts';
 import type { Store } from '../../store/index.ts';
+import { loadOpenApi } from '../../gateway/openapi.ts';
 import { createUsers, kmsSecretWrapper } from '../users.ts';
 import type { Users } from '../users.ts';
 import { createFederation, loadCa } from './federation.ts';
@@ -107,6 +108,8 @@ export interface InteractionHooksOptions {
   readonly federation?: Federation | undefined;
   /** See InteractionHandlerOptions.csrfKey. */
   readonly csrfKey?: Uint8Array;
+  /** See InteractionHandlerOptions.contractScopeDescriptions. */
+  readonly contractScopeDescriptions?: () => Promise<Readonly<Record<string, string>>>;
   readonly now?: () => number;
 }
 
@@ -130,6 +133,9 @@ export function createInteractionHooks(options: InteractionHooksOptions): Intera
     logger: options.logger,
     federation: options.federation,
     ...(options.csrfKey === undefined ? {} : { csrfKey: options.csrfKey }),
+    ...(options.contractScopeDescriptions === undefined
+      ? {}
+      : { contractScopeDescriptions: options.contractScopeDescriptions }),
     ...(options.now === undefined ? {} : { now: options.now }),
   });
   return {
@@ -192,6 +198,40 @@ export function createServerInteractions(options: ServerInteractionsOptions): In
     logger: options.logger.child({ component: 'interactions' }),
     federation,
     csrfKey: Buffer.from(options.keys.hmac('client-secret', 'portcullis/interaction-csrf/v1'), 'base64url'),
+    contractScopeDescriptions: () => contractScopeDescriptions(options.loaded()),
   });
   return { ...hooks, users };
+}
+
+/** Per configuration in force: what its APIs' documents say each scope is for. */
+const scopeDescriptionsByConfig = new WeakMap<LoadedConfig, Promise<Readonly<Record<string, string>>>>();
+
+/**
+ * The descriptions of the scopes declared in the oauth2 flows of every API's OpenAPI document
+ * (`flows.*.scopes: {name: description}`), read once per configuration. A document that cannot
+ * be read contributes nothing here: the configuration loader has already refused it.
+ */
+function contractScopeDescriptions(loaded: LoadedConfig): Promise<Readonly<Record<string, string>>> {
+  let found = scopeDescriptionsByConfig.get(loaded);
+  if (found === undefined) {
+    found = (async () => {
+      const out: Record<string, string> = {};
+      for (const api of loaded.config.apis) {
+        const document = await loadOpenApi(loaded.resolvePath(api.openapi)).catch(() => undefined);
+        for (const scheme of Object.values(document?.securitySchemes ?? {})) {
+          if (scheme.type !== 'oauth2' || typeof scheme.flows !== 'object' || scheme.flows === null) continue;
+          for (const flow of Object.values(scheme.flows as Record<string, unknown>)) {
+            const scopes = (flow as { scopes?: unknown } | null)?.scopes;
+            if (typeof scopes !== 'object' || scopes === null) continue;
+            for (const [name, text] of Object.entries(scopes as Record<string, unknown>)) {
+              if (typeof text === 'string' && text.trim() !== '') out[name] ??= text.trim();
+            }
+          }
+        }
+      }
+      return out;
+    })();
+    scopeDescriptionsByConfig.set(loaded, found);
+  }
+  return found;
 }

@@ -173,8 +173,13 @@ ${hidden('csrf', p.csrf)}
 </form>`;
 }
 
-export function errorPage(message: string): string {
+/** The error page, in the same look as the sign-in pages; the correlation id lets support find it. */
+export function errorPage(message: string, correlationId?: string): string {
+  const reference =
+    correlationId === undefined || correlationId === ''
+      ? ''
+      : `\n<p class="sub">Reference: <code>${escapeHtml(correlationId)}</code></p>`;
   return `<h1>Something went wrong</h1>
 <p class="error" role="alert">${escapeHtml(message)}</p>
-<p class="sub">Return to the application and start signing in again.</p>`;
+<p class="sub">Return to the application and start signing in again.</p>${reference}`;
 }

@@ -102,6 +102,11 @@ export interface InteractionHandlerOptions {
   readonly csrfKey?: Uint8Array;
   /** Human descriptions of scopes shown on the consent page. */
   readonly scopeDescriptions?: Readonly<Record<string, string>>;
+  /**
+   * The descriptions the APIs' OpenAPI documents give their scopes (oauth2 flows), asked for each
+   * consent page so that a reload's new wording shows at once. They win over `scopeDescriptions`.
+   */
+  readonly contractScopeDescriptions?: () => Promise<Readonly<Record<string, string>>>;
   readonly now?: () => number;
 }
 
@@ -375,7 +380,7 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
     return clientName(await d.provider.Client.find(d.clientId), d.clientId);
   }
 
-  function consentScopes(d: Details) {
+  function consentScopes(d: Details, fromContracts: Readonly<Record<string, string>>) {
     const seen = new Map<string, boolean>();
     for (const s of d.missingOIDCScope) seen.set(s, s === 'openid');
     for (const list of Object.values(d.missingResourceScopes))
@@ -383,7 +388,7 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
     return [...seen].map(([name, required]) => ({
       name,
       required,
-      description: scopeText[name] ?? 'access the API on your behalf',
+      description: fromContracts[name] ?? scopeText[name] ?? 'access the API on your behalf',
     }));
   }
 
@@ -428,7 +433,7 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
           csrf,
           clientName: client,
           username: account.username,
-          scopes: consentScopes(d),
+          scopes: consentScopes(d, (await options.contractScopeDescriptions?.()) ?? {}),
         }),
         d.redirectUri,
       );
@@ -483,6 +488,8 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
           csrf: csrfToken(d.uid),
           clientName: await nameOf(d),
           error: GENERIC_LOGIN_FAILURE,
+          // The username stays in the form (escaped); the password never comes back.
+          username: username.slice(0, 128),
           federationName: federation?.name,
         }),
         d.redirectUri,
@@ -739,14 +746,14 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
           },
           'interaction refused',
         );
-        send(res, err.status, 'Error', errorPage(err.message));
+        send(res, err.status, 'Error', errorPage(err.message, ctx?.correlationId));
         return;
       }
       logger.warn(
         { event: 'interaction.error', correlationId: ctx?.correlationId, error: describeError(err) },
         'interaction failed',
       );
-      send(res, 500, 'Error', errorPage('Something went wrong. Please try again later.'));
+      send(res, 500, 'Error', errorPage('Something went wrong. Please try again later.', ctx?.correlationId));
     }
   };
 }
