@@ -673,7 +673,9 @@ describe('in Chromium', () => {
       expect(await page.textContent('main')).toMatch(/Reference: corr-[0-9a-f-]{36}/);
       expect(await page.textContent('main')).not.toMatch(/no-such-client|invalid_client/);
       // The stylesheet applied under the CSP nonce: the page is laid out as the login page is.
-      expect(await page.evaluate(() => getComputedStyle(document.body).fontFamily)).not.toBe('');
+      expect(await page.evaluate('getComputedStyle(document.body).backgroundColor')).not.toBe(
+        'rgba(0, 0, 0, 0)',
+      );
       expect(await page.locator('style[nonce]').count()).toBe(1);
       await page.screenshot({ path: join(SCREENSHOTS, 'error-authorization-server.png') });
       // An interaction that does not exist (expired or forged uid): the interactions' error page.
