@@ -6,8 +6,16 @@
  * the RSS and its parts: `process.memoryUsage()`, V8's heap spaces and `/proc/PID/smaps_rollup`
  * (read inside the process by bench/memory-probe.ts, loaded with `--import`).
  *
+ * Each run also prints the server's CPU time per request (user + system, /proc/PID/stat): on a
+ * shared machine a steadier cost figure than requests/s.
+ *
  *   sh scripts/node24.sh bench/memory.ts [--runs 3] [--duration 8] [--connections 32]
  *     [--node-options "--max-semi-space-size=1"] [--env NAME=VALUE]… [--only portcullis|bare]
+ *     [--variant NAME=V8FLAGS]… [--modules] [--args "--role gateway"]
+ *
+ * `--variant` starts one gateway per variant with PORTCULLIS_V8_FLAGS (scripts/node24.sh) set to
+ * V8FLAGS, e.g. `--variant node=` (Node's defaults) `--variant s8=--max-semi-space-size=8`; the
+ * runs rotate over all targets and a summary gives medians and peaks side by side.
  */
 import { readFileSync } from 'node:fs';
 import { readdirSync } from 'node:fs';
@@ -18,6 +26,7 @@ import { HIGH_RATE_LIMITS } from './apis.ts';
 import { ensureDevCertificates } from '../src/server/devca.ts';
 import {
   cleanup,
+  cpuSeconds,
   makeTempDir,
   procStatusKiB,
   ROOT,
@@ -37,6 +46,8 @@ const { values } = parseArgs({
     env: { type: 'string', multiple: true, default: [] },
     only: { type: 'string' },
     modules: { type: 'boolean', default: false },
+    variant: { type: 'string', multiple: true, default: [] },
+    smaps: { type: 'boolean', default: false },
     args: { type: 'string', default: '' },
   },
 });
@@ -52,9 +63,9 @@ const extraEnv = Object.fromEntries(
 );
 
 /** Spawns with the probe loaded and the extra options: the env is read at spawn time. */
-async function withProbeEnv<T>(file: string, fn: () => Promise<T>): Promise<T> {
+async function withProbeEnv<T>(file: string, env: Record<string, string>, fn: () => Promise<T>): Promise<T> {
   const saved = { ...process.env };
-  Object.assign(process.env, extraEnv, {
+  Object.assign(process.env, extraEnv, env, {
     PORTCULLIS_MEMORY_PROBE: file,
     PORTCULLIS_MEMORY_PROBE_MODULES: `${file.replace(/\.json$/, '')}-modules.txt`,
     NODE_OPTIONS: `${values['node-options']} --import ${probe}`.trim(),
@@ -83,30 +94,91 @@ function reading(pid: number, file: string): string {
   return `VmRSS ${kib('VmRSS')} VmHWM ${kib('VmHWM')}\n    ${parts.join('\n    ')}`;
 }
 
+/**
+ * The resident mappings of a process by kind, from /proc/PID/smaps: glibc's main heap
+ * (`[heap]`), thread stacks, file-backed, and the anonymous rest, largest first (V8's heap pages,
+ * glibc's thread arenas (64 MiB reservations) and other mmaps cannot be told apart by name).
+ */
+function smapsSummary(pid: number): string {
+  const text = readFileSync(`/proc/${String(pid)}/smaps`, 'utf8');
+  const maps: { name: string; size: number; rss: number }[] = [];
+  let current: { name: string; size: number; rss: number } | undefined;
+  for (const line of text.split('\n')) {
+    const head = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (head !== null) {
+      current = {
+        name: head[3] ?? '',
+        size: (parseInt(head[2]!, 16) - parseInt(head[1]!, 16)) / 1024,
+        rss: 0,
+      };
+      maps.push(current);
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss !== null && current !== undefined) current.rss = Number(rss[1]);
+  }
+  const byKind = new Map<string, number>();
+  for (const m of maps) {
+    const kind = m.name === '' ? 'anon' : m.name.startsWith('/') ? 'file' : m.name;
+    byKind.set(kind, (byKind.get(kind) ?? 0) + m.rss);
+  }
+  const kinds = [...byKind].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${(v / 1024).toFixed(1)}`);
+  const anon = maps
+    .filter((m) => m.name === '' && m.rss > 1024)
+    .sort((a, b) => b.rss - a.rss)
+    .slice(0, 25)
+    .map((m) => `${(m.rss / 1024).toFixed(1)}/${(m.size / 1024).toFixed(1)}`);
+  return `smaps MiB: ${kinds.join(', ')}\n  largest anonymous mappings (resident/size MiB): ${anon.join(' ')}\n`;
+}
+
+interface Target {
+  name: string;
+  pid: number;
+  url: string;
+  file: string;
+  rps: number[];
+  cpuUs: number[];
+}
+
+const median = (xs: number[]) => {
+  const v = [...xs].sort((a, b) => a - b);
+  return v.length === 0 ? 0 : (v[Math.floor((v.length - 1) / 2)]! + v[Math.ceil((v.length - 1) / 2)]!) / 2;
+};
+
 try {
   const certs = await ensureDevCertificates(join(root, 'tls'));
   const upstream = await startUpstream('fixed');
-  const targets: { name: string; pid: number; url: string; file: string; ca?: string }[] = [];
+  const targets: Target[] = [];
+  const add = (name: string, pid: number, url: string, file: string) =>
+    targets.push({ name, pid, url, file, rps: [], cpuUs: [] });
   if (values.only !== 'portcullis') {
     const file = join(root, 'bare.json');
-    const bare = await withProbeEnv(file, () =>
+    const bare = await withProbeEnv(file, {}, () =>
       startReadyChild('bench/bare-proxy.ts', [certs.certFile, certs.keyFile, upstream.url], 'the bare proxy'),
     );
-    targets.push({ name: 'bare proxy', pid: bare.pid, url: `${bare.url}/v1/status`, file });
+    add('bare proxy', bare.pid, `${bare.url}/v1/status`, file);
   }
   if (values.only !== 'bare') {
-    const file = join(root, 'portcullis.json');
-    const gw = await withProbeEnv(file, () =>
-      startGateway(root, {
-        name: 'portcullis',
-        upstreamUrl: upstream.url,
-        logLevel: 'info',
-        accessLog: true,
-        extraConfig: { rateLimits: HIGH_RATE_LIMITS },
-        args: values.args === '' ? [] : values.args.split(' '),
-      }),
-    );
-    targets.push({ name: 'portcullis', pid: gw.pid, url: `${gw.url}/v1/status`, file, ca: gw.ca });
+    // `--variant NAME=FLAGS`: one gateway per variant, started with PORTCULLIS_V8_FLAGS=FLAGS
+    // (scripts/node24.sh); none: one gateway with the launcher's defaults.
+    const variants = values.variant.length === 0 ? [undefined] : values.variant;
+    for (const [i, variant] of variants.entries()) {
+      const name = variant === undefined ? 'portcullis' : variant.slice(0, variant.indexOf('='));
+      const env: Record<string, string> =
+        variant === undefined ? {} : { PORTCULLIS_V8_FLAGS: variant.slice(variant.indexOf('=') + 1) };
+      const file = join(root, `portcullis-${String(i)}.json`);
+      const gw = await withProbeEnv(file, env, () =>
+        startGateway(root, {
+          name: `portcullis-${String(i)}`,
+          upstreamUrl: upstream.url,
+          logLevel: 'info',
+          accessLog: true,
+          extraConfig: { rateLimits: HIGH_RATE_LIMITS },
+          args: values.args === '' ? [] : values.args.split(' '),
+        }),
+      );
+      add(name, gw.pid, `${gw.url}/v1/status`, file);
+    }
   }
   await sleep(1500);
   for (const t of targets) {
@@ -115,14 +187,32 @@ try {
         `${t.name} loaded modules:\n${readFileSync(`${t.file.replace(/\.json$/, '')}-modules.txt`, 'utf8')}`,
       );
     process.stdout.write(`${t.name} (pid ${String(t.pid)}) idle: ${reading(t.pid, t.file)}\n`);
-    for (let i = 1; i <= runs; i++) {
+  }
+  // Runs rotate over the targets (run i starts at target i), so that the machine's load falls
+  // on all of them alike.
+  for (let i = 0; i < runs; i++) {
+    for (let k = 0; k < targets.length; k++) {
+      const t = targets[(i + k) % targets.length]!;
+      const cpu0 = cpuSeconds(t.pid);
       const m = await measureWrk({ name: t.name, url: t.url, expectStatus: 200 }, { durationS, connections });
+      const cpuUs = ((cpuSeconds(t.pid) - cpu0) * 1e6) / Math.max(1, m.responses);
+      t.rps.push(m.rps);
+      t.cpuUs.push(cpuUs);
       await sleep(600);
       process.stdout.write(
-        `${t.name} run ${String(i)}: ${m.rps.toFixed(0)} req/s p99 ${m.p99.toFixed(1)} ms | ${reading(t.pid, t.file)}\n`,
+        `${t.name} run ${String(i + 1)}: ${m.rps.toFixed(0)} req/s p99 ${m.p99.toFixed(1)} ms, ${cpuUs.toFixed(0)} µs CPU/request | ${reading(t.pid, t.file)}\n`,
       );
     }
   }
+  process.stdout.write('\nsummary (medians over the runs; peak = VmHWM, whole life)\n');
+  for (const t of targets) {
+    const hwm = ((procStatusKiB(t.pid, 'VmHWM') ?? 0) / 1024).toFixed(1);
+    const rss = ((procStatusKiB(t.pid, 'VmRSS') ?? 0) / 1024).toFixed(1);
+    process.stdout.write(
+      `  ${t.name.padEnd(24)} ${median(t.rps).toFixed(0).padStart(6)} req/s ${median(t.cpuUs).toFixed(0).padStart(5)} µs CPU/req  RSS ${rss} MiB  peak ${hwm} MiB\n`,
+    );
+  }
+  if (values.smaps) for (const t of targets) process.stdout.write(`\n${t.name} ${smapsSummary(t.pid)}`);
 } finally {
   await cleanup();
 }
