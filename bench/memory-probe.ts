@@ -9,6 +9,7 @@
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { registerHooks } from 'node:module';
 import { getHeapSpaceStatistics } from 'node:v8';
+import cluster from 'node:cluster';
 import { isMainThread, threadId } from 'node:worker_threads';
 
 const base = process.env.PORTCULLIS_MEMORY_PROBE;
@@ -21,7 +22,9 @@ function write(file: string, text: string): void {
 }
 
 if (base !== undefined && base !== '') {
-  const file = isMainThread ? base : `${base}.${String(threadId)}`;
+  // A cluster worker (`--workers N`) reports as `<file>.w<pid>`, its threads after that.
+  const own = cluster.isWorker ? `${base}.w${String(process.pid)}` : base;
+  const file = isMainThread ? own : `${own}.${String(threadId)}`;
   const timer = setInterval(() => {
     const usage = process.memoryUsage();
     const spaces: Record<string, number> = {};
@@ -51,7 +54,7 @@ if (base !== undefined && base !== '') {
   timer.unref();
 }
 
-if (isMainThread && modulesFile !== undefined && modulesFile !== '') {
+if (isMainThread && cluster.isPrimary && modulesFile !== undefined && modulesFile !== '') {
   const loaded = new Map<string, number>();
   registerHooks({
     load(url, context, next) {

@@ -22,11 +22,12 @@ import { readdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { HIGH_RATE_LIMITS } from './apis.ts';
+import { distributedConfig, HIGH_RATE_LIMITS } from './apis.ts';
 import { ensureDevCertificates } from '../src/server/devca.ts';
 import {
   cleanup,
   cpuSeconds,
+  procChildren,
   makeTempDir,
   procStatusKiB,
   ROOT,
@@ -48,12 +49,15 @@ const { values } = parseArgs({
     modules: { type: 'boolean', default: false },
     variant: { type: 'string', multiple: true, default: [] },
     smaps: { type: 'boolean', default: false },
+    workers: { type: 'string', default: '0' },
     args: { type: 'string', default: '' },
   },
 });
 const runs = Number(values.runs);
 const durationS = Number(values.duration);
 const connections = Number(values.connections);
+/** `--workers N`: the gateways run `--workers N` in distributed mode (PostgreSQL, Redis limiter). */
+const workers = Number(values.workers);
 requireWrk();
 
 const root = await makeTempDir();
@@ -173,8 +177,11 @@ try {
           upstreamUrl: upstream.url,
           logLevel: 'info',
           accessLog: true,
-          extraConfig: { rateLimits: HIGH_RATE_LIMITS },
-          args: values.args === '' ? [] : values.args.split(' '),
+          extraConfig: workers > 0 ? distributedConfig(workers, 'redis') : { rateLimits: HIGH_RATE_LIMITS },
+          args: [
+            ...(values.args === '' ? [] : values.args.split(' ')),
+            ...(workers > 0 ? ['--workers', String(workers)] : []),
+          ],
         }),
       );
       add(name, gw.pid, `${gw.url}/v1/status`, file);
@@ -193,14 +200,26 @@ try {
   for (let i = 0; i < runs; i++) {
     for (let k = 0; k < targets.length; k++) {
       const t = targets[(i + k) % targets.length]!;
-      const cpu0 = cpuSeconds(t.pid);
+      const tree = [t.pid, ...procChildren(t.pid)];
+      const cpus0 = tree.map((p) => cpuSeconds(p));
+      const cpu0 = cpus0.reduce((a, b) => a + b, 0);
       const m = await measureWrk({ name: t.name, url: t.url, expectStatus: 200 }, { durationS, connections });
-      const cpuUs = ((cpuSeconds(t.pid) - cpu0) * 1e6) / Math.max(1, m.responses);
+      const cpus = tree.map((p) => cpuSeconds(p));
+      const cpuUs = ((cpus.reduce((a, b) => a + b, 0) - cpu0) * 1e6) / Math.max(1, m.responses);
+      const perProcess =
+        tree.length === 1
+          ? ''
+          : ` (per process: ${tree
+              .map(
+                (p, j) =>
+                  `${String(p)} ${(((cpus[j]! - cpus0[j]!) * 1e6) / Math.max(1, m.responses)).toFixed(0)} µs, ${((procStatusKiB(p, 'VmHWM') ?? 0) / 1024).toFixed(0)} MiB peak`,
+              )
+              .join('; ')})`;
       t.rps.push(m.rps);
       t.cpuUs.push(cpuUs);
       await sleep(600);
       process.stdout.write(
-        `${t.name} run ${String(i + 1)}: ${m.rps.toFixed(0)} req/s p99 ${m.p99.toFixed(1)} ms, ${cpuUs.toFixed(0)} µs CPU/request | ${reading(t.pid, t.file)}\n`,
+        `${t.name} run ${String(i + 1)}: ${m.rps.toFixed(0)} req/s p99 ${m.p99.toFixed(1)} ms, ${cpuUs.toFixed(0)} µs CPU/request${perProcess} | ${reading(t.pid, t.file)}\n`,
       );
     }
   }
@@ -213,6 +232,9 @@ try {
     );
   }
   if (values.smaps) for (const t of targets) process.stdout.write(`\n${t.name} ${smapsSummary(t.pid)}`);
+} catch (err) {
+  process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exitCode = 1;
 } finally {
-  await cleanup();
+  await cleanup().catch(() => undefined);
 }
