@@ -168,8 +168,13 @@ try {
     const variants = values.variant.length === 0 ? [undefined] : values.variant;
     for (const [i, variant] of variants.entries()) {
       const name = variant === undefined ? 'portcullis' : variant.slice(0, variant.indexOf('='));
-      const env: Record<string, string> =
-        variant === undefined ? {} : { PORTCULLIS_V8_FLAGS: variant.slice(variant.indexOf('=') + 1) };
+      // NAME=FLAGS, or NAME=FLAGS|VAR=VALUE|… for an environment as well (e.g. GLIBC_TUNABLES).
+      const [flags, ...vars] =
+        variant === undefined ? [] : variant.slice(variant.indexOf('=') + 1).split('|');
+      const env: Record<string, string> = Object.fromEntries(
+        vars.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+      );
+      if (flags !== undefined) env.PORTCULLIS_V8_FLAGS = flags;
       const file = join(root, `portcullis-${String(i)}.json`);
       const gw = await withProbeEnv(file, env, () =>
         startGateway(root, {
