@@ -23,8 +23,22 @@ import {
   table,
 } from './cli.ts';
 import type { BenchOptions } from './cli.ts';
-import type { LoadTarget, Measurement } from './load.ts';
-import { makeTempDir, startGateway, startUpstream } from './processes.ts';
+import { measure } from './load.ts';
+import type { LoadOptions, LoadTarget, Measurement } from './load.ts';
+import { cpuSeconds, makeTempDir, procChildren, startGateway, startUpstream } from './processes.ts';
+
+/** CPU seconds of a process and its direct children (the primary and its workers). */
+function treeCpuSeconds(pid: number): number {
+  let total = 0;
+  for (const p of [pid, ...procChildren(pid)]) {
+    try {
+      total += cpuSeconds(p);
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return total;
+}
 
 const USAGE = `usage: npm run bench:cluster -- [options]
 
@@ -43,6 +57,21 @@ async function main(options: BenchOptions): Promise<void> {
     { label: '--workers 2', extra: distributedConfig(2, 'redis'), args: ['--workers', '2'] },
   ];
   const targets: LoadTarget[] = [{ name: 'direct (http)', url: `${upstream.url}/status`, expectStatus: 200 }];
+  // The gateway's CPU time per request (primary and workers): steadier than req/s on a shared
+  // machine, and what --workers must not multiply.
+  const pids = new Map<string, number>([['direct (http)', upstream.pid]]);
+  const cpuPerRequest = new Map<string, number[]>();
+  const run = async (t: LoadTarget, load: LoadOptions): Promise<Measurement> => {
+    const pid = pids.get(t.name);
+    const cpu0 = pid === undefined ? 0 : treeCpuSeconds(pid);
+    const m = await measure(t, load);
+    if (pid !== undefined && m.responses > 0) {
+      const list = cpuPerRequest.get(t.name) ?? [];
+      list.push(((treeCpuSeconds(pid) - cpu0) * 1e6) / m.responses);
+      cpuPerRequest.set(t.name, list);
+    }
+    return m;
+  };
   for (const v of variants) {
     progress(`starting ${v.label}`);
     const gw = await startGateway(root, {
@@ -53,6 +82,7 @@ async function main(options: BenchOptions): Promise<void> {
       extraConfig: v.extra,
       args: v.args,
     });
+    pids.set(v.label, gw.pid);
     targets.push({
       name: v.label,
       url: `${gw.url}/v1/status`,
@@ -61,7 +91,7 @@ async function main(options: BenchOptions): Promise<void> {
       ca: gw.ca,
     });
   }
-  const measured = await measureRounds(targets, options);
+  const measured = await measureRounds(targets, options, undefined, run);
   const runs = new Map<string, Measurement[]>(
     [...measured].map(([t, rounds]) => [t.name, rounds.map((r) => r.m)]),
   );
@@ -75,12 +105,23 @@ async function main(options: BenchOptions): Promise<void> {
     p99: median(ms.map((m) => m.p99)),
     unexpected: ms.reduce((n, m) => n + m.unexpected, 0),
     errors: ms.reduce((n, m) => n + m.errors, 0),
+    cpuUsPerRequest: median(cpuPerRequest.get(name) ?? []),
   }));
   if (options.json) {
     process.stdout.write(JSON.stringify({ options, baseline: 'direct (http)', results }, null, 2) + '\n');
   } else {
     const rows = [
-      ['target', 'req/s', 'p50 ms', 'p99 ms', 'rps/direct', 'p99/direct', 'unexpected', 'errors'],
+      [
+        'target',
+        'req/s',
+        'p50 ms',
+        'p99 ms',
+        'rps/direct',
+        'p99/direct',
+        'CPU µs/req',
+        'unexpected',
+        'errors',
+      ],
     ];
     for (const r of results) {
       rows.push([
@@ -90,6 +131,7 @@ async function main(options: BenchOptions): Promise<void> {
         r.p99.toFixed(2),
         (r.rps / baseRps).toFixed(3),
         (r.p99 / baseP99).toFixed(1),
+        r.cpuUsPerRequest.toFixed(0),
         String(r.unexpected),
         String(r.errors),
       ]);

@@ -57,6 +57,9 @@ export function createRedisConnections(
       connectTimeout: connectTimeoutMs,
       commandTimeout: options.commandTimeoutMs ?? 1_000,
       retryStrategy: (times) => Math.min(times * 200, 5_000),
+      // Commands issued in the same tick (every limit window of a request, and the requests
+      // in flight) go out in one write and come back in one read.
+      enableAutoPipelining: true,
     });
     let healthy: boolean | undefined;
     const shown = redactRedisUrl(url);
