@@ -255,9 +255,8 @@ export function guardHttp2(
       });
       const countClose = () => {
         if (timedOut) return;
-        // A stream reset by the client before its request was dispatched never emits `aborted`.
-        const reset = aborted || (stream.rstCode !== undefined && stream.rstCode !== constants.NGHTTP2_NO_ERROR);
-        if (!reset || stream.rstCode === constants.NGHTTP2_NO_ERROR) {
+        // `aborted`: closed by the client before the response ended (dispatched or not).
+        if (!aborted || stream.rstCode === constants.NGHTTP2_NO_ERROR) {
           counts.completed += 1;
           return;
         }
