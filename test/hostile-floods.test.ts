@@ -391,3 +391,42 @@ describe('slow clients: timeouts fire within a quarter of their setting', () => 
     expect(statusOf(ok)).toBe(200);
   });
 });
+
+describe('audit amplification: refusals from a limited source are counted, not recorded one by one', () => {
+  it('200 requests past the limit become a handful of audit events that account for each', async () => {
+    const gw = await startTestGateway({
+      rateLimits: { ip: { burst: { points: 5, seconds: 3600 }, sustained: { points: 1000, seconds: 3600 } } },
+      audit: { aggregation: { windowSeconds: 1 } },
+      apis: apis(upstream),
+    });
+    const ca = gw.p.tls.source === 'development' ? gw.p.tls.caCertPem : undefined;
+    // A fresh gateway: every request of this test comes from 127.0.0.1.
+    const agent = new Agent({ connect: { ca, servername: 'localhost' } });
+    try {
+      const statuses: number[] = [];
+      for (let i = 0; i < 205; i++) {
+        const res = await request(`${gw.p.gatewayUrl}/v1/items`, { dispatcher: agent });
+        await res.body.text();
+        statuses.push(res.statusCode);
+      }
+      expect(statuses.filter((s) => s === 200).length).toBe(5);
+      expect(statuses.filter((s) => s === 429).length).toBe(200);
+      // Past the window the summaries are written.
+      await sleep(2_500);
+      await gw.p.audit.flush();
+      const rows = await gw.p.store.db.selectFrom('audit_events').select('event').execute();
+      const events = rows
+        .map((r) => JSON.parse(r.event) as Record<string, unknown>)
+        .filter((e) => e['client.ip'] === '127.0.0.1');
+      const refusals = events.filter((e) => e['http.response.status_code'] === 429);
+      // The first 429 as itself, the other 199 in summaries (one per second of the flood at most).
+      expect(refusals.length).toBeLessThan(20);
+      const counted = refusals.reduce((n, e) => n + Number(e['portcullis.aggregate.count'] ?? 1), 0);
+      expect(counted).toBe(200);
+      expect(refusals.filter((e) => e['portcullis.aggregate.count'] === undefined).length).toBe(1);
+    } finally {
+      await agent.close();
+      await gw.close();
+    }
+  });
+});
