@@ -20,7 +20,8 @@
  * request, 20 ms apart, each request abandoned after 5 s. Per phase: the legitimate client's
  * p50/p99 (keep-alive and new connections apart), failures, the gateway's peak open files
  * (`/proc/<pid>/fd` sampled every 250 ms) and peak RSS (VmRSS sampled), open files 2 s after the
- * flood stopped, and whether the process survived. If it exits, the run says so and stops. The
+ * flood stopped (and how many of them are its upstream pool's connections, which stay open for
+ * the upstream's keep-alive), and whether the process survived. If it exits, the run says so and stops. The
  * verdict (exit code 1 unless both) is whether it survived and whether it recovered: every
  * legitimate request of the last phase answered 200.
  */
@@ -28,6 +29,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { loadavg } from 'node:os';
 import { Agent, request } from 'node:https';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -238,12 +240,35 @@ async function flood(spec: FloodSpec, gatewayUp: () => boolean): Promise<FloodSt
   return line === undefined ? undefined : (JSON.parse(line) as FloodStats);
 }
 
+/**
+ * Established TCP connections to `port` on this machine, from /proc/net/tcp{,6}: only the gateway
+ * connects to the upstream, so these are its upstream pool's connections (open descriptors that
+ * are no client's).
+ */
+function connectionsTo(port: number): number | undefined {
+  try {
+    const hex = port.toString(16).toUpperCase().padStart(4, '0');
+    let n = 0;
+    for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+      for (const line of readFileSync(file, 'utf8').split('\n').slice(1)) {
+        const f = line.trim().split(/\s+/);
+        if (f[2]?.endsWith(`:${hex}`) === true && f[3] === '01') n++;
+      }
+    }
+    return n;
+  } catch {
+    return undefined;
+  }
+}
+
 interface PhaseResult {
   phase: string;
   legit: LegitStats;
   flood: FloodStats | undefined;
   peakOpenFiles: number;
   openFilesAfter: number | undefined;
+  /** Of those, connections of the gateway's upstream pool (idle keep-alive ones included). */
+  upstreamAfter: number | undefined;
   peakRssKiB: number;
   /** CPU seconds the gateway used per wall second of the phase. */
   gatewayCores: number | undefined;
@@ -288,8 +313,11 @@ function floodSummary(f: FloodStats | undefined): string {
 }
 
 async function main(options: Options): Promise<number> {
+  // Other work on the machine shows in every latency: say how busy it was.
+  const loadAtStart = loadavg().map((x) => x.toFixed(2));
   const root = await makeTempDir();
   const upstream = await startUpstream('fixed');
+  const upstreamPort = Number(new URL(upstream.url).port);
   const gw = await startGateway(root, {
     name: 'floods',
     upstreamUrl: upstream.url,
@@ -353,6 +381,7 @@ async function main(options: Options): Promise<number> {
       flood: floodStats,
       peakOpenFiles,
       openFilesAfter: openFiles(gw.pid),
+      upstreamAfter: connectionsTo(upstreamPort),
       peakRssKiB,
       gatewayCores,
       gatewayUp: up(),
@@ -409,6 +438,7 @@ async function main(options: Options): Promise<number> {
         'max ms',
         'peak fds',
         'fds 2 s after',
+        'of which upstream',
         'peak RSS MiB',
         'gw cores',
         'gateway',
@@ -425,6 +455,7 @@ async function main(options: Options): Promise<number> {
         ms(r.legit.maxMs),
         String(r.peakOpenFiles),
         String(r.openFilesAfter ?? 'gone'),
+        String(r.upstreamAfter ?? '?'),
         (r.peakRssKiB / 1024).toFixed(1),
         r.gatewayCores === undefined ? '-' : r.gatewayCores.toFixed(2),
         r.gatewayUp ? 'up' : 'EXITED',
@@ -436,7 +467,7 @@ async function main(options: Options): Promise<number> {
         '',
         `Portcullis floods: ${String(options.durationS)} s per phase, floods from ${String(SOURCES.length)} sources (127.0.0.1-8), ` +
           `legitimate client from ${LEGIT_SOURCE} (${String(options.legit)} loops of GET /v1/status)`,
-        `machine: ${String(m.cpus)} CPUs, ${m.cpuModel}, Node ${m.node}, load average at end ${m.loadAverageAtEnd.join(' ')}; ` +
+        `machine: ${String(m.cpus)} CPUs, ${m.cpuModel}, Node ${m.node}, load average at start ${loadAtStart.join(' ')}, at end ${m.loadAverageAtEnd.join(' ')}; ` +
           `gateway open files limit ${limit}, ${String(openFilesAtStart ?? '?')} open at start`,
         '',
         table(rows),
