@@ -261,6 +261,22 @@ function connectionsTo(port: number): number | undefined {
   }
 }
 
+/**
+ * The kernel's count of connections dropped because a listen queue was full (all listeners of the
+ * machine: other work may add to it): a dropped SYN costs a client a 1 s retransmission.
+ */
+function listenOverflows(): number | undefined {
+  try {
+    const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n');
+    const names = lines.find((l) => l.startsWith('TcpExt:'))?.split(/\s+/) ?? [];
+    const values = lines.filter((l) => l.startsWith('TcpExt:'))[1]?.split(/\s+/) ?? [];
+    const i = names.indexOf('ListenOverflows');
+    return i < 0 ? undefined : Number(values[i]);
+  } catch {
+    return undefined;
+  }
+}
+
 interface PhaseResult {
   phase: string;
   legit: LegitStats;
@@ -269,6 +285,8 @@ interface PhaseResult {
   openFilesAfter: number | undefined;
   /** Of those, connections of the gateway's upstream pool (idle keep-alive ones included). */
   upstreamAfter: number | undefined;
+  /** Listen-queue overflows (SYNs dropped) on the machine during the phase. */
+  overflows: number | undefined;
   peakRssKiB: number;
   /** CPU seconds the gateway used per wall second of the phase. */
   gatewayCores: number | undefined;
@@ -362,6 +380,7 @@ async function main(options: Options): Promise<number> {
       lastHwm = procStatusKiB(gw.pid, 'VmHWM') ?? lastHwm;
     }, 250);
     const cpu0 = cpuOf(gw.pid);
+    const overflows0 = listenOverflows();
     const wall0 = performance.now();
     const until = Date.now() + options.durationS * 1000;
     const [legit, floodStats] = await Promise.all([
@@ -369,6 +388,7 @@ async function main(options: Options): Promise<number> {
       kind === undefined ? Promise.resolve(undefined) : flood(spec(kind), up),
     ]);
     clearInterval(sampler);
+    const overflows1 = listenOverflows();
     const cpu1 = cpuOf(gw.pid);
     const gatewayCores =
       cpu0 === undefined || cpu1 === undefined
@@ -382,6 +402,7 @@ async function main(options: Options): Promise<number> {
       peakOpenFiles,
       openFilesAfter: openFiles(gw.pid),
       upstreamAfter: connectionsTo(upstreamPort),
+      overflows: overflows0 === undefined || overflows1 === undefined ? undefined : overflows1 - overflows0,
       peakRssKiB,
       gatewayCores,
       gatewayUp: up(),
@@ -439,6 +460,7 @@ async function main(options: Options): Promise<number> {
         'peak fds',
         'fds 2 s after',
         'of which upstream',
+        'SYNs dropped',
         'peak RSS MiB',
         'gw cores',
         'gateway',
@@ -456,6 +478,7 @@ async function main(options: Options): Promise<number> {
         String(r.peakOpenFiles),
         String(r.openFilesAfter ?? 'gone'),
         String(r.upstreamAfter ?? '?'),
+        String(r.overflows ?? '?'),
         (r.peakRssKiB / 1024).toFixed(1),
         r.gatewayCores === undefined ? '-' : r.gatewayCores.toFixed(2),
         r.gatewayUp ? 'up' : 'EXITED',
