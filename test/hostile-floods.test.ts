@@ -155,6 +155,27 @@ describe('HTTP/2 rapid reset, default limits', () => {
     legit.close();
   });
 
+  it('a client that cancels a request now and then keeps its full concurrency', async () => {
+    const s = session('127.0.0.25');
+    for (let i = 0; i < 20; i++) expect(await get(s, '/v1/items')).toBe(200);
+    // One request cancelled at once (a typeahead search), then 8 slow ones at the same time.
+    const cancelled = s.request({ ':path': '/v1/items', ':authority': 'localhost' }, { endStream: true });
+    cancelled.on('error', () => undefined);
+    cancelled.close(h2.NGHTTP2_CANCEL);
+    await sleep(100);
+    upstream.respond((req) => ({ status: 200, body: JSON.stringify({ url: req.url }), delayMs: 400 }));
+    try {
+      const started = Date.now();
+      const statuses = await Promise.all(Array.from({ length: 8 }, () => get(s, '/v1/items')));
+      expect(statuses.every((x) => x === 200)).toBe(true);
+      // Served side by side (two at a time, as for a suspect connection, would take 1.6 s).
+      expect(Date.now() - started).toBeLessThan(1_200);
+    } finally {
+      upstream.respond((req) => ({ status: 200, body: JSON.stringify({ ok: true, url: req.url }) }));
+      s.close();
+    }
+  });
+
   it('a source whose connections keep resetting is refused at accept, before any TLS work', async () => {
     for (let round = 0; round < 2; round++) {
       const attacker = session('127.0.0.23');

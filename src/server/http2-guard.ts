@@ -8,12 +8,14 @@
  *   streams prematurely within 10 s, or had two connections closed so, is refused new connections
  *   (destroyed at accept, before any TLS work) for 10 s, doubled for each repeat within a minute
  *   up to 5 minutes;
- * - no work is queued for a stream its client already reset: once a connection has reset a
- *   stream prematurely, its new streams reach the request handler only after the frames read with
- *   them were processed (one `setImmediate`), and not at all when they were reset meanwhile or
- *   the connection is being closed. A connection that never resets a stream is dispatched as
- *   before, at no cost. Otherwise each reset stream ran the whole pipeline and an upstream request
- *   behind which legitimate requests queued (and the upstream pool grew by a connection for each);
+ * - no work is queued for a stream its client already reset: a new connection has at most 8
+ *   streams in the request handler at once until it has completed 16, a connection whose
+ *   premature resets are more than half its completed streams 2; further streams wait for the
+ *   frames read with them to be processed (one `setImmediate`) and are dropped if reset
+ *   meanwhile or if the connection is being closed. A connection within its allowance is
+ *   dispatched at once, at no cost. Before, each reset stream ran the whole pipeline and an
+ *   upstream request behind which legitimate requests queued (and the upstream pool grew by a
+ *   connection for each);
  * - a stream whose client has not finished sending the request within `requestMs` is answered 408
  *   (or reset if the response had begun): HTTP/1.1's `requestTimeout` for HTTP/2.
  *
@@ -76,10 +78,12 @@ interface SessionState {
   /** GOAWAY sent: nothing more is dispatched. */
   closing: boolean;
   /**
-   * A stream was reset prematurely: new streams wait in `queue` until the read they came in was
-   * processed and fewer than `SUSPECT_INFLIGHT` of the connection's streams are being served.
+   * Streams reset within `PREMATURE_MS`, counted as the reset is read (before `close`). While
+   * they are more than half the completed streams the connection is suspect: new streams wait in
+   * `queue` until the read they came in was processed and fewer than `SUSPECT_INFLIGHT` of its
+   * streams are being served. (A client that cancels a request now and then is not.)
    */
-  suspect: boolean;
+  earlyResets: number;
   /** Streams handed to the request handler and not closed yet. */
   inflight: number;
   queue: { stream: ServerHttp2Stream; rest: unknown[] }[];
@@ -175,7 +179,7 @@ export function guardHttp2(
   };
   /** Streams a connection may have in the request handler at once (see the module comment). */
   const allowance = (state: SessionState): number =>
-    state.suspect
+    state.earlyResets * 2 > state.completed
       ? SUSPECT_INFLIGHT
       : state.completed >= TRUSTED_AFTER
         ? Number.POSITIVE_INFINITY
@@ -217,7 +221,7 @@ export function guardHttp2(
         aborted = true;
         // Emitted as the RST_STREAM is read, before `close`: the next stream read with it is
         // already deferred.
-        if (Date.now() - opened < PREMATURE_MS) counts.suspect = true;
+        if (Date.now() - opened < PREMATURE_MS) counts.earlyResets += 1;
       });
       const timer = setTimeout(() => {
         try {
@@ -262,7 +266,6 @@ export function guardHttp2(
         }
         if (Date.now() - opened >= PREMATURE_MS) return;
         counts.premature += 1;
-        counts.suspect = true;
         const bySource = bump(resetsBySource, ip);
         let overSource = bySource >= sourceBudget;
         if ((counts.premature >= options.maxResets && counts.premature > counts.completed) || overSource) {
@@ -284,7 +287,7 @@ export function guardHttp2(
       premature: 0,
       completed: 0,
       closing: false,
-      suspect: false,
+      earlyResets: 0,
       inflight: 0,
       queue: [],
       pumping: false,
