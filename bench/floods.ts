@@ -14,7 +14,8 @@
  *   rapid reset    HTTP/2 streams opened and cancelled at once, one session per source
  *   after          no flood again: does the gateway recover (latency, open files)?
  *
- * Floods come from 127.0.0.1–127.0.0.8, in a child process (bench/flood.ts) so that they never
+ * Floods come from 127.0.0.1–127.0.0.8, in a child process (bench/flood.ts) at nice 19 (an
+ * attacker's CPU is its own; `--same-priority` to share the cores evenly) so that they never
  * delay the legitimate client, which runs here from 127.0.0.100: `--legit` loops of
  * `GET /v1/status`, half on one keep-alive connection each, half on a new TLS connection per
  * request, 20 ms apart, each request abandoned after 5 s. Per phase: the legitimate client's
@@ -29,7 +30,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { loadavg } from 'node:os';
+import { loadavg, setPriority } from 'node:os';
 import { Agent, request } from 'node:https';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -68,6 +69,8 @@ options:
   --floods <list>         which floods, comma-separated (default: all):
                           connections,rapid-reset,slow-headers,slow-bodies
   --gateway-nofile <n>    start the gateway under ulimit -n <n> (default: inherited)
+  --same-priority         run the floods at the gateway's CPU priority (default: nice 19, as an
+                          attacker's CPU is its own; on a busy machine they then flood less)
   --json                  results as JSON on stdout (progress stays on stderr)
   -h, --help              this help
 `;
@@ -82,6 +85,7 @@ interface Options {
   nofile: number | undefined;
   floods: FloodKind[];
   json: boolean;
+  samePriority: boolean;
 }
 
 /** The floods in their default order: rapid reset last, as it has left the gateway wedged. */
@@ -105,6 +109,7 @@ function parseOptions(argv: string[]): Options {
       'gateway-nofile': { type: 'string' },
       floods: { type: 'string', default: Object.keys(FLOODS).join(',') },
       json: { type: 'boolean', default: false },
+      'same-priority': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -128,6 +133,7 @@ function parseOptions(argv: string[]): Options {
     nofile: nofile === undefined ? undefined : intOption('gateway-nofile', nofile, 256, 1_048_576),
     floods: floods as FloodKind[],
     json: values.json,
+    samePriority: values['same-priority'],
   };
 }
 
@@ -217,13 +223,26 @@ async function legitimate(gw: GatewayProcess, loops: number, until: number): Pro
 }
 
 /** Runs one flood in bench/flood.ts until it stops by itself (killed 5 s after its time). */
-async function flood(spec: FloodSpec, gatewayUp: () => boolean): Promise<FloodStats | undefined> {
+async function flood(
+  spec: FloodSpec,
+  gatewayUp: () => boolean,
+  lowPriorityFloods: boolean,
+): Promise<FloodStats | undefined> {
   const child = spawn(
     process.execPath,
     ['--disable-warning=ExperimentalWarning', join(ROOT, 'bench/flood.ts'), JSON.stringify(spec)],
     { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] },
   );
   trackChild(child);
+  if (lowPriorityFloods && child.pid !== undefined) {
+    try {
+      // An attacker spends its own machine's CPU, not the gateway's: here it shares the
+      // gateway's cores, so it yields them (its counts show how hard it still flooded).
+      setPriority(child.pid, 19);
+    } catch {
+      // not permitted: the flood keeps the default priority
+    }
+  }
   let out = '';
   child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
   const closed = once(child, 'close');
@@ -385,7 +404,7 @@ async function main(options: Options): Promise<number> {
     const until = Date.now() + options.durationS * 1000;
     const [legit, floodStats] = await Promise.all([
       legitimate(gw, options.legit, until),
-      kind === undefined ? Promise.resolve(undefined) : flood(spec(kind), up),
+      kind === undefined ? Promise.resolve(undefined) : flood(spec(kind), up, !options.samePriority),
     ]);
     clearInterval(sampler);
     const overflows1 = listenOverflows();
@@ -489,7 +508,8 @@ async function main(options: Options): Promise<number> {
       [
         '',
         `Portcullis floods: ${String(options.durationS)} s per phase, floods from ${String(SOURCES.length)} sources (127.0.0.1-8), ` +
-          `legitimate client from ${LEGIT_SOURCE} (${String(options.legit)} loops of GET /v1/status)`,
+          `legitimate client from ${LEGIT_SOURCE} (${String(options.legit)} loops of GET /v1/status)` +
+          (options.samePriority ? '' : '; floods at nice 19'),
         `machine: ${String(m.cpus)} CPUs, ${m.cpuModel}, Node ${m.node}, load average at start ${loadAtStart.join(' ')}, at end ${m.loadAverageAtEnd.join(' ')}; ` +
           `gateway open files limit ${limit}, ${String(openFilesAtStart ?? '?')} open at start`,
         '',
