@@ -14,13 +14,15 @@
  *   rapid reset    HTTP/2 streams opened and cancelled at once, one session per source
  *   after          no flood again: does the gateway recover (latency, open files)?
  *
- * Floods come from 127.0.0.1–127.0.0.8, in a child process (bench/flood.ts) so that they never
+ * Floods come from 127.0.0.1–127.0.0.8, in a child process (bench/flood.ts) at nice 19 (an
+ * attacker's CPU is its own; `--same-priority` to share the cores evenly) so that they never
  * delay the legitimate client, which runs here from 127.0.0.100: `--legit` loops of
  * `GET /v1/status`, half on one keep-alive connection each, half on a new TLS connection per
  * request, 20 ms apart, each request abandoned after 5 s. Per phase: the legitimate client's
  * p50/p99 (keep-alive and new connections apart), failures, the gateway's peak open files
  * (`/proc/<pid>/fd` sampled every 250 ms) and peak RSS (VmRSS sampled), open files 2 s after the
- * flood stopped, and whether the process survived. If it exits, the run says so and stops. The
+ * flood stopped (and how many of them are its upstream pool's connections, which stay open for
+ * the upstream's keep-alive), and whether the process survived. If it exits, the run says so and stops. The
  * verdict (exit code 1 unless both) is whether it survived and whether it recovered: every
  * legitimate request of the last phase answered 200.
  */
@@ -28,6 +30,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { loadavg, setPriority } from 'node:os';
 import { Agent, request } from 'node:https';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -66,6 +69,8 @@ options:
   --floods <list>         which floods, comma-separated (default: all):
                           connections,rapid-reset,slow-headers,slow-bodies
   --gateway-nofile <n>    start the gateway under ulimit -n <n> (default: inherited)
+  --same-priority         run the floods at the gateway's CPU priority (default: nice 19, as an
+                          attacker's CPU is its own; on a busy machine they then flood less)
   --json                  results as JSON on stdout (progress stays on stderr)
   -h, --help              this help
 `;
@@ -80,6 +85,7 @@ interface Options {
   nofile: number | undefined;
   floods: FloodKind[];
   json: boolean;
+  samePriority: boolean;
 }
 
 /** The floods in their default order: rapid reset last, as it has left the gateway wedged. */
@@ -103,6 +109,7 @@ function parseOptions(argv: string[]): Options {
       'gateway-nofile': { type: 'string' },
       floods: { type: 'string', default: Object.keys(FLOODS).join(',') },
       json: { type: 'boolean', default: false },
+      'same-priority': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -126,6 +133,7 @@ function parseOptions(argv: string[]): Options {
     nofile: nofile === undefined ? undefined : intOption('gateway-nofile', nofile, 256, 1_048_576),
     floods: floods as FloodKind[],
     json: values.json,
+    samePriority: values['same-priority'],
   };
 }
 
@@ -215,13 +223,26 @@ async function legitimate(gw: GatewayProcess, loops: number, until: number): Pro
 }
 
 /** Runs one flood in bench/flood.ts until it stops by itself (killed 5 s after its time). */
-async function flood(spec: FloodSpec, gatewayUp: () => boolean): Promise<FloodStats | undefined> {
+async function flood(
+  spec: FloodSpec,
+  gatewayUp: () => boolean,
+  lowPriorityFloods: boolean,
+): Promise<FloodStats | undefined> {
   const child = spawn(
     process.execPath,
     ['--disable-warning=ExperimentalWarning', join(ROOT, 'bench/flood.ts'), JSON.stringify(spec)],
     { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] },
   );
   trackChild(child);
+  if (lowPriorityFloods && child.pid !== undefined) {
+    try {
+      // An attacker spends its own machine's CPU, not the gateway's: here it shares the
+      // gateway's cores, so it yields them (its counts show how hard it still flooded).
+      setPriority(child.pid, 19);
+    } catch {
+      // not permitted: the flood keeps the default priority
+    }
+  }
   let out = '';
   child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
   const closed = once(child, 'close');
@@ -238,12 +259,53 @@ async function flood(spec: FloodSpec, gatewayUp: () => boolean): Promise<FloodSt
   return line === undefined ? undefined : (JSON.parse(line) as FloodStats);
 }
 
+/**
+ * Established TCP connections to `port` on this machine, from /proc/net/tcp{,6}: only the gateway
+ * connects to the upstream, so these are its upstream pool's connections (open descriptors that
+ * are no client's).
+ */
+function connectionsTo(port: number): number | undefined {
+  try {
+    const hex = port.toString(16).toUpperCase().padStart(4, '0');
+    let n = 0;
+    for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+      for (const line of readFileSync(file, 'utf8').split('\n').slice(1)) {
+        const f = line.trim().split(/\s+/);
+        if (f[2]?.endsWith(`:${hex}`) === true && f[3] === '01') n++;
+      }
+    }
+    return n;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The kernel's count of connections dropped because a listen queue was full (all listeners of the
+ * machine: other work may add to it): a dropped SYN costs a client a 1 s retransmission.
+ */
+function listenOverflows(): number | undefined {
+  try {
+    const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n');
+    const names = lines.find((l) => l.startsWith('TcpExt:'))?.split(/\s+/) ?? [];
+    const values = lines.filter((l) => l.startsWith('TcpExt:'))[1]?.split(/\s+/) ?? [];
+    const i = names.indexOf('ListenOverflows');
+    return i < 0 ? undefined : Number(values[i]);
+  } catch {
+    return undefined;
+  }
+}
+
 interface PhaseResult {
   phase: string;
   legit: LegitStats;
   flood: FloodStats | undefined;
   peakOpenFiles: number;
   openFilesAfter: number | undefined;
+  /** Of those, connections of the gateway's upstream pool (idle keep-alive ones included). */
+  upstreamAfter: number | undefined;
+  /** Listen-queue overflows (SYNs dropped) on the machine during the phase. */
+  overflows: number | undefined;
   peakRssKiB: number;
   /** CPU seconds the gateway used per wall second of the phase. */
   gatewayCores: number | undefined;
@@ -288,8 +350,11 @@ function floodSummary(f: FloodStats | undefined): string {
 }
 
 async function main(options: Options): Promise<number> {
+  // Other work on the machine shows in every latency: say how busy it was.
+  const loadAtStart = loadavg().map((x) => x.toFixed(2));
   const root = await makeTempDir();
   const upstream = await startUpstream('fixed');
+  const upstreamPort = Number(new URL(upstream.url).port);
   const gw = await startGateway(root, {
     name: 'floods',
     upstreamUrl: upstream.url,
@@ -334,13 +399,15 @@ async function main(options: Options): Promise<number> {
       lastHwm = procStatusKiB(gw.pid, 'VmHWM') ?? lastHwm;
     }, 250);
     const cpu0 = cpuOf(gw.pid);
+    const overflows0 = listenOverflows();
     const wall0 = performance.now();
     const until = Date.now() + options.durationS * 1000;
     const [legit, floodStats] = await Promise.all([
       legitimate(gw, options.legit, until),
-      kind === undefined ? Promise.resolve(undefined) : flood(spec(kind), up),
+      kind === undefined ? Promise.resolve(undefined) : flood(spec(kind), up, !options.samePriority),
     ]);
     clearInterval(sampler);
+    const overflows1 = listenOverflows();
     const cpu1 = cpuOf(gw.pid);
     const gatewayCores =
       cpu0 === undefined || cpu1 === undefined
@@ -353,6 +420,8 @@ async function main(options: Options): Promise<number> {
       flood: floodStats,
       peakOpenFiles,
       openFilesAfter: openFiles(gw.pid),
+      upstreamAfter: connectionsTo(upstreamPort),
+      overflows: overflows0 === undefined || overflows1 === undefined ? undefined : overflows1 - overflows0,
       peakRssKiB,
       gatewayCores,
       gatewayUp: up(),
@@ -409,6 +478,8 @@ async function main(options: Options): Promise<number> {
         'max ms',
         'peak fds',
         'fds 2 s after',
+        'of which upstream',
+        'SYNs dropped',
         'peak RSS MiB',
         'gw cores',
         'gateway',
@@ -425,6 +496,8 @@ async function main(options: Options): Promise<number> {
         ms(r.legit.maxMs),
         String(r.peakOpenFiles),
         String(r.openFilesAfter ?? 'gone'),
+        String(r.upstreamAfter ?? '?'),
+        String(r.overflows ?? '?'),
         (r.peakRssKiB / 1024).toFixed(1),
         r.gatewayCores === undefined ? '-' : r.gatewayCores.toFixed(2),
         r.gatewayUp ? 'up' : 'EXITED',
@@ -435,8 +508,9 @@ async function main(options: Options): Promise<number> {
       [
         '',
         `Portcullis floods: ${String(options.durationS)} s per phase, floods from ${String(SOURCES.length)} sources (127.0.0.1-8), ` +
-          `legitimate client from ${LEGIT_SOURCE} (${String(options.legit)} loops of GET /v1/status)`,
-        `machine: ${String(m.cpus)} CPUs, ${m.cpuModel}, Node ${m.node}, load average at end ${m.loadAverageAtEnd.join(' ')}; ` +
+          `legitimate client from ${LEGIT_SOURCE} (${String(options.legit)} loops of GET /v1/status)` +
+          (options.samePriority ? '' : '; floods at nice 19'),
+        `machine: ${String(m.cpus)} CPUs, ${m.cpuModel}, Node ${m.node}, load average at start ${loadAtStart.join(' ')}, at end ${m.loadAverageAtEnd.join(' ')}; ` +
           `gateway open files limit ${limit}, ${String(openFilesAtStart ?? '?')} open at start`,
         '',
         table(rows),

@@ -309,6 +309,7 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     'accept-failed',
     'handshake-failed',
     'handshake-evicted',
+    'handshake-limit',
     'source-penalized',
     'http2-reset-flood',
   ]);

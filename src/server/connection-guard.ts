@@ -2,8 +2,13 @@
  * The connection guard: what a listener admits before any TLS or HTTP work is done for a
  * connection (after Envoy's connection limits and overload manager).
  *
- * - a total cap and a per-source-IP cap on open connections; the excess is destroyed at accept,
- *   before the TLS handshake;
+ * - a total cap and a per-source-IP cap on open connections, and a smaller per-source cap on
+ *   unfinished TLS handshakes (a quarter of the per-source cap, at least 64); the excess is
+ *   destroyed at accept, before the TLS handshake;
+ * - under pressure (from the cap three-quarters full until it is below half, or descriptors
+ *   short) an unfinished handshake
+ *   gets 1 s instead of `handshakeTimeout` when its source holds more than its share of the cap,
+ *   3 s otherwise: idle connections of the heaviest sources go first;
  * - under file-descriptor pressure (an `EMFILE`/`ENFILE` from accept, or open descriptors near the
  *   soft `RLIMIT_NOFILE`, sampled on a timer from `/proc/self/fd`) new connections are refused
  *   while the open ones are served; the total cap is itself bounded by the descriptor limit;
@@ -34,6 +39,7 @@ export const CONNECTION_REFUSALS = [
   'accept-failed',
   'handshake-failed',
   'handshake-evicted',
+  'handshake-limit',
   'source-penalized',
 ] as const;
 export type ConnectionRefusal = (typeof CONNECTION_REFUSALS)[number];
@@ -87,6 +93,16 @@ export interface ConnectionGuard {
 }
 
 const MAX_TRACKED_SOURCES = 1024;
+/** Under pressure: how long an unfinished handshake may last (source above its share, others). */
+const PRESSURE_HANDSHAKE_MS = 1_000;
+const PRESSURE_HANDSHAKE_FAIR_MS = 3_000;
+/** The listen backlog the listeners ask for (the kernel caps it at `net.core.somaxconn`). */
+export const LISTEN_BACKLOG = 4096;
+
+/** Unfinished TLS handshakes one source may hold: all of a small per-source cap, else a quarter. */
+export function pendingPerSource(perIp: number): number {
+  return Math.min(perIp, Math.max(64, Math.floor(perIp / 4)));
+}
 /** Unfinished handshakes looked at, oldest first, for one to evict at the cap. */
 const EVICTION_SCAN = 64;
 
@@ -193,6 +209,7 @@ export function guardConnections(
   // One source never holds more than a quarter of the total cap (which the descriptor limit may
   // have lowered), so a few sources cannot take every slot.
   const perIp = Math.max(1, Math.min(options.perIp, Math.floor(effectiveMax / 4)));
+  const pendingPerIp = pendingPerSource(perIp);
   const windowMs = options.windowMs ?? 10_000;
   startFdSampler(limit, bound.headroom);
 
@@ -219,7 +236,7 @@ export function guardConnections(
 
   const release = (socket: Socket) => {
     const ip = sockets.get(socket);
-    pending.delete(socket);
+    settle(socket);
     if (ip === undefined || !sockets.delete(socket)) return;
     const n = (perSource.get(ip) ?? 1) - 1;
     if (n <= 0) perSource.delete(ip);
@@ -233,35 +250,65 @@ export function guardConnections(
    * more: a flood of silent connections from a few sources cannot keep out everyone else, and a
    * connection that completed its handshake is never evicted.
    */
-  const pending = new Set<Socket>();
+  const pending = new Map<Socket, number>();
+  const pendingBySource = new Map<string, number>();
   const evicted = new WeakSet<Socket>();
+  /** The handshake ended (completed, failed, or the socket closed). */
+  const settle = (socket: Socket) => {
+    if (!pending.delete(socket)) return;
+    const ip = sockets.get(socket);
+    if (ip === undefined) return;
+    const n = (pendingBySource.get(ip) ?? 1) - 1;
+    if (n <= 0) pendingBySource.delete(ip);
+    else pendingBySource.set(ip, n);
+  };
+  const evict = (socket: Socket, owner: string) => {
+    release(socket);
+    evicted.add(socket);
+    refuse('handshake-evicted', owner);
+    socket.destroy();
+  };
   const isTls = server instanceof TlsServer;
   const evictForFairShare = (ip: string): boolean => {
     const sources = perSource.size + (perSource.has(ip) ? 0 : 1);
     const fair = Math.max(1, Math.floor(effectiveMax / sources));
     if ((perSource.get(ip) ?? 0) >= fair) return false;
     let looked = 0;
-    for (const socket of pending) {
+    for (const socket of pending.keys()) {
       if (++looked > EVICTION_SCAN) break;
       const owner = sockets.get(socket);
       if (owner === undefined || (perSource.get(owner) ?? 0) <= fair) continue;
-      release(socket);
-      evicted.add(socket);
-      refuse('handshake-evicted', owner);
-      socket.destroy();
+      evict(socket, owner);
       return true;
     }
     return false;
   };
+  /** Under pressure, unfinished handshakes past the shorter deadlines end, oldest first. */
+  let pressed = false;
+  const sweep = () => {
+    // Pressure begins at three-quarters of the cap and lasts until below half (no flapping).
+    pressed = fdState.pressure || sockets.size >= (pressed ? effectiveMax / 2 : (effectiveMax * 3) / 4);
+    if (pending.size === 0 || !pressed) return;
+    const now = Date.now();
+    const fair = Math.max(1, Math.floor(effectiveMax / Math.max(1, perSource.size)));
+    for (const [socket, acceptedAt] of pending) {
+      const age = now - acceptedAt;
+      if (age < PRESSURE_HANDSHAKE_MS) break; // oldest first: the rest are younger
+      const owner = sockets.get(socket);
+      if (owner === undefined) continue;
+      if ((perSource.get(owner) ?? 0) > fair || age >= PRESSURE_HANDSHAKE_FAIR_MS) evict(socket, owner);
+    }
+  };
   if (isTls) {
     server.on('secureConnection', (tlsSocket: Socket & { _parent?: Socket }) => {
       // Node keeps the accepted socket as `_parent` of the TLS socket.
-      if (tlsSocket._parent !== undefined) pending.delete(tlsSocket._parent);
+      if (tlsSocket._parent !== undefined) settle(tlsSocket._parent);
     });
   }
 
   const admission = (ip: string): ConnectionRefusal | undefined => {
     if ((perSource.get(ip) ?? 0) >= perIp) return 'source-limit';
+    if (isTls && (pendingBySource.get(ip) ?? 0) >= pendingPerIp) return 'handshake-limit';
     if (hooks.penalized?.(ip) === true) return 'source-penalized';
     const full = sockets.size >= effectiveMax;
     if ((full || fdState.pressure) && !evictForFairShare(ip))
@@ -281,7 +328,10 @@ export function guardConnections(
       return;
     }
     sockets.set(socket, ip);
-    if (isTls) pending.add(socket);
+    if (isTls) {
+      pending.set(socket, Date.now());
+      pendingBySource.set(ip, (pendingBySource.get(ip) ?? 0) + 1);
+    }
     perSource.set(ip, (perSource.get(ip) ?? 0) + 1);
     socket.once('close', () => {
       release(socket);
@@ -318,6 +368,15 @@ export function guardConnections(
   const checking = server as unknown as { connectionsCheckingInterval?: number };
   checking.connectionsCheckingInterval = options.connectionsCheckingIntervalMs ?? 1_000;
 
+  const sweeper = setInterval(() => {
+    try {
+      sweep();
+    } catch {
+      // a sweep that fails is tried again on the next tick
+    }
+  }, 250);
+  sweeper.unref();
+
   const timer = setInterval(() => {
     try {
       if (refusedTotal === 0) return;
@@ -353,6 +412,7 @@ export function guardConnections(
       if (stopped) return;
       stopped = true;
       clearInterval(timer);
+      clearInterval(sweeper);
       stopFdSampler();
     },
   };

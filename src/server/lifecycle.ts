@@ -47,6 +47,7 @@ import type { GatewayServer, RuntimeHolder } from './gateway-server.ts';
 import { createLogger, describeError } from '../log/index.ts';
 import type { Logger } from '../log/index.ts';
 import { createRedirectServer } from './redirect-server.ts';
+import { LISTEN_BACKLOG } from './connection-guard.ts';
 import { protectAdmin, protectGateway, protectRedirect } from './protect-listeners.ts';
 import type * as DemoModule from '../../examples/demo-upstream/server.ts';
 import { loadTlsMaterial } from './tls.ts';
@@ -142,7 +143,8 @@ async function listen(
 ): Promise<void> {
   await new Promise<void>((ok, fail) => {
     server.once('error', fail);
-    server.listen(port, host, () => {
+    // Issue 12: a connection flood overflowed Node's default backlog (511): SYNs dropped, 1 s retries.
+    server.listen({ port, host, backlog: LISTEN_BACKLOG }, () => {
       server.off('error', fail);
       ok();
     });
