@@ -17,8 +17,10 @@ export type { RequestRecord };
 
 /** What the authorization server reports (src/oauth/provider.ts `onEvent`). */
 export interface OAuthEvent {
-  readonly type: 'token-issued' | 'code-issued' | 'grant-revoked' | 'refused';
+  readonly type: 'token-issued' | 'code-issued' | 'grant-revoked' | 'refused' | 'logout' | 'server-error';
   readonly clientId?: string | undefined;
+  /** `logout`: the account whose session ended. */
+  readonly accountId?: string | undefined;
   readonly grantType?: string | undefined;
   readonly endpoint?: string | undefined;
   readonly error?: string | undefined;
@@ -155,11 +157,18 @@ export function createObserver(
     },
     oauth(e, context) {
       if (e.type === 'token-issued') metrics.tokenIssued(e.grantType ?? 'other');
+      // Issue 13: logout and authorization-server errors are sign-in decisions (authentication).
+      const signIn = e.type === 'logout' || e.type === 'server-error';
       emit({
-        'event.category': e.type === 'refused' ? 'authentication' : 'credential-lifecycle',
+        'event.category': e.type === 'refused' || signIn ? 'authentication' : 'credential-lifecycle',
         'event.action':
-          e.type === 'refused' ? `oauth-${actionWord(e.endpoint ?? 'request')}-refused` : `oauth-${e.type}`,
-        'event.outcome': e.type === 'refused' ? 'failure' : 'success',
+          e.type === 'refused'
+            ? `oauth-${actionWord(e.endpoint ?? 'request')}-refused`
+            : e.type === 'logout'
+              ? 'logout'
+              : `oauth-${e.type}`,
+        'event.outcome': e.type === 'refused' || e.type === 'server-error' ? 'failure' : 'success',
+        ...(e.accountId === undefined ? {} : { 'user.id': e.accountId }),
         'portcullis.listener': 'oauth',
         ...(e.error === undefined ? {} : { 'event.reason': e.error }),
         ...(e.clientId === undefined ? {} : { 'portcullis.client_id': e.clientId }),

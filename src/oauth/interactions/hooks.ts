@@ -16,6 +16,7 @@ import { createUsers, kmsSecretWrapper } from '../users.ts';
 import type { Users } from '../users.ts';
 import { createFederation, loadCa } from './federation.ts';
 import type { Federation } from './federation.ts';
+import type { SignInAuditSink } from './audit.ts';
 import { createInteractionHandler } from './index.ts';
 import type { InteractionProvider, InteractionRequestContext } from './index.ts';
 
@@ -108,6 +109,8 @@ export interface InteractionHooksOptions {
   /** See InteractionHandlerOptions.csrfKey. */
   readonly csrfKey?: Uint8Array;
   readonly now?: () => number;
+  /** Sign-in decisions for the audit trail (issue 13). */
+  readonly audit?: SignInAuditSink | undefined;
 }
 
 export interface InteractionHooksResult {
@@ -131,6 +134,7 @@ export function createInteractionHooks(options: InteractionHooksOptions): Intera
     federation: options.federation,
     ...(options.csrfKey === undefined ? {} : { csrfKey: options.csrfKey }),
     ...(options.now === undefined ? {} : { now: options.now }),
+    audit: options.audit,
   });
   return {
     handle: (req, res, provider, context) =>
@@ -161,6 +165,8 @@ export interface ServerInteractionsOptions {
   /** The data directory (the local KMS's key file, for wrapping TOTP secrets). */
   readonly dataDir: string;
   readonly logger: Logger;
+  /** Sign-in decisions for the audit trail (issue 13): the gateway's `observer.event`. */
+  readonly audit?: SignInAuditSink | undefined;
 }
 
 /**
@@ -192,6 +198,7 @@ export function createServerInteractions(options: ServerInteractionsOptions): In
     logger: options.logger.child({ component: 'interactions' }),
     federation,
     csrfKey: Buffer.from(options.keys.hmac('client-secret', 'portcullis/interaction-csrf/v1'), 'base64url'),
+    audit: options.audit,
   });
   return { ...hooks, users };
 }
