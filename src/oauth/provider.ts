@@ -820,6 +820,7 @@ export async function createAuthorizationServer(
       'revocation.error',
       'userinfo.error',
       'end_session.error',
+      'end_session_confirm.error', // issue 13: a refused logout confirmation
       'discovery.error',
       'jwks.error',
     ]) {
