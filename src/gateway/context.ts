@@ -159,8 +159,17 @@ export interface RequestRecord {
   /** The matched operation; undefined when the request was refused before routing. */
   readonly op: OperationInfo | undefined;
   readonly principal?: Principal | undefined;
-  readonly denial: { readonly code: ProblemCode; readonly reason: string } | undefined;
+  readonly denial:
+    | {
+        readonly code: ProblemCode;
+        readonly reason: string;
+        /** Issue 13: a rate-limit refusal's counter (see problems.ts RateLimitRefusal). */
+        readonly rateLimit?: { readonly dimension: string; readonly key: string; readonly retryAfterSeconds: number } | undefined;
+      }
+    | undefined;
   /** The step that refused (set with `denial`). */
   readonly stage?: StageName | undefined;
   readonly body?: Buffer | undefined;
+  /** Issue 13: bytes of the response body sent (undefined when unknown, e.g. the AS's own). */
+  readonly responseBytes?: number | undefined;
 }

@@ -9,6 +9,7 @@
  * Shutdown (SIGTERM, SIGINT): listeners stop accepting, in-flight requests drain for up to
  * `gateway.shutdownGraceMs`, then remaining connections are closed.
  */
+import { rateLimitKeyHasher } from '../audit/request-fields.ts';
 import { mkdir } from 'node:fs/promises';
 import { readFileSync, watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
@@ -238,7 +239,13 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     cleanups.push(async () => {
       await alertEngine.close();
     });
-    const observer = createObserver(audit, metrics, logger, { requestEvents: config.audit.requestEvents });
+    const observer = createObserver(audit, metrics, logger, {
+      requestEvents: config.audit.requestEvents,
+      // Issue 13: one key for every process of the store, so hashed rate-limit keys correlate.
+      rateLimitKeyHash: rateLimitKeyHasher(
+        Buffer.from(openedKeys.hmac('client-secret', 'portcullis/audit-rate-limit-key/v1'), 'base64url'),
+      ),
+    });
     const unsubscribe = [
       onLimited((e) => {
         metrics.rateLimited(e.dimension);

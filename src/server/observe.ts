@@ -3,6 +3,9 @@
  * becomes one audit event and the matching metrics. Observers never decide and never throw into
  * the request path: an audit failure is logged and counted by the audit log itself.
  */
+import { randomBytes } from 'node:crypto';
+import { rateLimitKeyHasher, requestAuditFields } from '../audit/request-fields.ts';
+import type { RateLimitKeyHasher } from '../audit/request-fields.ts';
 import { oauthRoute } from '../admin/metrics.ts';
 import type { Metrics } from '../admin/metrics.ts';
 import type { AuditLog } from '../audit/index.ts';
@@ -89,8 +92,13 @@ export function createObserver(
   audit: AuditLog,
   metrics: Metrics,
   logger: Logger,
-  options: { readonly requestEvents: boolean } = { requestEvents: true },
+  options: {
+    readonly requestEvents: boolean;
+    /** Issue 13: keyed hash for `portcullis.rate_limit.key` (default: a random per-process key). */
+    readonly rateLimitKeyHash?: RateLimitKeyHasher;
+  } = { requestEvents: true },
 ): Observer {
+  const rateLimitHash = options.rateLimitKeyHash ?? rateLimitKeyHasher(randomBytes(32));
   const failed = (err: unknown) => {
     logger.warn({ event: 'audit-emit-failed', error: describeError(err) }, 'audit event not recorded');
   };
@@ -152,6 +160,8 @@ export function createObserver(
                 : 'public-operation',
         'portcullis.scopes.required': requiredScopes(op),
         ...who(r.principal),
+        // Issue 13: response bytes and the refusing rate-limit counter (hashed).
+        ...requestAuditFields(r, rateLimitHash),
       };
       emit(base);
     },
