@@ -20,6 +20,7 @@ export interface RequestFieldsSource {
         readonly rateLimit?:
           | { readonly dimension: string; readonly key: string; readonly retryAfterSeconds: number }
           | undefined;
+        readonly apiKeyId?: string | undefined;
       }
     | undefined;
 }
@@ -36,7 +37,10 @@ export function rateLimitKeyHasher(secret: Uint8Array): RateLimitKeyHasher {
 
 export type RequestAuditFields = Pick<
   AuditEventInput,
-  'http.response.body.bytes' | 'portcullis.rate_limit.key' | 'portcullis.rate_limit.retry_after'
+  | 'http.response.body.bytes'
+  | 'portcullis.rate_limit.key'
+  | 'portcullis.rate_limit.retry_after'
+  | 'portcullis.api_key_id'
 >;
 
 const NONE: RequestAuditFields = {};
@@ -45,6 +49,14 @@ const NONE: RequestAuditFields = {};
 export function requestAuditFields(r: RequestFieldsSource, hash: RateLimitKeyHasher): RequestAuditFields {
   const bytes = r.responseBytes;
   const limited = r.denial?.rateLimit;
+  const keyId = r.denial?.apiKeyId;
+  if (keyId !== undefined) {
+    // A refused request of a known API key names the key (the alert rules group by it).
+    return {
+      ...(bytes === undefined || !Number.isSafeInteger(bytes) ? {} : { 'http.response.body.bytes': bytes }),
+      'portcullis.api_key_id': keyId,
+    };
+  }
   if (limited === undefined) {
     return bytes === undefined || !Number.isSafeInteger(bytes) ? NONE : { 'http.response.body.bytes': bytes };
   }

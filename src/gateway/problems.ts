@@ -69,6 +69,8 @@ export class Denial extends Error {
   readonly errors: readonly InvalidParam[] | undefined;
   /** A 429 of a rate limit: which counter refused (for the audit event only; hashed there). */
   readonly rateLimit: RateLimitRefusal | undefined;
+  /** Issue 13: the id (never the key) of a known API key this refusal refused. */
+  readonly apiKeyId: string | undefined;
 
   constructor(
     code: ProblemCode,
@@ -78,6 +80,7 @@ export class Denial extends Error {
       cause?: unknown;
       errors?: readonly InvalidParam[];
       rateLimit?: RateLimitRefusal;
+      apiKeyId?: string | undefined;
     } = {},
   ) {
     super(`${code}: ${reason}`, options.cause === undefined ? undefined : { cause: options.cause });
@@ -88,6 +91,7 @@ export class Denial extends Error {
     this.headers = options.headers ?? {};
     this.errors = options.errors;
     this.rateLimit = options.rateLimit;
+    this.apiKeyId = options.apiKeyId;
   }
 }
 

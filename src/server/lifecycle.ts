@@ -295,10 +295,14 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       environment: config.gateway.apiKeys.environment === 'test' ? 'test' : 'live',
       onAnomaly: (event) => {
         logger.warn({ event: 'api-key-anomaly', anomaly: event }, 'API key anomaly');
+        // Issue 13: one action the `api-key-anomaly` alert rule matches; the type is the reason.
+        // A key used after revocation, expiry or rotation was refused (failure); a new network or
+        // a volume spike was allowed and is noticed (success).
         observer.event({
           'event.category': 'authentication',
-          'event.action': `api-key-${event.type}`.replace(/[^a-z0-9-]+/g, '-'),
-          'event.outcome': 'unknown',
+          'event.action': 'api-key-anomaly',
+          'event.outcome': event.type.startsWith('used-after-') ? 'failure' : 'success',
+          'event.reason': event.type,
           'portcullis.api_key_id': event.keyId,
           'portcullis.listener': 'gateway',
         });
