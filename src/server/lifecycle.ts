@@ -9,6 +9,7 @@
  * Shutdown (SIGTERM, SIGINT): listeners stop accepting, in-flight requests drain for up to
  * `gateway.shutdownGraceMs`, then remaining connections are closed.
  */
+import { watchTlsFailures } from './tls-failures.ts';
 import { rateLimitKeyHasher } from '../audit/request-fields.ts';
 import { mkdir } from 'node:fs/promises';
 import { readFileSync, watch } from 'node:fs';
@@ -443,6 +444,9 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     cleanups.push(async () => {
       gatewayGuard.stop();
     });
+    const tlsWatch = { metrics, observer, ...config.audit.aggregation }; // issue 13: TLS handshake failures
+    const gatewayTls = watchTlsFailures(gateway.server, 'gateway', tlsWatch);
+    cleanups.push(async () => gatewayTls.stop());
     await listen(gateway.server, config.gateway.port, config.gateway.host);
     cleanups.push(() => gateway.close());
     const gatewayUrl = urlOf('https', gateway.server.address(), config.gateway.host);
@@ -462,6 +466,8 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       });
       await admin.ready();
       const adminGuard = protectAdmin(admin.server, { metrics, logger, observer }); // issue 12
+      const adminTls = watchTlsFailures(admin.server, 'admin', tlsWatch); // issue 13
+      cleanups.push(async () => adminTls.stop());
       cleanups.push(async () => {
         adminGuard.stop();
       });
