@@ -22,16 +22,19 @@ export interface SignInContext {
   readonly userId?: string | undefined;
 }
 
-export type SignInAction =
-  | 'login'
-  | 'login-first-factor'
-  | 'login-throttled'
-  | 'second-factor'
-  | 'consent'
-  | 'interaction-abort'
-  | 'interaction-refused'
-  | 'interaction-error'
-  | 'federated-login';
+/** Every sign-in action (each is listed in `src/audit/event-types.ts` and `docs/audit.md`). */
+export const SIGN_IN_ACTIONS = [
+  'login',
+  'login-first-factor',
+  'login-throttled',
+  'second-factor',
+  'consent',
+  'interaction-abort',
+  'interaction-refused',
+  'interaction-error',
+  'federated-login',
+] as const;
+export type SignInAction = (typeof SIGN_IN_ACTIONS)[number];
 
 /** Builds one sign-in event (pure: the tests and the handler share it). */
 export function signInEvent(
