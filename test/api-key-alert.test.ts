@@ -48,12 +48,18 @@ async function call(localAddress: string, key: string): Promise<number> {
   let agent = agents.get(localAddress);
   if (agent === undefined) {
     agent = new Agent({
-      connect: { ca: gw.p.tls.source === 'development' ? gw.p.tls.caCertPem : undefined, servername: 'localhost' },
+      connect: {
+        ca: gw.p.tls.source === 'development' ? gw.p.tls.caCertPem : undefined,
+        servername: 'localhost',
+      },
       localAddress,
     });
     agents.set(localAddress, agent);
   }
-  const res = await request(`${gw.p.gatewayUrl}/v1/keyed`, { headers: { 'x-api-key': key }, dispatcher: agent });
+  const res = await request(`${gw.p.gatewayUrl}/v1/keyed`, {
+    headers: { 'x-api-key': key },
+    dispatcher: agent,
+  });
   await res.body.text();
   return res.statusCode;
 }
@@ -77,7 +83,9 @@ async function waitFor<T>(what: string, probe: () => T | undefined, ms = 15_000)
 
 function anomalyAlertFor(keyId: string): Record<string, unknown> | undefined {
   return verifiedAlerts().find(
-    (a) => (a.rule as { id?: string } | undefined)?.id === 'api-key-anomaly' && JSON.stringify(a.group).includes(keyId),
+    (a) =>
+      (a.rule as { id?: string } | undefined)?.id === 'api-key-anomaly' &&
+      JSON.stringify(a.group).includes(keyId),
   );
 }
 
@@ -89,7 +97,10 @@ beforeAll(async () => {
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const sig = req.headers['x-portcullis-signature'];
-      deliveries.push({ body: Buffer.concat(chunks).toString('utf8'), signature: Array.isArray(sig) ? sig[0] : sig });
+      deliveries.push({
+        body: Buffer.concat(chunks).toString('utf8'),
+        signature: Array.isArray(sig) ? sig[0] : sig,
+      });
       res.statusCode = 204;
       res.end();
     });
@@ -109,6 +120,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const a of agents.values()) await a.close();
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- beforeAll may have failed
   if (gw !== undefined) {
     await gw.p.audit.flush();
     const rows = await gw.p.store.db.selectFrom('audit_events').select('event').execute();
@@ -146,7 +158,11 @@ describe('api-key-anomaly through the gateway', () => {
     const events = rows.map((r) => JSON.parse(r.event) as Record<string, unknown>);
     expect(
       events.find((e) => e['event.action'] === 'api-key-anomaly' && e['portcullis.api_key_id'] === issued.id),
-    ).toMatchObject({ 'event.category': 'authentication', 'event.outcome': 'success', 'event.reason': 'new-source-network' });
+    ).toMatchObject({
+      'event.category': 'authentication',
+      'event.outcome': 'success',
+      'event.reason': 'new-source-network',
+    });
     expect(
       events.find((e) => e['event.action'] === 'alert-fired' && e['portcullis.api_key_id'] === issued.id),
     ).toMatchObject({ 'portcullis.alert.rule': 'api-key-anomaly' });
@@ -186,7 +202,9 @@ describe('api-key-anomaly through the gateway', () => {
     expect(deliveries.length).toBeGreaterThan(0);
     for (const d of deliveries) {
       expect(verifyAlertSignature({ secret: SECRET, body: d.body, header: d.signature })).toBe(true);
-      expect(verifyAlertSignature({ secret: `${SECRET}-other`, body: d.body, header: d.signature })).toBe(false);
+      expect(verifyAlertSignature({ secret: `${SECRET}-other`, body: d.body, header: d.signature })).toBe(
+        false,
+      );
       expect(verifyAlertSignature({ secret: SECRET, body: `${d.body} `, header: d.signature })).toBe(false);
     }
   });

@@ -23,7 +23,11 @@ function sources(dir: string): string[] {
     const path = join(dir, entry.name);
     if (entry.isDirectory()) {
       if (entry.name !== 'testdata' && entry.name !== 'testing') out.push(...sources(path));
-    } else if (entry.name.endsWith('.ts') && !entry.name.endsWith('.test.ts') && !entry.name.endsWith('.d.ts')) {
+    } else if (
+      entry.name.endsWith('.ts') &&
+      !entry.name.endsWith('.test.ts') &&
+      !entry.name.endsWith('.d.ts')
+    ) {
       out.push(path);
     }
   }
@@ -35,10 +39,11 @@ const read = (path: string) => readFileSync(join(ROOT, path), 'utf8');
 /** `${…}` action templates and the values they take (each read from the code that sets them). */
 function templateValues(template: string): string[] {
   if (template === 'circuit-${change.to}') {
-    const union = /export type CircuitState = ([^;]+);/.exec(read('src/gateway/resilience/guard.ts'))?.[1] ?? '';
+    const union =
+      /export type CircuitState = ([^;]+);/.exec(read('src/gateway/resilience/guard.ts'))?.[1] ?? '';
     return [...union.matchAll(/'([a-z-]+)'/g)].map((m) => `circuit-${m[1] ?? ''}`);
   }
-  if (template === 'oauth-${actionWord(e.endpoint ?? \'request\')}-refused') {
+  if (template === "oauth-${actionWord(e.endpoint ?? 'request')}-refused") {
     // The endpoints are the names of the `<endpoint>.error` events the provider listens to.
     const provider = read('src/oauth/provider.ts');
     return [...provider.matchAll(/^\s+'([a-z_]+)\.error',/gm)].map(
@@ -47,13 +52,17 @@ function templateValues(template: string): string[] {
   }
   if (template === 'oauth-${e.type}') {
     // Every OAuthEvent type but `refused` and `logout` (named on their own).
-    const union = /export interface OAuthEvent \{\s+readonly type: ([^;]+);/.exec(read('src/server/observe.ts'))?.[1] ?? '';
+    const union =
+      /export interface OAuthEvent \{\s+readonly type: ([^;]+);/.exec(read('src/server/observe.ts'))?.[1] ??
+      '';
     return [...union.matchAll(/'([a-z-]+)'/g)]
       .map((m) => m[1] ?? '')
       .filter((t) => t !== 'refused' && t !== 'logout')
       .map((t) => `oauth-${t}`);
   }
-  throw new Error(`an event.action template the test does not know: \`${template}\` — teach templateValues()`);
+  throw new Error(
+    `an event.action template the test does not know: \`${template}\` — teach templateValues()`,
+  );
 }
 
 /** Every action the source writes, with the file it is in. */
@@ -79,7 +88,8 @@ function emittedActions(): Map<string, string> {
     // CLI changes: ctx.audited('<category>', '<action>', …)
     for (const m of text.matchAll(/\.audited\(\s*'([a-z-]+)',\s*'([a-z0-9-]+)'/g)) add(m[2] ?? '', file);
     // The request refusal map: { category: '…', action: '…' }
-    for (const m of text.matchAll(/\{ category: '[a-z-]+', action: '([a-z0-9-]+)' \}/g)) add(m[1] ?? '', file);
+    for (const m of text.matchAll(/\{ category: '[a-z-]+', action: '([a-z0-9-]+)' \}/g))
+      add(m[1] ?? '', file);
   }
   for (const a of SIGN_IN_ACTIONS) add(a, 'src/oauth/interactions/audit.ts');
   for (const a of STAGE_NAMES) add(a, 'src/gateway/context.ts (STAGE_NAMES)');
@@ -120,7 +130,17 @@ describe('audit event types', () => {
 
   it('the scan finds what it should (it cannot pass by finding nothing)', () => {
     const emitted = emittedActions();
-    for (const a of ['login', 'api-key-anomaly', 'tls-handshake-failed', 'client-create', 'circuit-half-open', 'oauth-end-session-confirm-refused', 'oauth-server-error', 'allow', 'retired-version']) {
+    for (const a of [
+      'login',
+      'api-key-anomaly',
+      'tls-handshake-failed',
+      'client-create',
+      'circuit-half-open',
+      'oauth-end-session-confirm-refused',
+      'oauth-server-error',
+      'allow',
+      'retired-version',
+    ]) {
       expect(emitted.has(a), a).toBe(true);
     }
   });

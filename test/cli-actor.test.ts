@@ -27,13 +27,19 @@ describe.each(backends)('CLI changes name their actor on $name', (backend) => {
     const common = ['--config', config, '--data-dir', dataDir];
 
     // Plain: no SUDO_USER in the environment.
-    const created = await runPortcullis(['users', 'create', '--username', 'alice', ...common], `${PASSWORD}\n`, {
-      SUDO_USER: '',
-    });
+    const created = await runPortcullis(
+      ['users', 'create', '--username', 'alice', ...common],
+      `${PASSWORD}\n`,
+      {
+        SUDO_USER: '',
+      },
+    );
     expect(created.code, created.stderr).toBe(0);
     // Through sudo: the invoking account is recorded beside the effective one; a refusal too.
     const sudo = { SUDO_USER: 'operator-olga' };
-    expect((await runPortcullis(['users', 'disable', '--username', 'alice', ...common], '', sudo)).code).toBe(0);
+    expect((await runPortcullis(['users', 'disable', '--username', 'alice', ...common], '', sudo)).code).toBe(
+      0,
+    );
     const refused = await runPortcullis(['users', 'disable', '--username', 'nobody', ...common], '', sudo);
     expect(refused.code).toBe(1);
     const readEvents = async () => {
@@ -61,9 +67,18 @@ describe.each(backends)('CLI changes name their actor on $name', (backend) => {
     const create = find('user-create', 'success');
     expect(create).toMatchObject(actor);
     expect(create).not.toHaveProperty('portcullis.actor.sudo_user');
-    expect(find('user-disable', 'success')).toMatchObject({ ...actor, 'portcullis.actor.sudo_user': 'operator-olga' });
-    expect(find('user-disable', 'failure')).toMatchObject({ ...actor, 'portcullis.actor.sudo_user': 'operator-olga' });
-    expect(find('prune', 'success')).toMatchObject({ ...actor, 'portcullis.actor.sudo_user': 'operator-olga' });
+    expect(find('user-disable', 'success')).toMatchObject({
+      ...actor,
+      'portcullis.actor.sudo_user': 'operator-olga',
+    });
+    expect(find('user-disable', 'failure')).toMatchObject({
+      ...actor,
+      'portcullis.actor.sudo_user': 'operator-olga',
+    });
+    expect(find('prune', 'success')).toMatchObject({
+      ...actor,
+      'portcullis.actor.sudo_user': 'operator-olga',
+    });
     // Every CLI event names its actor; none carries the password.
     expect(cli.length).toBeGreaterThanOrEqual(4);
     for (const e of cli) expect(e).toMatchObject(actor);
@@ -78,7 +93,9 @@ describe('controlPlaneActor', () => {
       'host.name': hostname(),
       'portcullis.actor.admin': 'admin:ops-1',
     });
-    expect(controlPlaneActor({ env: { SUDO_USER: 'olga' } })).toMatchObject({ 'portcullis.actor.sudo_user': 'olga' });
+    expect(controlPlaneActor({ env: { SUDO_USER: 'olga' } })).toMatchObject({
+      'portcullis.actor.sudo_user': 'olga',
+    });
     expect(controlPlaneActor({ env: {} })).not.toHaveProperty('portcullis.actor.admin');
   });
 });

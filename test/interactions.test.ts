@@ -703,7 +703,9 @@ describe('in Chromium', () => {
       expect(tokens.claims()?.sub).toBe(aliceId);
       // Issue 13: the browser's failed and successful sign-in and its consent are audit events.
       expect(
-        signIns.slice(seen).map((e) => [e['event.action'], e['event.outcome'], e['event.reason'], e['user.id']]),
+        signIns
+          .slice(seen)
+          .map((e) => [e['event.action'], e['event.outcome'], e['event.reason'], e['user.id']]),
       ).toEqual([
         ['login', 'failure', 'bad-password', aliceId],
         ['login', 'success', 'pwd', aliceId],

@@ -177,6 +177,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const f of flows) await f.close();
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- beforeAll may have failed
   if (gw === undefined) return;
   // Nothing secret in the logs or anywhere in the audit trail.
   const trail = await events();
@@ -187,7 +188,11 @@ afterAll(async () => {
     expect(logs.includes(s), 'a secret is in the logs').toBe(false);
   }
   const strings = trail.flatMap((e) => Object.values(e).filter((v): v is string => typeof v === 'string'));
-  for (const c of codes) expect(strings.some((v) => v.includes(c)), 'a TOTP code is in the trail').toBe(false);
+  for (const c of codes)
+    expect(
+      strings.some((v) => v.includes(c)),
+      'a TOTP code is in the trail',
+    ).toBe(false);
   await gw.close();
 });
 
@@ -265,14 +270,22 @@ describe('sign-in decisions are audit events', () => {
       form: { xsrf: 'forged', logout: 'yes' },
     });
     expect(forged.status).toBe(400);
-    const out = await ok.flow.http(ok.jar, `${issuer}/session/end/confirm`, { form: { xsrf, logout: 'yes' } });
+    const out = await ok.flow.http(ok.jar, `${issuer}/session/end/confirm`, {
+      form: { xsrf, logout: 'yes' },
+    });
     expect([200, 303]).toContain(out.status);
     const fromAlice = (await events()).filter((e) => e['client.ip'] === '127.0.0.5');
     expect(fromAlice.filter((e) => e['event.action'] === 'logout')).toEqual([
-      expect.objectContaining({ 'event.category': 'authentication', 'event.outcome': 'success', 'user.id': aliceId }),
+      expect.objectContaining({
+        'event.category': 'authentication',
+        'event.outcome': 'success',
+        'user.id': aliceId,
+      }),
     ]);
     expect(
-      fromAlice.filter((e) => e['event.action'] === 'oauth-end-session-confirm-refused' && e['event.outcome'] === 'failure'),
+      fromAlice.filter(
+        (e) => e['event.action'] === 'oauth-end-session-confirm-refused' && e['event.outcome'] === 'failure',
+      ),
     ).toHaveLength(1);
   });
 
@@ -294,7 +307,9 @@ describe('sign-in decisions are audit events', () => {
     expect(await eventsOf('login', '127.0.0.6')).toHaveLength(LOGIN.maxFailures);
     // The allowed case: alice elsewhere is not locked out.
     expect((await login(await start('127.0.0.8'), 'alice', PASSWORD)).status).toBe(303);
-    expect(await eventsOf('login', '127.0.0.8')).toEqual([expect.objectContaining({ 'event.outcome': 'success' })]);
+    expect(await eventsOf('login', '127.0.0.8')).toEqual([
+      expect.objectContaining({ 'event.outcome': 'success' }),
+    ]);
     expect(await eventsOf('login-throttled', '127.0.0.8')).toHaveLength(0);
   });
 
@@ -317,7 +332,9 @@ describe('sign-in decisions are audit events', () => {
     // Consent refused: bob cancels on the consent page.
     const consent = await s.flow.follow(s.jar, good.location ?? '');
     expect(consent.body).toContain('Allow access?');
-    const cancelled = await s.flow.http(s.jar, `${consent.url}/abort`, { form: { csrf: csrfOf(consent.body) } });
+    const cancelled = await s.flow.http(s.jar, `${consent.url}/abort`, {
+      form: { csrf: csrfOf(consent.body) },
+    });
     expect(cancelled.status).toBe(303);
     const back = await s.flow.follow(s.jar, cancelled.location ?? '');
     expect(new URL(back.location ?? '').searchParams.get('error')).toBe('access_denied');
@@ -345,7 +362,9 @@ describe('sign-in decisions are audit events', () => {
     ]);
     expect(pick('login')).toEqual([['success', 'pwd+otp+mfa']]);
     expect(pick('consent')).toEqual([['failure', 'consent-refused']]);
-    for (const e of fromBob.filter((x) => x['portcullis.listener'] === 'oauth' && x['event.action'] !== 'authorization-server')) {
+    for (const e of fromBob.filter(
+      (x) => x['portcullis.listener'] === 'oauth' && x['event.action'] !== 'authorization-server',
+    )) {
       if (['second-factor', 'login', 'login-first-factor', 'consent'].includes(String(e['event.action']))) {
         expect(e).toMatchObject({ 'user.id': bobId, 'portcullis.client_id': clientId });
       }

@@ -11,6 +11,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connect as tcp } from 'node:net';
 import { connect } from 'node:tls';
+import type { ConnectionOptions } from 'node:tls';
 import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -55,7 +56,7 @@ async function tlsEvents(): Promise<Record<string, unknown>[]> {
 }
 
 /** A TLS client that fails; resolves once the connection is over. */
-function failingTls(options: Parameters<typeof connect>[0]): Promise<void> {
+function failingTls(options: ConnectionOptions): Promise<void> {
   return new Promise((ok) => {
     const s = connect({ host: '127.0.0.1', port, servername: 'localhost', ...options });
     s.on('error', () => ok());
@@ -103,22 +104,31 @@ describe('TLS handshake failures', () => {
     await plaintext('127.0.0.2');
     await plaintext('127.0.0.2');
     await plaintext('127.0.0.3');
-    await failingTls({ maxVersion: 'TLSv1.1', minVersion: 'TLSv1', ciphers: 'DEFAULT:@SECLEVEL=0', rejectUnauthorized: false });
+    await failingTls({
+      maxVersion: 'TLSv1.1',
+      minVersion: 'TLSv1',
+      ciphers: 'DEFAULT:@SECLEVEL=0',
+      rejectUnauthorized: false,
+    });
     await failingTls({ maxVersion: 'TLSv1.2', ciphers: 'AES128-SHA', rejectUnauthorized: false });
     // A client that does not trust the server certificate and says so (alert unknown_ca): it
     // trusts only an unrelated CA.
     const otherCa = join(gw.dir, 'other-ca.pem');
     await writeFile(otherCa, (await ca('Unrelated Test CA')).pem);
-    await run('openssl', [
-      's_client',
-      '-connect',
-      `127.0.0.1:${String(port)}`,
-      '-servername',
-      'localhost',
-      '-verify_return_error',
-      '-CAfile',
-      otherCa,
-    ], { timeout: 10_000 }).catch(() => undefined);
+    await run(
+      'openssl',
+      [
+        's_client',
+        '-connect',
+        `127.0.0.1:${String(port)}`,
+        '-servername',
+        'localhost',
+        '-verify_return_error',
+        '-CAfile',
+        otherCa,
+      ],
+      { timeout: 10_000 },
+    ).catch(() => undefined);
     // A client that connects and never says hello: the handshake timeout.
     const silent = tcp({ host: '127.0.0.1', port });
     silent.on('error', () => undefined);
@@ -149,9 +159,10 @@ describe('TLS handshake failures', () => {
     });
     expect(plain.find((e) => e['client.ip'] === '127.0.0.3')?.['portcullis.aggregate.count']).toBe(1);
     for (const reason of ['protocol-version', 'no-shared-cipher', 'client-rejected-certificate', 'timeout']) {
-      expect(events.filter((e) => e['event.reason'] === reason), reason).toEqual([
-        expect.objectContaining({ 'client.ip': '127.0.0.1', 'portcullis.aggregate.count': 1 }),
-      ]);
+      expect(
+        events.filter((e) => e['event.reason'] === reason),
+        reason,
+      ).toEqual([expect.objectContaining({ 'client.ip': '127.0.0.1', 'portcullis.aggregate.count': 1 })]);
     }
     for (const e of events) {
       expect(typeof e['event.start']).toBe('string');
@@ -163,7 +174,9 @@ describe('TLS handshake failures', () => {
     expect(tlsFailureReason({ code: 'ERR_SSL_HTTP_REQUEST' })).toBe('plaintext-http');
     expect(tlsFailureReason({ code: 'ERR_SSL_WRONG_VERSION_NUMBER' })).toBe('malformed');
     expect(tlsFailureReason({ code: 'ECONNRESET' })).toBe('reset');
-    expect(tlsFailureReason({ code: 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE' })).toBe('client-certificate-missing');
+    expect(tlsFailureReason({ code: 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE' })).toBe(
+      'client-certificate-missing',
+    );
     expect(tlsFailureReason({ code: 'something new' })).toBe('other');
     expect(tlsFailureReason(undefined)).toBe('other');
   });

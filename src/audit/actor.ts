@@ -49,6 +49,8 @@ export function controlPlaneActor(options: ControlPlaneActorOptions = {}): Contr
     ...(user === undefined ? {} : { 'user.name': user }),
     ...(sudo === undefined || sudo === '' ? {} : { 'portcullis.actor.sudo_user': sudo }),
     ...(host === '' ? {} : { 'host.name': host }),
-    ...(options.admin === undefined || options.admin === '' ? {} : { 'portcullis.actor.admin': options.admin }),
+    ...(options.admin === undefined || options.admin === ''
+      ? {}
+      : { 'portcullis.actor.admin': options.admin }),
   };
 }

@@ -17,7 +17,13 @@ export interface AuditEventType {
 }
 
 /** The categories a request refusal may carry (by its problem code; `src/server/observe.ts`). */
-const REFUSAL: readonly AuditCategory[] = ['authentication', 'authorization', 'rate-limit', 'validation', 'upstream'];
+const REFUSAL: readonly AuditCategory[] = [
+  'authentication',
+  'authorization',
+  'rate-limit',
+  'validation',
+  'upstream',
+];
 
 const stage = (action: string, what: string): AuditEventType => ({
   action,
@@ -129,8 +135,14 @@ export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = [
       'The authorization server failed (`event.reason`: `server_error`, or `dependency-unavailable` when the store or Redis was down).',
   },
   // --- sign-in (src/oauth/interactions/audit.ts) ---
-  signIn('login', 'A sign-in ended: success (`event.reason`: the methods, e.g. `pwd`, `pwd+otp+mfa`) or a failed password (`bad-password`, `unknown-user` — without `user.id` —, `disabled`, `no-password`).'),
-  signIn('login-first-factor', 'The password was right; the second factor is asked next (`second-factor-required`).'),
+  signIn(
+    'login',
+    'A sign-in ended: success (`event.reason`: the methods, e.g. `pwd`, `pwd+otp+mfa`) or a failed password (`bad-password`, `unknown-user` — without `user.id` —, `disabled`, `no-password`).',
+  ),
+  signIn(
+    'login-first-factor',
+    'The password was right; the second factor is asked next (`second-factor-required`).',
+  ),
   {
     action: 'login-throttled',
     categories: ['rate-limit'],
@@ -138,12 +150,24 @@ export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = [
     description:
       'A sign-in attempt refused because its source is throttled (`login-throttled` / `second-factor-throttled`, `portcullis.rate_limit.retry_after`).',
   },
-  signIn('second-factor', 'A TOTP code: success (`totp`) or failure (`bad-code`, `replayed-code`, `disabled`, `no-second-factor`).'),
-  signIn('consent', 'Consent given (`all-scopes-granted` / `some-scopes-declined`; `portcullis.scopes.granted` and the requested ones in `.required`) or refused (`consent-refused`).'),
+  signIn(
+    'second-factor',
+    'A TOTP code: success (`totp`) or failure (`bad-code`, `replayed-code`, `disabled`, `no-second-factor`).',
+  ),
+  signIn(
+    'consent',
+    'Consent given (`all-scopes-granted` / `some-scopes-declined`; `portcullis.scopes.granted` and the requested ones in `.required`) or refused (`consent-refused`).',
+  ),
   signIn('interaction-abort', 'The user cancelled the sign-in (`aborted-at-login`).'),
-  signIn('interaction-refused', 'A sign-in page or form refused (`event.reason`: the refusal code, e.g. `csrf-token`, `interaction-not-found`).'),
+  signIn(
+    'interaction-refused',
+    'A sign-in page or form refused (`event.reason`: the refusal code, e.g. `csrf-token`, `interaction-not-found`).',
+  ),
   signIn('interaction-error', 'A sign-in page failed unexpectedly (`internal-error`).'),
-  signIn('federated-login', 'Sign-in through the upstream identity provider: success (`fed`) or failure (`federation-state`, `federation-failed`, `federated-account-refused`, `federation-not-expected`).'),
+  signIn(
+    'federated-login',
+    'Sign-in through the upstream identity provider: success (`fed`) or failure (`federation-state`, `federation-failed`, `federated-account-refused`, `federation-not-expected`).',
+  ),
   // --- the gateway process (src/server) ---
   {
     action: 'config-load',

@@ -166,7 +166,9 @@ export interface RequestRecord {
         readonly code: ProblemCode;
         readonly reason: string;
         /** Issue 13: a rate-limit refusal's counter (see problems.ts RateLimitRefusal). */
-        readonly rateLimit?: { readonly dimension: string; readonly key: string; readonly retryAfterSeconds: number } | undefined;
+        readonly rateLimit?:
+          | { readonly dimension: string; readonly key: string; readonly retryAfterSeconds: number }
+          | undefined;
         /** Issue 13: a refused request's known API key id. */
         readonly apiKeyId?: string | undefined;
       }

@@ -599,7 +599,12 @@ export function createUsers(options: UsersOptions): Users {
           row === undefined
             ? { reason: 'unknown-user' }
             : {
-                reason: row.disabled !== 0 ? 'disabled' : row.password_hash === null ? 'no-password' : 'bad-password',
+                reason:
+                  row.disabled !== 0
+                    ? 'disabled'
+                    : row.password_hash === null
+                      ? 'no-password'
+                      : 'bad-password',
                 userId: row.id,
               },
         );

@@ -358,7 +358,9 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         keys: openedKeys,
         dataDir,
         logger,
-        audit: observer.event, // issue 13: sign-in on the audit trail
+        audit: (input) => {
+          observer.event(input);
+        }, // issue 13: sign-in on the audit trail
       });
       const as = await createAuthorizationServer({
         loaded,

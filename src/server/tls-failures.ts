@@ -42,7 +42,8 @@ export type TlsFailureReason = (typeof TLS_FAILURE_REASONS)[number];
 
 /** Maps a `tlsClientError` to its reason (by OpenSSL/Node error code, never its message text). */
 export function tlsFailureReason(err: unknown): TlsFailureReason {
-  const code = String((err as { code?: unknown } | null)?.code ?? '');
+  const raw = (err as { code?: unknown } | null)?.code;
+  const code = typeof raw === 'string' ? raw : '';
   if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT' || code === 'ETIMEDOUT') return 'timeout';
   if (code === 'ECONNRESET' || code === 'EPIPE') return 'reset';
   if (code === 'ERR_SSL_HTTP_REQUEST' || code === 'ERR_SSL_HTTPS_PROXY_REQUEST') return 'plaintext-http';
@@ -52,9 +53,14 @@ export function tlsFailureReason(err: unknown): TlsFailureReason {
   if (/NO_SHARED_CIPHER|NO_CIPHERS|NO_SUITABLE|HANDSHAKE_FAILURE|NO_SHARED_GROUP/.test(code))
     return 'no-shared-cipher';
   if (/APPLICATION_PROTOCOL|ALPN/.test(code)) return 'alpn';
-  if (/ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|CERTIFICATE_EXPIRED|DECRYPT_ERROR|CERTIFICATE_REVOKED|UNSUPPORTED_CERTIFICATE)/.test(code))
+  if (
+    /ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|CERTIFICATE_EXPIRED|DECRYPT_ERROR|CERTIFICATE_REVOKED|UNSUPPORTED_CERTIFICATE)/.test(
+      code,
+    )
+  )
     return 'client-rejected-certificate';
-  if (/PEER_DID_NOT_RETURN_A_CERTIFICATE|CERTIFICATE_REQUIRED/.test(code)) return 'client-certificate-missing';
+  if (/PEER_DID_NOT_RETURN_A_CERTIFICATE|CERTIFICATE_REQUIRED/.test(code))
+    return 'client-certificate-missing';
   if (/CERTIFICATE_VERIFY_FAILED|UNABLE_TO_GET_ISSUER|SELF_SIGNED|CERT_/.test(code))
     return 'client-certificate-invalid';
   if (/RECORD|PACKET|DECODE|UNEXPECTED_MESSAGE|BAD_|LENGTH/.test(code)) return 'malformed';
@@ -113,7 +119,10 @@ function sourceOf(socket: Socket | undefined): string | undefined {
 
 /** Watches one TLS listener's failed handshakes (call once per listener, before `listen`). */
 export function watchTlsFailures(
-  server: { on(event: 'tlsClientError', listener: (err: Error, socket: Socket) => void): unknown; off(event: 'tlsClientError', listener: (err: Error, socket: Socket) => void): unknown },
+  server: {
+    on(event: 'tlsClientError', listener: (err: Error, socket: Socket) => void): unknown;
+    off(event: 'tlsClientError', listener: (err: Error, socket: Socket) => void): unknown;
+  },
   listener: string,
   deps: TlsFailureDeps,
 ): TlsFailureWatch {

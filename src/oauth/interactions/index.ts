@@ -261,7 +261,11 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
   const csrfKey = options.csrfKey ?? randomBytes(32);
   const scopeText = { ...DEFAULT_SCOPES, ...(options.scopeDescriptions ?? {}) };
   const audit: SignInAuditSink = options.audit ?? (() => undefined);
-  const who = (d: Details | undefined, ip: string, ctx: InteractionRequestContext | undefined): SignInContext => ({
+  const who = (
+    d: Details | undefined,
+    ip: string,
+    ctx: InteractionRequestContext | undefined,
+  ): SignInContext => ({
     clientId: d?.clientId,
     clientIp: ip,
     correlationId: ctx?.correlationId,
@@ -623,10 +627,16 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
     }
     const grantId = await grant.save();
     audit(
-      signInEvent('consent', 'success', rejected.length === 0 ? 'all-scopes-granted' : 'some-scopes-declined', who(d, ip, ctx), {
-        'portcullis.scopes.granted': [...new Set(granted)],
-        'portcullis.scopes.required': [...new Set([...granted, ...rejected])],
-      }),
+      signInEvent(
+        'consent',
+        'success',
+        rejected.length === 0 ? 'all-scopes-granted' : 'some-scopes-declined',
+        who(d, ip, ctx),
+        {
+          'portcullis.scopes.granted': [...new Set(granted)],
+          'portcullis.scopes.required': [...new Set([...granted, ...rejected])],
+        },
+      ),
     );
     logger.info(
       {
