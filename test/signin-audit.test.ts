@@ -235,6 +235,11 @@ describe.each(BACKENDS)('on $name', ({ name, store }) => {
       expect(failures[1]).toMatchObject({ 'event.outcome': 'failure', 'event.reason': 'unknown-user' });
       expect(failures[1]).not.toHaveProperty('user.id');
       expect(typeof failures[0]?.['trace.id']).toBe('string');
+      // The authorization server's answers carry their size too (the login page here).
+      const page = (await events()).find(
+        (e) => e['trace.id'] === failures[0]?.['trace.id'] && e['event.action'] === 'authorization-server',
+      );
+      expect(page?.['http.response.body.bytes']).toBeGreaterThan(0);
 
       const ok = await start('127.0.0.5');
       const afterLogin = await login(ok, 'alice', PASSWORD);

@@ -552,6 +552,9 @@ export function createPipeline(options: PipelineOptions): Pipeline {
     const ex = authorizationServerRequests.get(this);
     if (ex === undefined) return;
     authorizationServerRequests.delete(this);
+    // Issue 13: the declared body size of the authorization server's answer (Koa sets it).
+    const length = Number(this.getHeader('content-length'));
+    if (Number.isSafeInteger(length) && length >= 0) ex.responseBytes = length;
     finish(ex, this.statusCode);
   }
 
