@@ -20,6 +20,8 @@ import { chromium } from 'playwright-core';
 import { Agent, fetch as undiciFetch, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
+import { buildAuditEvent } from '../src/audit/event.ts';
+import type { AuditEvent } from '../src/audit/event.ts';
 import { loadConfig } from '../src/config/load.ts';
 import type { LoadedConfig } from '../src/config/load.ts';
 import { openKeyManager } from '../src/keys/index.ts';
@@ -73,6 +75,7 @@ mkdirSync(SCREENSHOTS, { recursive: true });
 const TOTP_PASSWORD = 'bob-battery-staple-77';
 const UPSTREAM_SECRET = 'upstream-client-secret-0123456789';
 const secrets: string[] = [PASSWORD, TOTP_PASSWORD, UPSTREAM_SECRET];
+const signIns: AuditEvent[] = [];
 
 let dir: string;
 let store: Store | undefined;
@@ -253,6 +256,8 @@ beforeAll(async () => {
     keys: km,
     dataDir,
     logger,
+    // Issue 13: the sign-in decisions, built exactly as the gateway's audit log builds them.
+    audit: (input) => signIns.push(buildAuditEvent(input)),
   });
   users = interactions.users;
   const server = await createAuthorizationServer({ loaded, store: st, keys: km, logger, interactions });
@@ -633,6 +638,15 @@ describe('federation', () => {
     const bounceBad = await http(jar, tampered.href);
     const bad = await http(jar, bounceBad.location ?? '');
     expect(bad.status).toBe(400);
+    // Issue 13: the refused federated sign-in is an audit event.
+    expect(signIns.filter((e) => e['event.action'] === 'federated-login')).toEqual([
+      expect.objectContaining({
+        'event.category': 'authentication',
+        'event.outcome': 'failure',
+        'event.reason': 'federation-state',
+        'portcullis.client_id': client.id,
+      }),
+    ]);
 
     const bounce = await http(jar, callback);
     expect(bounce.location).toMatch(/\/interaction\/[A-Za-z0-9_-]+\/federated\/callback\?/);
@@ -646,6 +660,16 @@ describe('federation', () => {
     const done = await follow(jar, confirmed.location ?? '');
     const tokens = await exchange(done.location ?? '', a);
     expect(tokens.claims()?.sub).toBe(`${upstreamIssuer}|upstream-user-7`);
+    const federated = signIns.filter((e) => e['event.action'] === 'federated-login');
+    expect(federated.map((e) => e['event.outcome'])).toEqual(['failure', 'success']);
+    expect(federated[1]).toMatchObject({
+      'event.reason': 'fed',
+      'user.id': `${upstreamIssuer}|upstream-user-7`,
+      'portcullis.client_id': client.id,
+    });
+    expect(typeof federated[1]?.['client.ip']).toBe('string');
+    const text = JSON.stringify(signIns);
+    for (const s of secrets) if (s !== '') expect(text.includes(s)).toBe(false);
   });
 });
 
@@ -702,6 +726,7 @@ describe('in Chromium', () => {
     try {
       const page = await browser.newPage();
       page.setDefaultTimeout(8000);
+      const seen = signIns.length;
       const a = await authorizationUrl();
       await page.goto(a.url);
       await page.waitForSelector('#username');
@@ -725,6 +750,16 @@ describe('in Chromium', () => {
       expect(await page.textContent('p')).toBe('back at the client');
       const tokens = await exchange(page.url(), a);
       expect(tokens.claims()?.sub).toBe(aliceId);
+      // Issue 13: the browser's failed and successful sign-in and its consent are audit events.
+      expect(
+        signIns
+          .slice(seen)
+          .map((e) => [e['event.action'], e['event.outcome'], e['event.reason'], e['user.id']]),
+      ).toEqual([
+        ['login', 'failure', 'bad-password', aliceId],
+        ['login', 'success', 'pwd', aliceId],
+        ['consent', 'success', 'all-scopes-granted', aliceId],
+      ]);
       // Cookies the browser holds for the AS are Secure, HttpOnly and SameSite, on the AS's own
       // paths: none would go with a request to an API on the same origin.
       const cookies = (await page.context().cookies()).filter(

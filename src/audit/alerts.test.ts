@@ -240,6 +240,17 @@ describe('alert rules', () => {
     engine.sinkError('store');
     for (let i = 0; i < 10; i++)
       engine.observe(authFailure('203.0.113.9', { 'portcullis.api_key_id': 'kid-1' }));
+    // The anomaly event as the gateway emits it (src/server/lifecycle.ts): one is enough.
+    engine.observe(
+      buildAuditEvent({
+        'event.category': 'authentication',
+        'event.action': 'api-key-anomaly',
+        'event.outcome': 'success',
+        'event.reason': 'new-source-network',
+        'portcullis.api_key_id': 'kid-2',
+        'portcullis.listener': 'gateway',
+      }),
+    );
     for (let i = 0; i < 20; i++)
       engine.observe(
         buildAuditEvent({
@@ -255,6 +266,7 @@ describe('alert rules', () => {
         .sort(),
     ).toEqual([
       'api-key-anomaly',
+      'api-key-failures',
       'audit-sink-outage',
       'auth-failures-per-source',
       'configuration-change',
@@ -273,7 +285,7 @@ describe('alert rules', () => {
     const rules = alertRulesFromConfig(settings);
     expect(rules.find((r) => r.id === 'key-change')?.threshold).toBe(2);
     expect(rules.find((r) => r.id === 'brute-force')).toBeDefined();
-    expect(rules).toHaveLength(8);
+    expect(rules).toHaveLength(9);
     expect(alertRulesFromConfig({ ...settings, defaults: false }).map((r) => r.id)).toEqual([
       'key-change',
       'brute-force',

@@ -84,8 +84,20 @@ export function defaultAlertRules(ackTarget: string): AlertRule[] {
       severity: 'medium',
       ackTarget,
     },
+    // Issue 13: what the gateway really emits — an `api-key-anomaly` event (new source network,
+    // use after revocation/expiry/rotation, volume spike) alerts at once; refused requests of a
+    // known key carry its id, so repeated refusals of one key alert too.
     {
       id: 'api-key-anomaly',
+      when: { category: 'authentication', action: 'api-key-anomaly' },
+      groupBy: 'portcullis.api_key_id',
+      threshold: 1,
+      windowSeconds: 300,
+      severity: 'high',
+      ackTarget,
+    },
+    {
+      id: 'api-key-failures',
       when: { category: 'authentication', outcome: 'failure' },
       groupBy: 'portcullis.api_key_id',
       threshold: 5,

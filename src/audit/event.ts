@@ -163,7 +163,8 @@ export const AUDIT_FIELDS = {
   'portcullis.rate_limit.key': {
     type: 'string',
     kind: 'id',
-    description: 'Which limit applied: client, api-key, user or ip.',
+    description:
+      'Which limit refused: `<dimension>:<hash>`, the dimension (client, api-key, user, token, ip, …) and a keyed hash (HMAC-SHA-256, 16 hex) of the counter key; never the raw key, address or token.',
   },
   'portcullis.rate_limit.retry_after': {
     type: 'integer',
@@ -240,6 +241,29 @@ export const AUDIT_FIELDS = {
     kind: 'id',
     description: 'Alert events: the rule severity (low, medium, high, critical).',
   },
+  // --- issue 13: who made a control-plane change (src/audit/actor.ts) ---
+  'user.name': {
+    type: 'string',
+    kind: 'id',
+    description:
+      'Control-plane changes: the operating-system account that ran the CLI command (`os.userInfo().username`).',
+  },
+  'host.name': {
+    type: 'string',
+    kind: 'id',
+    description: 'Control-plane changes: the host the change was made on (`os.hostname()`).',
+  },
+  'portcullis.actor.sudo_user': {
+    type: 'string',
+    kind: 'id',
+    description: 'Control-plane changes run through sudo: the account that invoked sudo (`SUDO_USER`).',
+  },
+  'portcullis.actor.admin': {
+    type: 'string',
+    kind: 'id',
+    description: 'Control-plane changes made through the admin API: the authenticated admin identity.',
+  },
+  // --- end issue 13 ---
   'portcullis.redacted': {
     type: 'string[]',
     kind: 'id',

@@ -18,6 +18,7 @@
  * The store chain sink normally runs on a worker thread (`sinks/worker-store.ts`); retention
  * (`prune`) and disk usage (`diskUsage`, `checkDiskUsage`) use it too.
  */
+import type { ControlPlaneActorFields } from './actor.ts';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { mkdir, readdir, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
@@ -110,6 +111,10 @@ export interface PruneOptions {
   readonly archiveDir?: string;
   /** Called at each step (plan, checkpoint, archive, record, delete). */
   readonly onProgress?: (step: string, detail: Record<string, unknown>) => void;
+  /** Who pruned (issue 13: `controlPlaneActor()` from the CLI), added to the prune event. */
+  readonly actor?: ControlPlaneActorFields;
+  /** Which component pruned (`portcullis.listener`). */
+  readonly listener?: string;
 }
 
 /** The bytes a file or directory tree takes (0 when missing). */
@@ -422,6 +427,8 @@ export class AuditLog {
       'event.category': 'audit',
       'event.action': 'prune',
       'event.outcome': 'success',
+      ...o.actor,
+      ...(o.listener === undefined ? {} : { 'portcullis.listener': o.listener }),
       'event.reason': `records before ${o.before.toISOString()} archived and removed`,
       'portcullis.audit.pruned': plan.records,
       'portcullis.audit.boundary.seq': plan.through,

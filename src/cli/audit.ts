@@ -4,6 +4,7 @@
  * apply retention. `verify` exits 1 and names the first edited, deleted, reordered or truncated
  * record.
  */
+import { controlPlaneActor } from '../audit/actor.ts';
 import { InvalidArgumentError } from 'commander';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.ts';
@@ -203,6 +204,8 @@ export function registerAuditCommands(program: Command): void {
           const result = await ctx.audit.prune({
             before,
             ...(opts.dryRun === true ? { dryRun: true } : {}),
+            actor: controlPlaneActor(), // issue 13
+            listener: 'cli',
             onProgress: (step, detail) => {
               if (!json) process.stderr.write(`audit prune: ${step} ${JSON.stringify(detail)}\n`);
             },

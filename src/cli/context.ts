@@ -7,6 +7,7 @@
  * reports success; a change that fails is recorded as a failure.
  */
 import { mkdir } from 'node:fs/promises';
+import { controlPlaneActor } from '../audit/actor.ts';
 import { openAuditLog } from '../audit/index.ts';
 import type { AuditLog } from '../audit/index.ts';
 import type { AuditCategory, AuditEventInput } from '../audit/event.ts';
@@ -112,7 +113,8 @@ export async function openCliContext(opts: CliContextOptions): Promise<CliContex
     await store.close();
     throw error;
   }
-  const cli = { 'portcullis.listener': 'cli' } as const;
+  // Issue 13: every CLI change names who made it and where (src/audit/actor.ts).
+  const cli = { 'portcullis.listener': 'cli', ...controlPlaneActor() } as const;
   let closing: Promise<void> | undefined;
   return {
     loaded,

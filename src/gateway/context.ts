@@ -132,6 +132,8 @@ export type VerifyOutcome =
        * the default Bearer challenge (e.g. the DPoP challenge of RFC 9449 §7.1).
        */
       readonly challenge?: string;
+      /** Issue 13: the id of a known API key that was refused (for the audit event; never the key). */
+      readonly apiKeyId?: string;
     };
 
 /** Verifies one security scheme's credential on a request. */
@@ -159,8 +161,21 @@ export interface RequestRecord {
   /** The matched operation; undefined when the request was refused before routing. */
   readonly op: OperationInfo | undefined;
   readonly principal?: Principal | undefined;
-  readonly denial: { readonly code: ProblemCode; readonly reason: string } | undefined;
+  readonly denial:
+    | {
+        readonly code: ProblemCode;
+        readonly reason: string;
+        /** Issue 13: a rate-limit refusal's counter (see problems.ts RateLimitRefusal). */
+        readonly rateLimit?:
+          | { readonly dimension: string; readonly key: string; readonly retryAfterSeconds: number }
+          | undefined;
+        /** Issue 13: a refused request's known API key id. */
+        readonly apiKeyId?: string | undefined;
+      }
+    | undefined;
   /** The step that refused (set with `denial`). */
   readonly stage?: StageName | undefined;
   readonly body?: Buffer | undefined;
+  /** Issue 13: bytes of the response body sent (undefined when unknown, e.g. the AS's own). */
+  readonly responseBytes?: number | undefined;
 }

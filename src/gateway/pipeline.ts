@@ -143,6 +143,8 @@ export class Exchange implements GatewayRequest, RequestRecord {
   denial: Denial | undefined = undefined;
   status = 0;
   durationMs = 0;
+  /** Issue 13: response body bytes, for the audit event (`http.response.body.bytes`). */
+  responseBytes: number | undefined = undefined;
   readonly rawPath: string;
   readonly runtime: Runtime;
   readonly raw: DoorRequest;
@@ -409,6 +411,7 @@ export function createPipeline(options: PipelineOptions): Pipeline {
           out['content-length'] = String(length);
       }
       res.writeHead(status, out);
+      ex.responseBytes = body === undefined || ex.method === 'HEAD' ? 0 : Number(out['content-length']);
       if (body === undefined) res.end();
       else res.end(body);
       answer.onDone?.();
@@ -425,6 +428,10 @@ export function createPipeline(options: PipelineOptions): Pipeline {
       // The response cannot be completed: abort it so the client does not take it as whole.
       body.unpipe();
       res.destroy();
+    });
+    ex.responseBytes = 0;
+    body.on('data', (chunk: Buffer) => {
+      (ex.responseBytes as number) += chunk.length;
     });
     body.pipe(response as NodeJS.WritableStream);
   }
@@ -456,6 +463,7 @@ export function createPipeline(options: PipelineOptions): Pipeline {
     headers['content-type'] = 'application/problem+json';
     headers['content-length'] = String(Buffer.byteLength(body));
     headers[ex.runtime.correlationHeader] = ex.correlationId;
+    ex.responseBytes = Buffer.byteLength(body);
     const res: ResponseWriter | undefined = ex.res;
     if (res === undefined) {
       // Before a WebSocket upgrade: a plain HTTP/1.1 answer on the socket, then it is closed.
@@ -544,6 +552,9 @@ export function createPipeline(options: PipelineOptions): Pipeline {
     const ex = authorizationServerRequests.get(this);
     if (ex === undefined) return;
     authorizationServerRequests.delete(this);
+    // Issue 13: the declared body size of the authorization server's answer (Koa sets it).
+    const length = Number(this.getHeader('content-length'));
+    if (Number.isSafeInteger(length) && length >= 0) ex.responseBytes = length;
     finish(ex, this.statusCode);
   }
 

@@ -67,11 +67,21 @@ export class Denial extends Error {
   readonly headers: Readonly<Record<string, string>>;
   /** For `invalid-request`: the failing fields (pointers and rules, never values). */
   readonly errors: readonly InvalidParam[] | undefined;
+  /** A 429 of a rate limit: which counter refused (for the audit event only; hashed there). */
+  readonly rateLimit: RateLimitRefusal | undefined;
+  /** Issue 13: the id (never the key) of a known API key this refusal refused. */
+  readonly apiKeyId: string | undefined;
 
   constructor(
     code: ProblemCode,
     reason: string,
-    options: { headers?: Record<string, string>; cause?: unknown; errors?: readonly InvalidParam[] } = {},
+    options: {
+      headers?: Record<string, string>;
+      cause?: unknown;
+      errors?: readonly InvalidParam[];
+      rateLimit?: RateLimitRefusal;
+      apiKeyId?: string | undefined;
+    } = {},
   ) {
     super(`${code}: ${reason}`, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'Denial';
@@ -80,7 +90,20 @@ export class Denial extends Error {
     this.reason = reason;
     this.headers = options.headers ?? {};
     this.errors = options.errors;
+    this.rateLimit = options.rateLimit;
+    this.apiKeyId = options.apiKeyId;
   }
+}
+
+/**
+ * Issue 13: the counter a rate-limit refusal came from. `key` is the raw counter key (an address
+ * prefix, a client or key id, a token hash): it never leaves the process as is; the audit event
+ * carries a keyed hash of it (`src/audit/request-fields.ts`).
+ */
+export interface RateLimitRefusal {
+  readonly dimension: string;
+  readonly key: string;
+  readonly retryAfterSeconds: number;
 }
 
 export function isDenial(value: unknown): value is Denial {

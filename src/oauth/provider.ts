@@ -137,8 +137,10 @@ export interface AuthorizationServerOptions {
 }
 
 export interface AuthorizationServerEvent {
-  readonly type: 'token-issued' | 'code-issued' | 'grant-revoked' | 'refused';
+  readonly type: 'token-issued' | 'code-issued' | 'grant-revoked' | 'refused' | 'logout' | 'server-error';
   readonly clientId?: string | undefined;
+  /** `logout`: the account whose session ended. */
+  readonly accountId?: string | undefined;
   readonly grantType?: string | undefined;
   readonly endpoint?: string | undefined;
   readonly error?: string | undefined;
@@ -825,6 +827,7 @@ export async function createAuthorizationServer(
       'revocation.error',
       'userinfo.error',
       'end_session.error',
+      'end_session_confirm.error', // issue 13: a refused logout confirmation
       'discovery.error',
       'jwks.error',
     ]) {
@@ -855,8 +858,23 @@ export async function createAuthorizationServer(
         );
       });
     }
+    // Issue 13: logout and server errors on the audit trail (the observer maps them).
+    provider.on('end_session.success', (ctx: KoaContextWithOIDC) => {
+      const session = (ctx.oidc as { session?: { accountId?: unknown } } | undefined)?.session;
+      const accountId = typeof session?.accountId === 'string' ? session.accountId : undefined;
+      options.onEvent?.({ type: 'logout', clientId: ctx.oidc?.client?.clientId, accountId }, contextOf(ctx));
+    });
     provider.on('server_error', (ctx: KoaContextWithOIDC, err: unknown) => {
-      if (isDependencyUnavailable(err)) unavailable.add(ctx);
+      const dependency = isDependencyUnavailable(err);
+      options.onEvent?.(
+        {
+          type: 'server-error',
+          clientId: ctx.oidc?.client?.clientId,
+          error: dependency ? 'dependency-unavailable' : 'server_error',
+        },
+        contextOf(ctx),
+      );
+      if (dependency) unavailable.add(ctx);
       log.error({ event: 'oauth-server-error', error: describeError(err) }, 'authorization server error');
     });
   };

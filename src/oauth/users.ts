@@ -254,6 +254,25 @@ export type LoginOutcome =
 
 export type SecondFactorOutcome = { readonly ok: true; readonly user: UserInfo } | { readonly ok: false };
 
+/**
+ * Why a sign-in step failed, for the audit trail only (issue 13): the caller's answer stays the
+ * generic `{ ok: false }`. Never carries what the user typed; `userId` only for a known account.
+ */
+export interface SignInFailure {
+  readonly reason:
+    | 'throttled'
+    | 'unknown-user'
+    | 'disabled'
+    | 'no-password'
+    | 'bad-password'
+    | 'bad-code'
+    | 'replayed-code'
+    | 'no-second-factor';
+  readonly userId?: string;
+  /** `throttled`: seconds until the source may try again. */
+  readonly retryAfterSeconds?: number;
+}
+
 export interface CreatedUser {
   readonly user: UserInfo;
   /** The otpauth:// URI to show once, when a TOTP secret was created. */
@@ -289,9 +308,20 @@ export interface Users {
    */
   resetPassword(username: string, password: string): Promise<UserRecord>;
   /** First factor. `ip` is the client address the throttle counts per. */
-  authenticate(input: { username: string; password: string; ip: string }): Promise<LoginOutcome>;
+  authenticate(input: {
+    username: string;
+    password: string;
+    ip: string;
+    /** Told why a failure failed (the audit trail); the answer stays `{ ok: false }`. */
+    onFailure?: (why: SignInFailure) => void;
+  }): Promise<LoginOutcome>;
   /** Second factor for a user the first factor accepted; a used time step is refused. */
-  verifyTotp(input: { accountId: string; code: string; ip: string }): Promise<SecondFactorOutcome>;
+  verifyTotp(input: {
+    accountId: string;
+    code: string;
+    ip: string;
+    onFailure?: (why: SignInFailure) => void;
+  }): Promise<SecondFactorOutcome>;
   /** A usable account by id (undefined when unknown or disabled): for findAccount. */
   find(id: string): Promise<UserInfo | undefined>;
   /**
@@ -382,15 +412,16 @@ export function createUsers(options: UsersOptions): Users {
    * Blocked: the generic refusal, and the attempt counts against the source (hammering a blocked
    * source extends its block). Otherwise the account's slow-down is waited first.
    */
-  async function admit(username: string, ip: string): Promise<boolean> {
+  async function admit(username: string, ip: string): Promise<number> {
     const keys = denyKeys(username, ip);
-    if ((await blockedFor(keys)) > 0) {
+    const blocked = await blockedFor(keys);
+    if (blocked > 0) {
       await recordFailure(keys);
-      return false;
+      return blocked;
     }
     const delay = await accountDelay(username);
     if (delay > 0) await sleep(delay);
-    return true;
+    return 0;
   }
 
   async function blockedFor(keys: string[]): Promise<number> {
@@ -550,9 +581,13 @@ export function createUsers(options: UsersOptions): Users {
       return recordOf(name);
     },
 
-    async authenticate({ username, password, ip }) {
+    async authenticate({ username, password, ip, onFailure }) {
       const keys = [...denyKeys(username, ip), accountKey(username)];
-      if (!(await admit(username, ip))) return { ok: false };
+      const blocked = await admit(username, ip);
+      if (blocked > 0) {
+        onFailure?.({ reason: 'throttled', retryAfterSeconds: blocked });
+        return { ok: false };
+      }
       const name = normalizeUsername(username);
       const row = name === undefined ? undefined : await byUsername(name);
       const usable = row !== undefined && row.disabled === 0 && row.password_hash !== null;
@@ -560,6 +595,19 @@ export function createUsers(options: UsersOptions): Users {
       const good = await verifyPassword(encoded, password);
       if (!usable || !good) {
         await recordFailure(keys);
+        onFailure?.(
+          row === undefined
+            ? { reason: 'unknown-user' }
+            : {
+                reason:
+                  row.disabled !== 0
+                    ? 'disabled'
+                    : row.password_hash === null
+                      ? 'no-password'
+                      : 'bad-password',
+                userId: row.id,
+              },
+        );
         return { ok: false };
       }
       if (row.totp_secret_wrapped !== null) return { ok: true, user: info(row), secondFactor: 'totp' };
@@ -580,13 +628,21 @@ export function createUsers(options: UsersOptions): Users {
       return { ok: true, user: info(row), secondFactor: 'none' };
     },
 
-    async verifyTotp({ accountId, code, ip }) {
+    async verifyTotp({ accountId, code, ip, onFailure }) {
       const row = await db.selectFrom('users').select(columns).where('id', '=', accountId).executeTakeFirst();
       const username = row?.username ?? accountId;
       const keys = [...denyKeys(username, ip), accountKey(username)];
-      if (!(await admit(username, ip))) return { ok: false };
+      const blocked = await admit(username, ip);
+      if (blocked > 0) {
+        onFailure?.({ reason: 'throttled', userId: accountId, retryAfterSeconds: blocked });
+        return { ok: false };
+      }
       if (!row || row.disabled !== 0 || row.totp_secret_wrapped === null) {
         await recordFailure(keys);
+        onFailure?.({
+          reason: !row ? 'unknown-user' : row.disabled !== 0 ? 'disabled' : 'no-second-factor',
+          userId: accountId,
+        });
         return { ok: false };
       }
       const secret = await wrapper.unwrap(row.totp_secret_wrapped, `totp:${row.id}`);
@@ -594,6 +650,7 @@ export function createUsers(options: UsersOptions): Users {
       secret.fill(0);
       if (step === undefined) {
         await recordFailure(keys);
+        onFailure?.({ reason: 'bad-code', userId: row.id });
         return { ok: false };
       }
       // Atomic: only one request can move the last-used step forward to this one.
@@ -605,6 +662,7 @@ export function createUsers(options: UsersOptions): Users {
         .executeTakeFirst();
       if (moved.numUpdatedRows === 0n) {
         await recordFailure(keys);
+        onFailure?.({ reason: 'replayed-code', userId: row.id });
         return { ok: false };
       }
       await resetAccount(username, ip);

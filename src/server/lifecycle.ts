@@ -9,6 +9,8 @@
  * Shutdown (SIGTERM, SIGINT): listeners stop accepting, in-flight requests drain for up to
  * `gateway.shutdownGraceMs`, then remaining connections are closed.
  */
+import { watchTlsFailures } from './tls-failures.ts';
+import { rateLimitKeyHasher } from '../audit/request-fields.ts';
 import { mkdir } from 'node:fs/promises';
 import { readFileSync, watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
@@ -241,7 +243,13 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     cleanups.push(async () => {
       await alertEngine.close();
     });
-    const observer = createObserver(audit, metrics, logger, { requestEvents: config.audit.requestEvents });
+    const observer = createObserver(audit, metrics, logger, {
+      requestEvents: config.audit.requestEvents,
+      // Issue 13: one key for every process of the store, so hashed rate-limit keys correlate.
+      rateLimitKeyHash: rateLimitKeyHasher(
+        Buffer.from(openedKeys.hmac('client-secret', 'portcullis/audit-rate-limit-key/v1'), 'base64url'),
+      ),
+    });
     const unsubscribe = [
       onLimited((e) => {
         metrics.rateLimited(e.dimension);
@@ -291,10 +299,14 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       environment: config.gateway.apiKeys.environment === 'test' ? 'test' : 'live',
       onAnomaly: (event) => {
         logger.warn({ event: 'api-key-anomaly', anomaly: event }, 'API key anomaly');
+        // Issue 13: one action the `api-key-anomaly` alert rule matches; the type is the reason.
+        // A key used after revocation, expiry or rotation was refused (failure); a new network or
+        // a volume spike was allowed and is noticed (success).
         observer.event({
           'event.category': 'authentication',
-          'event.action': `api-key-${event.type}`.replace(/[^a-z0-9-]+/g, '-'),
-          'event.outcome': 'unknown',
+          'event.action': 'api-key-anomaly',
+          'event.outcome': event.type.startsWith('used-after-') ? 'failure' : 'success',
+          'event.reason': event.type,
           'portcullis.api_key_id': event.keyId,
           'portcullis.listener': 'gateway',
         });
@@ -349,6 +361,9 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         keys: openedKeys,
         dataDir,
         logger,
+        audit: (input) => {
+          observer.event(input);
+        }, // issue 13: sign-in on the audit trail
       });
       const as = await createAuthorizationServer({
         loaded,
@@ -434,6 +449,9 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     cleanups.push(async () => {
       gatewayGuard.stop();
     });
+    const tlsWatch = { metrics, observer, ...config.audit.aggregation }; // issue 13: TLS handshake failures
+    const gatewayTls = watchTlsFailures(gateway.server, 'gateway', tlsWatch);
+    cleanups.push(async () => gatewayTls.stop());
     await listen(gateway.server, config.gateway.port, config.gateway.host);
     cleanups.push(() => gateway.close());
     const gatewayUrl = urlOf('https', gateway.server.address(), config.gateway.host);
@@ -453,6 +471,8 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       });
       await admin.ready();
       const adminGuard = protectAdmin(admin.server, { metrics, logger, observer }); // issue 12
+      const adminTls = watchTlsFailures(admin.server, 'admin', tlsWatch); // issue 13
+      cleanups.push(async () => adminTls.stop());
       cleanups.push(async () => {
         adminGuard.stop();
       });

@@ -3,6 +3,9 @@
  * becomes one audit event and the matching metrics. Observers never decide and never throw into
  * the request path: an audit failure is logged and counted by the audit log itself.
  */
+import { randomBytes } from 'node:crypto';
+import { rateLimitKeyHasher, requestAuditFields } from '../audit/request-fields.ts';
+import type { RateLimitKeyHasher } from '../audit/request-fields.ts';
 import { oauthRoute } from '../admin/metrics.ts';
 import type { Metrics } from '../admin/metrics.ts';
 import type { AuditLog } from '../audit/index.ts';
@@ -17,8 +20,10 @@ export type { RequestRecord };
 
 /** What the authorization server reports (src/oauth/provider.ts `onEvent`). */
 export interface OAuthEvent {
-  readonly type: 'token-issued' | 'code-issued' | 'grant-revoked' | 'refused';
+  readonly type: 'token-issued' | 'code-issued' | 'grant-revoked' | 'refused' | 'logout' | 'server-error';
   readonly clientId?: string | undefined;
+  /** `logout`: the account whose session ended. */
+  readonly accountId?: string | undefined;
   readonly grantType?: string | undefined;
   readonly endpoint?: string | undefined;
   readonly error?: string | undefined;
@@ -87,8 +92,13 @@ export function createObserver(
   audit: AuditLog,
   metrics: Metrics,
   logger: Logger,
-  options: { readonly requestEvents: boolean } = { requestEvents: true },
+  options: {
+    readonly requestEvents: boolean;
+    /** Issue 13: keyed hash for `portcullis.rate_limit.key` (default: a random per-process key). */
+    readonly rateLimitKeyHash?: RateLimitKeyHasher;
+  } = { requestEvents: true },
 ): Observer {
+  const rateLimitHash = options.rateLimitKeyHash ?? rateLimitKeyHasher(randomBytes(32));
   const failed = (err: unknown) => {
     logger.warn({ event: 'audit-emit-failed', error: describeError(err) }, 'audit event not recorded');
   };
@@ -150,16 +160,25 @@ export function createObserver(
                 : 'public-operation',
         'portcullis.scopes.required': requiredScopes(op),
         ...who(r.principal),
+        // Issue 13: response bytes and the refusing rate-limit counter (hashed).
+        ...requestAuditFields(r, rateLimitHash),
       };
       emit(base);
     },
     oauth(e, context) {
       if (e.type === 'token-issued') metrics.tokenIssued(e.grantType ?? 'other');
+      // Issue 13: logout and authorization-server errors are sign-in decisions (authentication).
+      const signIn = e.type === 'logout' || e.type === 'server-error';
       emit({
-        'event.category': e.type === 'refused' ? 'authentication' : 'credential-lifecycle',
+        'event.category': e.type === 'refused' || signIn ? 'authentication' : 'credential-lifecycle',
         'event.action':
-          e.type === 'refused' ? `oauth-${actionWord(e.endpoint ?? 'request')}-refused` : `oauth-${e.type}`,
-        'event.outcome': e.type === 'refused' ? 'failure' : 'success',
+          e.type === 'refused'
+            ? `oauth-${actionWord(e.endpoint ?? 'request')}-refused`
+            : e.type === 'logout'
+              ? 'logout'
+              : `oauth-${e.type}`,
+        'event.outcome': e.type === 'refused' || e.type === 'server-error' ? 'failure' : 'success',
+        ...(e.accountId === undefined ? {} : { 'user.id': e.accountId }),
         'portcullis.listener': 'oauth',
         ...(e.error === undefined ? {} : { 'event.reason': e.error }),
         ...(e.clientId === undefined ? {} : { 'portcullis.client_id': e.clientId }),

@@ -478,11 +478,11 @@ describe.each(backends.names)('API keys on %s', (backend) => {
         ],
         [
           request({ 'x-api-key': key }, { api: 'billing' }),
-          { ok: false, status: 403, reason: 'api-key-api-not-allowed' },
+          { ok: false, status: 403, reason: 'api-key-api-not-allowed', apiKeyId: id },
         ],
         [
           request({ 'x-api-key': key }, { operationId: 'deletePatient' }),
-          { ok: false, status: 403, reason: 'api-key-operation-not-allowed' },
+          { ok: false, status: 403, reason: 'api-key-operation-not-allowed', apiKeyId: id },
         ],
       ];
       for (const [req, expected] of cases) expect(await verify(req, [])).toEqual(expected);
@@ -497,6 +497,8 @@ describe.each(backends.names)('API keys on %s', (backend) => {
         ok: false,
         status: 401,
         reason: 'api-key-revoked',
+        // Issue 13: a known key's id (never the key) for the audit event.
+        apiKeyId: id,
       });
     });
 

@@ -869,7 +869,13 @@ export function apiKeySchemeVerifier(
         verdict.reason === 'api-not-allowed' ||
         verdict.reason === 'operation-not-allowed' ||
         verdict.reason === 'source-not-allowed';
-      return { ok: false, status: forbidden ? 403 : 401, reason: `api-key-${verdict.reason}` };
+      return {
+        ok: false,
+        status: forbidden ? 403 : 401,
+        reason: `api-key-${verdict.reason}`,
+        // Issue 13: a known key's id (never the key) names the refusal on the audit trail.
+        ...(verdict.id === undefined ? {} : { apiKeyId: verdict.id }),
+      };
     }
     if (requiredScopes.length > 0) return { ok: false, status: 403, reason: 'insufficient-scope' };
     return {

@@ -17,6 +17,7 @@ import { createUsers, kmsSecretWrapper } from '../users.ts';
 import type { Users } from '../users.ts';
 import { createFederation, loadCa } from './federation.ts';
 import type { Federation } from './federation.ts';
+import type { SignInAuditSink } from './audit.ts';
 import { createInteractionHandler } from './index.ts';
 import type { InteractionProvider, InteractionRequestContext } from './index.ts';
 
@@ -111,6 +112,8 @@ export interface InteractionHooksOptions {
   /** See InteractionHandlerOptions.contractScopeDescriptions. */
   readonly contractScopeDescriptions?: () => Promise<Readonly<Record<string, string>>>;
   readonly now?: () => number;
+  /** Sign-in decisions for the audit trail (issue 13). */
+  readonly audit?: SignInAuditSink | undefined;
 }
 
 export interface InteractionHooksResult {
@@ -137,6 +140,7 @@ export function createInteractionHooks(options: InteractionHooksOptions): Intera
       ? {}
       : { contractScopeDescriptions: options.contractScopeDescriptions }),
     ...(options.now === undefined ? {} : { now: options.now }),
+    audit: options.audit,
   });
   return {
     handle: (req, res, provider, context) =>
@@ -167,6 +171,8 @@ export interface ServerInteractionsOptions {
   /** The data directory (the local KMS's key file, for wrapping TOTP secrets). */
   readonly dataDir: string;
   readonly logger: Logger;
+  /** Sign-in decisions for the audit trail (issue 13): the gateway's `observer.event`. */
+  readonly audit?: SignInAuditSink | undefined;
 }
 
 /**
@@ -199,6 +205,7 @@ export function createServerInteractions(options: ServerInteractionsOptions): In
     federation,
     csrfKey: Buffer.from(options.keys.hmac('client-secret', 'portcullis/interaction-csrf/v1'), 'base64url'),
     contractScopeDescriptions: () => contractScopeDescriptions(options.loaded()),
+    audit: options.audit,
   });
   return { ...hooks, users };
 }

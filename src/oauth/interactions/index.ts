@@ -27,6 +27,8 @@ import { GENERIC_LOGIN_FAILURE } from '../users.ts';
 import { FEDERATION_CALLBACK_PATH, uidFromState } from './federation.ts';
 import type { Federation, FederationPending } from './federation.ts';
 import { consentPage, contentSecurityPolicy, errorPage, layout, loginPage, totpPage } from './html.ts';
+import { refusalEvent, signInEvent, signInFailureEvent } from './audit.ts';
+import type { SignInAuditSink, SignInContext } from './audit.ts';
 
 export { escapeHtml, contentSecurityPolicy } from './html.ts';
 export { createFederation, FEDERATION_CALLBACK_PATH } from './federation.ts';
@@ -108,6 +110,8 @@ export interface InteractionHandlerOptions {
    */
   readonly contractScopeDescriptions?: () => Promise<Readonly<Record<string, string>>>;
   readonly now?: () => number;
+  /** Sign-in decisions for the audit trail (issue 13; see ./audit.ts). */
+  readonly audit?: SignInAuditSink | undefined;
 }
 
 export type InteractionHandler = (
@@ -261,6 +265,17 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
   const now = options.now ?? Date.now;
   const csrfKey = options.csrfKey ?? randomBytes(32);
   const scopeText = { ...DEFAULT_SCOPES, ...(options.scopeDescriptions ?? {}) };
+  const audit: SignInAuditSink = options.audit ?? (() => undefined);
+  const who = (
+    d: Details | undefined,
+    ip: string,
+    ctx: InteractionRequestContext | undefined,
+  ): SignInContext => ({
+    clientId: d?.clientId,
+    clientIp: ip,
+    correlationId: ctx?.correlationId,
+    userId: d?.accountId,
+  });
 
   const providerFor = (ctx: InteractionRequestContext | undefined): InteractionProvider => {
     const p = ctx?.provider ?? options.provider?.();
@@ -449,7 +464,14 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
     accountId: string,
     amr: string[],
     ctx: InteractionRequestContext | undefined,
+    ip: string,
   ) {
+    audit(
+      signInEvent(amr.includes('fed') ? 'federated-login' : 'login', 'success', amr.join('+'), {
+        ...who(d, ip, ctx),
+        userId: accountId,
+      }),
+    );
     logger.info(
       { event: 'interaction.login', correlationId: ctx?.correlationId, accountId, clientId: d.clientId, amr },
       'end-user signed in',
@@ -468,7 +490,14 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
     if (d.prompt !== 'login') throw new InteractionRefusal(400, 'login-not-expected', EXPIRED);
     const username = (form.get('username') ?? '').slice(0, 256);
     const password = (form.get('password') ?? '').slice(0, 1024);
-    const outcome = await users.authenticate({ username, password, ip });
+    const outcome = await users.authenticate({
+      username,
+      password,
+      ip,
+      onFailure: (why) => {
+        audit(signInFailureEvent('login', why, who(d, ip, ctx)));
+      },
+    });
     if (!outcome.ok) {
       logger.info(
         {
@@ -497,6 +526,12 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
       return;
     }
     if (outcome.secondFactor === 'totp') {
+      audit(
+        signInEvent('login-first-factor', 'success', 'second-factor-required', {
+          ...who(d, ip, ctx),
+          userId: outcome.user.id,
+        }),
+      );
       await d.provider.interactionResult(
         req as never,
         res as never,
@@ -507,7 +542,7 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
       redirect(res, `/interaction/${encodeURIComponent(d.uid)}`);
       return;
     }
-    await loginSucceeded(req, res, d, outcome.user.id, ['pwd'], ctx);
+    await loginSucceeded(req, res, d, outcome.user.id, ['pwd'], ctx, ip);
   }
 
   async function onTotp(
@@ -526,6 +561,9 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
       accountId: sf.accountId,
       code: (form.get('code') ?? '').slice(0, 16),
       ip,
+      onFailure: (why) => {
+        audit(signInFailureEvent('second-factor', why, { ...who(d, ip, ctx), userId: sf.accountId }));
+      },
     });
     if (!outcome.ok) {
       logger.info(
@@ -551,7 +589,8 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
       );
       return;
     }
-    await loginSucceeded(req, res, d, sf.accountId, ['pwd', 'otp', 'mfa'], ctx);
+    audit(signInEvent('second-factor', 'success', 'totp', { ...who(d, ip, ctx), userId: sf.accountId }));
+    await loginSucceeded(req, res, d, sf.accountId, ['pwd', 'otp', 'mfa'], ctx, ip);
   }
 
   async function onConfirm(
@@ -559,6 +598,7 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
     res: InteractionResponse,
     d: Details,
     form: URLSearchParams,
+    ip: string,
     ctx?: InteractionRequestContext,
   ) {
     if (d.prompt !== 'consent' || d.accountId === undefined) {
@@ -593,6 +633,18 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
       }
     }
     const grantId = await grant.save();
+    audit(
+      signInEvent(
+        'consent',
+        'success',
+        rejected.length === 0 ? 'all-scopes-granted' : 'some-scopes-declined',
+        who(d, ip, ctx),
+        {
+          'portcullis.scopes.granted': [...new Set(granted)],
+          'portcullis.scopes.required': [...new Set([...granted, ...rejected])],
+        },
+      ),
+    );
     logger.info(
       {
         event: 'interaction.consent',
@@ -611,8 +663,15 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
     req: InteractionRequest,
     res: InteractionResponse,
     d: Details,
+    ip: string,
     ctx?: InteractionRequestContext,
   ) {
+    // Cancelling on the consent page refuses consent; anywhere else it aborts the sign-in.
+    audit(
+      d.prompt === 'consent'
+        ? signInEvent('consent', 'failure', 'consent-refused', who(d, ip, ctx))
+        : signInEvent('interaction-abort', 'failure', `aborted-at-${d.prompt || 'unknown'}`, who(d, ip, ctx)),
+    );
     logger.info(
       { event: 'interaction.abort', correlationId: ctx?.correlationId, clientId: d.clientId },
       'end-user cancelled',
@@ -644,6 +703,7 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
     res: InteractionResponse,
     d: Details,
     url: URL,
+    ip: string,
     ctx?: InteractionRequestContext,
   ) {
     if (!federation) throw new InteractionRefusal(404, 'federation-off', 'Not found.');
@@ -675,13 +735,15 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
         'federated-account-refused',
         'Sign-in with the identity provider failed.',
       );
-    await loginSucceeded(req, res, d, user.id, ['fed'], ctx);
+    await loginSucceeded(req, res, d, user.id, ['fed'], ctx, ip);
   }
 
   return async function interactionHandler(req, res, ctx) {
     const method = req.method ?? 'GET';
     const url = new URL(req.url ?? '/', 'https://interaction.invalid');
     const ip = ctx?.clientIp ?? req.socket.remoteAddress ?? 'unknown';
+    /** The interaction, once known: refusals after this point name its client and user. */
+    let known: Details | undefined;
     try {
       // The upstream provider's fixed redirect URI: bounce to the interaction's own path, where
       // oidc-provider's path-scoped interaction cookie is sent.
@@ -707,14 +769,16 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
       }
       if (isGet) {
         const d = await details(req, res, uid, providerFor(ctx));
+        known = d;
         if (action === 'page') await renderPage(res, d);
         else if (action === 'federated') await onFederatedStart(req, res, d);
-        else await onFederatedCallback(req, res, d, url, ctx);
+        else await onFederatedCallback(req, res, d, url, ip, ctx);
         return;
       }
       const form = await readForm(req, ctx);
       checkCsrf(req, uid, form);
       const d = await details(req, res, uid, providerFor(ctx));
+      known = d;
       switch (action) {
         case 'login':
           await onLogin(req, res, d, form, ip, ctx);
@@ -723,12 +787,17 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
           await onTotp(req, res, d, form, ip, ctx);
           return;
         case 'confirm':
-          await onConfirm(req, res, d, form, ctx);
+          await onConfirm(req, res, d, form, ip, ctx);
           return;
         default:
-          await onAbort(req, res, d, ctx);
+          await onAbort(req, res, d, ip, ctx);
       }
     } catch (err) {
+      audit(
+        err instanceof InteractionRefusal
+          ? refusalEvent(err.reason, who(known, ip, ctx))
+          : signInEvent('interaction-error', 'failure', 'internal-error', who(known, ip, ctx)),
+      );
       if (res.headersSent) {
         logger.warn(
           { event: 'interaction.error', correlationId: ctx?.correlationId, error: describeError(err) },

@@ -55,6 +55,9 @@ export function compileAuthenticate(options: AuthenticateOptions): Stage | null 
     req.credentialPresented = presented;
     let lastFailure: VerifyOutcome | undefined;
     let scopeFailure: { scopes: readonly string[]; reason: string; challenge?: string } | undefined;
+    /** Issue 13: a known API key that was refused, named on the audit event. */
+    let apiKeyId: string | undefined;
+    let apiKeyReason: string | undefined;
     for (const alternative of alternatives) {
       let principal: Principal | undefined;
       let satisfied = true;
@@ -63,6 +66,10 @@ export function compileAuthenticate(options: AuthenticateOptions): Stage | null 
         if (!outcome.ok) {
           satisfied = false;
           lastFailure = outcome;
+          if (apiKeyId === undefined && outcome.apiKeyId !== undefined) {
+            apiKeyId = outcome.apiKeyId;
+            apiKeyReason = outcome.reason;
+          }
           if (outcome.status === 403) {
             scopeFailure ??= { scopes, reason: outcome.reason, ...pick(outcome.challenge) };
           }
@@ -84,6 +91,7 @@ export function compileAuthenticate(options: AuthenticateOptions): Stage | null 
             : bearer
               ? { 'www-authenticate': `Bearer ${realm}, error="insufficient_scope", scope="${scope}"` }
               : {},
+        apiKeyId,
       });
     }
     const headers: Record<string, string> = {};
@@ -92,11 +100,15 @@ export function compileAuthenticate(options: AuthenticateOptions): Stage | null 
     } else if (bearer) {
       headers['www-authenticate'] = presented ? `Bearer ${realm}, error="invalid_token"` : `Bearer ${realm}`;
     }
-    const reason = presented
-      ? lastFailure?.ok === false
-        ? lastFailure.reason
-        : 'credential-not-accepted'
-      : 'credential-missing';
-    throw new Denial('unauthenticated', reason, { headers });
+    // A known API key that was refused says why (an API key is not an Authorization header).
+    const reason =
+      apiKeyReason !== undefined
+        ? apiKeyReason
+        : presented
+          ? lastFailure?.ok === false
+            ? lastFailure.reason
+            : 'credential-not-accepted'
+          : 'credential-missing';
+    throw new Denial('unauthenticated', reason, { headers, apiKeyId });
   };
 }

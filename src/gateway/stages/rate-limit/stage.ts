@@ -186,7 +186,10 @@ export async function checkDimension(
   const headers = { ...out };
   appendHeaders(headers, dim.policyHeader, state);
   headers['retry-after'] = String(retryAfter);
-  throw new Denial('too-many-requests', `rate-limit-${dim.dimension}`, { headers });
+  throw new Denial('too-many-requests', `rate-limit-${dim.dimension}`, {
+    headers,
+    rateLimit: { dimension: dim.dimension, key, retryAfterSeconds: retryAfter },
+  });
 }
 
 /** The request's principal key for a dimension, or undefined when it does not apply. */
