@@ -31,7 +31,12 @@ export interface PipeOptions<T> {
   readonly maxSpoolBytes: number;
   readonly retryInitialMs: number;
   readonly retryMaxMs: number;
-  deliver(items: T[]): Promise<void>;
+  /**
+   * Delivers a batch. `fresh`: the items come straight from the queue and were never handed
+   * to the sink before (a redelivery always comes from the spool), so the sink may skip its
+   * duplicate check.
+   */
+  deliver(items: T[], fresh: boolean): Promise<void>;
   encode(item: T): string;
   decode(line: string): T;
   onOverflow(dropped: number): void;
@@ -51,6 +56,8 @@ interface Waiting<T> {
   resolve(): void;
   reject(error: Error): void;
 }
+
+const IGNORE = (): void => undefined;
 
 export class SpoolOverflowError extends Error {
   readonly code = 'AUDIT_SPOOL_FULL';
@@ -94,21 +101,39 @@ export class Pipe<T> {
   push(item: T, urgent: boolean, force = false): Promise<void> {
     if (this.#closed) return Promise.reject(new Error(`audit sink ${this.#o.name} is closed`));
     return new Promise<void>((resolve, reject) => {
-      this.#queue.push({ item, force, resolve, reject });
-      const max = this.#o.maxQueue;
-      if (max !== undefined && this.#running !== undefined && this.#queue.length > max) {
-        // The sink is slower than the producers: memory stays bounded, the spool takes the
-        // oldest waiting batch (order kept: while the spool holds anything, batches follow it).
-        const batch = this.#queue.splice(0, this.#o.maxBatch);
-        this.#o.onSpill?.(batch.length);
-        this.#spool(batch);
-        // The sink works, it is only behind: deliver the spool as soon as it is free.
-        this.#scheduleRetry(this.#failing ? this.#backoff : 0);
-      }
-      if (urgent || this.#queue.length >= this.#o.maxBatch) this.#kick();
-      else this.#timer ??= setTimeout(() => this.#kick(), this.#o.maxDelayMs);
+      this.#add({ item, force, resolve, reject }, urgent);
     });
   }
+
+  /**
+   * Queues `item` like a non-urgent {@link push} whose outcome nobody awaits (batched request
+   * events): no promise per item. A drop is still reported through `onOverflow`; a closed pipe
+   * ignores the item, as a rejected `push` would have been ignored.
+   */
+  enqueue(item: T): void {
+    if (this.#closed) return;
+    this.#add({ item, force: false, resolve: IGNORE, reject: IGNORE }, false);
+  }
+
+  #add(waiting: Waiting<T>, urgent: boolean): void {
+    this.#queue.push(waiting);
+    const max = this.#o.maxQueue;
+    if (max !== undefined && this.#running !== undefined && this.#queue.length > max) {
+      // The sink is slower than the producers: memory stays bounded, the spool takes the
+      // oldest waiting batch (order kept: while the spool holds anything, batches follow it).
+      const batch = this.#queue.splice(0, this.#o.maxBatch);
+      this.#o.onSpill?.(batch.length);
+      this.#spool(batch);
+      // The sink works, it is only behind: deliver the spool as soon as it is free.
+      this.#scheduleRetry(this.#failing ? this.#backoff : 0);
+    }
+    if (urgent || this.#queue.length >= this.#o.maxBatch) this.#kick();
+    else this.#timer ??= setTimeout(this.#onTimer, this.#o.maxDelayMs);
+  }
+
+  readonly #onTimer = (): void => {
+    this.#kick();
+  };
 
   /** Resolves when everything queued so far was delivered or spooled. */
   flush(): Promise<void> {
@@ -149,7 +174,10 @@ export class Pipe<T> {
       const batch = this.#queue.splice(0, this.#o.maxBatch);
       if (this.#spooled === 0) {
         try {
-          await this.#o.deliver(batch.map((w) => w.item));
+          await this.#o.deliver(
+            batch.map((w) => w.item),
+            true,
+          );
           this.#failing = false;
           for (const w of batch) w.resolve();
           continue;
@@ -246,7 +274,7 @@ export class Pipe<T> {
     try {
       while (done < items.length) {
         const chunk = items.slice(done, done + this.#o.maxBatch);
-        await this.#o.deliver(chunk);
+        await this.#o.deliver(chunk, false);
         done += chunk.length;
       }
       this.#failing = false;
