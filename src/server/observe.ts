@@ -66,12 +66,27 @@ function requiredScopes(op: OperationInfo | undefined): readonly string[] {
   return scopes;
 }
 
-/** The caller's fields of an event: computed once per principal (verification caches them). */
-const WHO = new WeakMap<Principal, Partial<AuditEventInput>>();
+/**
+ * The caller's fields of an event, computed once per verified credential: keyed by the
+ * principal's scope set, which the token verification cache hands out again for every request
+ * with the same token (the principal object itself is new each time).
+ */
+const WHO = new WeakMap<
+  ReadonlySet<string>,
+  { readonly principal: Principal; readonly fields: Partial<AuditEventInput> }
+>();
 function who(principal: Principal | undefined): Partial<AuditEventInput> | undefined {
   if (principal === undefined) return undefined;
-  let fields = WHO.get(principal);
-  if (fields !== undefined) return fields;
+  const seen = WHO.get(principal.scopes);
+  if (
+    seen !== undefined &&
+    seen.principal.scheme === principal.scheme &&
+    seen.principal.subject === principal.subject &&
+    seen.principal.clientId === principal.clientId
+  ) {
+    return seen.fields;
+  }
+  let fields: Partial<AuditEventInput>;
   if (principal.scheme !== '' && principal.subject === principal.clientId && principal.scopes.size === 0) {
     // API keys and client certificates: the credential id is the client.
     fields = { 'portcullis.api_key_id': principal.clientId };
@@ -82,7 +97,7 @@ function who(principal: Principal | undefined): Partial<AuditEventInput> | undef
       'portcullis.scopes.granted': [...principal.scopes].sort(),
     };
   }
-  WHO.set(principal, fields);
+  WHO.set(principal.scopes, { principal, fields });
   return fields;
 }
 
