@@ -195,14 +195,17 @@ export class Pipe<T> {
     const kept: Waiting<T>[] = [];
     const dropped: Waiting<T>[] = [];
     let text = '';
+    // Counted as lines are added (measuring the growing text each time was quadratic).
+    let textBytes = 0;
     for (const w of batch) {
       const line = this.#o.encode(w.item) + '\n';
       const bytes = Buffer.byteLength(line);
-      if (!w.force && this.#spoolBytes + Buffer.byteLength(text) + bytes > this.#o.maxSpoolBytes) {
+      if (!w.force && this.#spoolBytes + textBytes + bytes > this.#o.maxSpoolBytes) {
         dropped.push(w);
         continue;
       }
       text += line;
+      textBytes += bytes;
       kept.push(w);
     }
     try {
@@ -214,7 +217,7 @@ export class Pipe<T> {
         } finally {
           closeSync(fd);
         }
-        this.#spoolBytes += Buffer.byteLength(text);
+        this.#spoolBytes += textBytes;
         this.#spooled += kept.length;
       }
       for (const w of kept) w.resolve();
@@ -232,11 +235,16 @@ export class Pipe<T> {
     }
   }
 
-  #readSpool(): T[] {
-    const text = readFileSync(this.#o.spoolFile, 'utf8');
+  /** The spool's lines, as written (one encoded item each; a torn last line too). */
+  #spoolLines(): string[] {
+    return readFileSync(this.#o.spoolFile, 'utf8')
+      .split('\n')
+      .filter((line) => line !== '');
+  }
+
+  #readSpool(lines: readonly string[] = this.#spoolLines()): T[] {
     const items: T[] = [];
-    for (const line of text.split('\n')) {
-      if (line === '') continue;
+    for (const line of lines) {
       try {
         items.push(this.#o.decode(line));
       } catch (error) {
@@ -269,7 +277,10 @@ export class Pipe<T> {
     // Wait for the batch in flight so the spool is not appended to while it is read.
     await this.#running;
     if (this.#spooled === 0) return;
-    const items = this.#readSpool();
+    const lines = this.#spoolLines();
+    const items = this.#readSpool(lines);
+    // Every line decoded: the delivered ones are the first `done` lines of the file.
+    const whole = items.length === lines.length;
     let done = 0;
     try {
       while (done < items.length) {
@@ -284,11 +295,16 @@ export class Pipe<T> {
     }
     // Rewrite the spool with what is left (new items may have been appended meanwhile).
     await this.#running;
-    const now = this.#readSpool();
-    const rest = now.slice(done);
+    // What is left is rewritten as it was written (lines appended meanwhile are whole: they
+    // were written by this process); only after a torn line is everything decoded again.
+    const rest = whole
+      ? this.#spoolLines().slice(done)
+      : this.#readSpool()
+          .slice(done)
+          .map((i) => this.#o.encode(i));
     const tmp = `${this.#o.spoolFile}.tmp`;
     const fd = openSync(tmp, 'w', 0o600);
-    const text = rest.map((i) => this.#o.encode(i) + '\n').join('');
+    const text = rest.map((line) => line + '\n').join('');
     try {
       writeSync(fd, text);
       fsyncSync(fd);
