@@ -18,6 +18,7 @@ import {
   readFileSync,
   renameSync,
   statSync,
+  truncateSync,
   writeSync,
 } from 'node:fs';
 import { mkdirSync } from 'node:fs';
@@ -302,16 +303,23 @@ export class Pipe<T> {
       : this.#readSpool()
           .slice(done)
           .map((i) => this.#o.encode(i));
-    const tmp = `${this.#o.spoolFile}.tmp`;
-    const fd = openSync(tmp, 'w', 0o600);
     const text = rest.map((line) => line + '\n').join('');
-    try {
-      writeSync(fd, text);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
+    if (text === '') {
+      // Everything was delivered: empty the spool in place. No fsync is needed: should the
+      // truncation be lost in a crash, the next start redelivers records the sink already
+      // holds, and the replay path skips them by event id.
+      truncateSync(this.#o.spoolFile, 0);
+    } else {
+      const tmp = `${this.#o.spoolFile}.tmp`;
+      const fd = openSync(tmp, 'w', 0o600);
+      try {
+        writeSync(fd, text);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      renameSync(tmp, this.#o.spoolFile);
     }
-    renameSync(tmp, this.#o.spoolFile);
     this.#spoolBytes = Buffer.byteLength(text);
     this.#spooled = rest.length;
     if (rest.length === 0) {
