@@ -9,7 +9,7 @@
  * test checks that it lists exactly {@link AUDIT_FIELDS}.
  */
 import { randomUUID } from 'node:crypto';
-import { redactValue } from './redact.ts';
+import { mustRedact, REDACTED } from './redact.ts';
 import type { FieldKind } from './redact.ts';
 
 /** What kind of security decision or change an event records (`event.category`). */
@@ -350,70 +350,97 @@ const MAX_ARRAY = 64;
  */
 export function buildAuditEvent(input: AuditEventInput): AuditEvent {
   const out: Record<string, unknown> = {};
-  const redacted: string[] = [];
+  let redacted: string[] | undefined;
   const ts = input['@timestamp'];
-  const at = ts === undefined ? new Date() : typeof ts === 'string' ? new Date(ts) : ts;
-  if (Number.isNaN(at.getTime())) throw new TypeError('audit event: @timestamp is not a valid date');
-  out['@timestamp'] = at.toISOString();
+  if (ts === undefined) out['@timestamp'] = nowIso();
+  else {
+    const at = typeof ts === 'string' ? new Date(ts) : ts;
+    if (Number.isNaN(at.getTime())) throw new TypeError('audit event: @timestamp is not a valid date');
+    out['@timestamp'] = at.toISOString();
+  }
   out['event.id'] = randomUUID();
   out['event.kind'] = 'event';
-  for (const [key, value] of Object.entries(input as Record<string, unknown>)) {
+  const fields = input as Record<string, unknown>;
+  for (const key in fields) {
+    const value = fields[key];
     if (key === '@timestamp' || value === undefined) continue;
-    if (
-      !Object.hasOwn(AUDIT_FIELDS, key) ||
-      key === 'event.id' ||
-      key === 'event.kind' ||
-      key === 'portcullis.redacted'
-    ) {
-      throw new TypeError(`audit event: unknown field "${key}"`);
+    const spec: FieldSpec | undefined = SPECS.get(key);
+    if (spec === undefined) throw new TypeError(`audit event: unknown field "${key}"`);
+    switch (spec.type) {
+      case 'integer':
+        if (typeof value !== 'number' || !Number.isSafeInteger(value)) {
+          throw new TypeError(`audit event: ${key} must be a safe integer`);
+        }
+        out[key] = value;
+        break;
+      case 'string': {
+        if (typeof value !== 'string') throw new TypeError(`audit event: ${key} must be a string`);
+        const v = value.length > MAX_STRING ? value.slice(0, MAX_STRING) : value;
+        if (mustRedact(v, spec.kind)) {
+          (redacted ??= []).push(key);
+          out[key] = REDACTED;
+        } else out[key] = v;
+        break;
+      }
+      case 'string[]':
+        out[key] = checkArray(key, spec, value, (redacted ??= []));
+        break;
     }
-    const spec: FieldSpec = AUDIT_FIELDS[key as AuditFieldName];
-    out[key] = checkValue(key, spec, value, redacted);
   }
   const category = out['event.category'];
   const outcome = out['event.outcome'];
   const action = out['event.action'];
-  if (typeof category !== 'string' || !(AUDIT_CATEGORIES as readonly string[]).includes(category)) {
+  if (typeof category !== 'string' || !CATEGORY_SET.has(category)) {
     throw new TypeError('audit event: event.category must be one of ' + AUDIT_CATEGORIES.join(', '));
   }
-  if (typeof outcome !== 'string' || !(AUDIT_OUTCOMES as readonly string[]).includes(outcome)) {
+  if (typeof outcome !== 'string' || !OUTCOME_SET.has(outcome)) {
     throw new TypeError('audit event: event.outcome must be success, failure or unknown');
   }
-  if (typeof action !== 'string' || !ACTION.test(action) || action.length > 64) {
+  if (typeof action !== 'string' || action.length > 64 || !ACTION.test(action)) {
     throw new TypeError('audit event: event.action must be lower-case words joined by "-"');
   }
-  if (redacted.length > 0) out['portcullis.redacted'] = redacted;
+  if (redacted !== undefined && redacted.length > 0) out['portcullis.redacted'] = redacted;
   return out as AuditEvent;
 }
 
-function checkValue(key: string, spec: FieldSpec, value: unknown, redacted: string[]): unknown {
-  switch (spec.type) {
-    case 'integer':
-      if (typeof value !== 'number' || !Number.isSafeInteger(value)) {
-        throw new TypeError(`audit event: ${key} must be a safe integer`);
-      }
-      return value;
-    case 'string': {
-      if (typeof value !== 'string') throw new TypeError(`audit event: ${key} must be a string`);
-      const r = redactValue(value.slice(0, MAX_STRING), spec.kind);
-      if (r.redacted) redacted.push(key);
-      return r.value;
-    }
-    case 'string[]': {
-      if (!Array.isArray(value) || !value.every((v) => typeof v === 'string')) {
-        throw new TypeError(`audit event: ${key} must be an array of strings`);
-      }
-      const items: string[] = [];
-      let cleaned = 0;
-      for (const v of value.slice(0, MAX_ARRAY)) {
-        const r = redactValue(v.slice(0, MAX_STRING), spec.kind);
-        if (r.redacted) cleaned++;
-        items.push(r.value);
-      }
-      if (cleaned > 0) redacted.push(key);
-      return items;
-    }
+/** The fields a caller may set (the builder sets `event.id`, `event.kind`, `portcullis.redacted`). */
+const SPECS: ReadonlyMap<string, FieldSpec> = new Map(
+  Object.entries(AUDIT_FIELDS as Record<string, FieldSpec>).filter(
+    ([key]) => key !== 'event.id' && key !== 'event.kind' && key !== 'portcullis.redacted',
+  ),
+);
+const CATEGORY_SET: ReadonlySet<string> = new Set(AUDIT_CATEGORIES);
+const OUTCOME_SET: ReadonlySet<string> = new Set(AUDIT_OUTCOMES);
+
+/** `new Date().toISOString()`, formatted once per millisecond. */
+let isoAt = -1;
+let isoText = '';
+function nowIso(): string {
+  const now = Date.now();
+  if (now !== isoAt) {
+    isoAt = now;
+    isoText = new Date(now).toISOString();
   }
+  return isoText;
+}
+
+function checkArray(key: string, spec: FieldSpec, value: unknown, redacted: string[]): string[] {
+  if (!Array.isArray(value) || !value.every((v) => typeof v === 'string')) {
+    throw new TypeError(`audit event: ${key} must be an array of strings`);
+  }
+  const items: string[] = [];
+  let cleaned = 0;
+  const n = Math.min(value.length, MAX_ARRAY);
+  for (let i = 0; i < n; i++) {
+    const raw = value[i] as string;
+    const v = raw.length > MAX_STRING ? raw.slice(0, MAX_STRING) : raw;
+    if (mustRedact(v, spec.kind)) {
+      cleaned++;
+      items.push(REDACTED);
+    } else items.push(v);
+  }
+  if (cleaned > 0) redacted.push(key);
+  return items;
 }
 
 /** Whether events of this category must be emitted with `emitDurable`. */

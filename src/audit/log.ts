@@ -137,6 +137,7 @@ function isPrunable(sink: ChainSink): sink is ChainSink & PrunableStore {
 }
 
 const HOUR_MS = 3_600_000;
+const RESOLVED: Promise<void> = Promise.resolve();
 
 export type AuditListener = (record: AuditRecord) => void;
 
@@ -276,7 +277,7 @@ export class AuditLog {
       name: options.chain.name,
       maxBatch,
       spoolFile: join(options.spoolDir, `${options.chain.name}.chain.spool.jsonl`),
-      deliver: (events) => this.#commit(events),
+      deliver: (events, fresh) => this.#commit(events, fresh),
       encode: (e) => JSON.stringify(e),
       decode: (line) => JSON.parse(line) as AuditEvent,
       onOverflow: (n) => this.#overflow(options.chain.name, n),
@@ -327,8 +328,8 @@ export class AuditLog {
     // A refusal from a rate-limited source is counted into its window's summary event.
     if (this.#aggregator?.offer(event) === true) return Promise.resolve();
     if (this.durability === 'strict') return this.#push(event, true);
-    this.#push(event, false).catch(() => undefined);
-    return Promise.resolve();
+    if (!this.#closed) this.#chainPipe.enqueue(event);
+    return RESOLVED;
   }
 
   /** Records an event and resolves once it is durable (see the module comment). */
@@ -515,13 +516,22 @@ export class AuditLog {
     return this.#chainPipe.push(event, urgent, force);
   }
 
-  async #commit(events: AuditEvent[]): Promise<void> {
-    const records = await this.#o.chain.append(events);
+  async #commit(events: AuditEvent[], fresh: boolean): Promise<void> {
+    const records = await this.#o.chain.append(events, fresh);
     const last = records.at(-1);
     if (last === undefined) return;
     this.#head = { seq: last.seq, hash: last.hash };
+    // One counter update per category and outcome in the batch, not one per record.
+    const counts = new Map<string, number>();
     for (const r of records) {
-      this.metrics.events.inc({ category: r.event['event.category'], outcome: r.event['event.outcome'] });
+      const key = `${r.event['event.category']}\0${r.event['event.outcome']}`;
+      counts.set(key, (counts.get(key) ?? 0) + 1);
+    }
+    for (const [key, n] of counts) {
+      const [category = '', outcome = ''] = key.split('\0');
+      this.metrics.events.inc({ category, outcome }, n);
+    }
+    for (const r of records) {
       // Events about the audit trail itself bypass the spool limit, or an overflow would
       // feed itself.
       const force = r.event['event.category'] === 'audit';

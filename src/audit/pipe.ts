@@ -18,6 +18,7 @@ import {
   readFileSync,
   renameSync,
   statSync,
+  truncateSync,
   writeSync,
 } from 'node:fs';
 import { mkdirSync } from 'node:fs';
@@ -31,7 +32,12 @@ export interface PipeOptions<T> {
   readonly maxSpoolBytes: number;
   readonly retryInitialMs: number;
   readonly retryMaxMs: number;
-  deliver(items: T[]): Promise<void>;
+  /**
+   * Delivers a batch. `fresh`: the items come straight from the queue and were never handed
+   * to the sink before (a redelivery always comes from the spool), so the sink may skip its
+   * duplicate check.
+   */
+  deliver(items: T[], fresh: boolean): Promise<void>;
   encode(item: T): string;
   decode(line: string): T;
   onOverflow(dropped: number): void;
@@ -51,6 +57,8 @@ interface Waiting<T> {
   resolve(): void;
   reject(error: Error): void;
 }
+
+const IGNORE = (): void => undefined;
 
 export class SpoolOverflowError extends Error {
   readonly code = 'AUDIT_SPOOL_FULL';
@@ -94,21 +102,39 @@ export class Pipe<T> {
   push(item: T, urgent: boolean, force = false): Promise<void> {
     if (this.#closed) return Promise.reject(new Error(`audit sink ${this.#o.name} is closed`));
     return new Promise<void>((resolve, reject) => {
-      this.#queue.push({ item, force, resolve, reject });
-      const max = this.#o.maxQueue;
-      if (max !== undefined && this.#running !== undefined && this.#queue.length > max) {
-        // The sink is slower than the producers: memory stays bounded, the spool takes the
-        // oldest waiting batch (order kept: while the spool holds anything, batches follow it).
-        const batch = this.#queue.splice(0, this.#o.maxBatch);
-        this.#o.onSpill?.(batch.length);
-        this.#spool(batch);
-        // The sink works, it is only behind: deliver the spool as soon as it is free.
-        this.#scheduleRetry(this.#failing ? this.#backoff : 0);
-      }
-      if (urgent || this.#queue.length >= this.#o.maxBatch) this.#kick();
-      else this.#timer ??= setTimeout(() => this.#kick(), this.#o.maxDelayMs);
+      this.#add({ item, force, resolve, reject }, urgent);
     });
   }
+
+  /**
+   * Queues `item` like a non-urgent {@link push} whose outcome nobody awaits (batched request
+   * events): no promise per item. A drop is still reported through `onOverflow`; a closed pipe
+   * ignores the item, as a rejected `push` would have been ignored.
+   */
+  enqueue(item: T): void {
+    if (this.#closed) return;
+    this.#add({ item, force: false, resolve: IGNORE, reject: IGNORE }, false);
+  }
+
+  #add(waiting: Waiting<T>, urgent: boolean): void {
+    this.#queue.push(waiting);
+    const max = this.#o.maxQueue;
+    if (max !== undefined && this.#running !== undefined && this.#queue.length > max) {
+      // The sink is slower than the producers: memory stays bounded, the spool takes the
+      // oldest waiting batch (order kept: while the spool holds anything, batches follow it).
+      const batch = this.#queue.splice(0, this.#o.maxBatch);
+      this.#o.onSpill?.(batch.length);
+      this.#spool(batch);
+      // The sink works, it is only behind: deliver the spool as soon as it is free.
+      this.#scheduleRetry(this.#failing ? this.#backoff : 0);
+    }
+    if (urgent || this.#queue.length >= this.#o.maxBatch) this.#kick();
+    else this.#timer ??= setTimeout(this.#onTimer, this.#o.maxDelayMs);
+  }
+
+  readonly #onTimer = (): void => {
+    this.#kick();
+  };
 
   /** Resolves when everything queued so far was delivered or spooled. */
   flush(): Promise<void> {
@@ -149,7 +175,10 @@ export class Pipe<T> {
       const batch = this.#queue.splice(0, this.#o.maxBatch);
       if (this.#spooled === 0) {
         try {
-          await this.#o.deliver(batch.map((w) => w.item));
+          await this.#o.deliver(
+            batch.map((w) => w.item),
+            true,
+          );
           this.#failing = false;
           for (const w of batch) w.resolve();
           continue;
@@ -167,14 +196,17 @@ export class Pipe<T> {
     const kept: Waiting<T>[] = [];
     const dropped: Waiting<T>[] = [];
     let text = '';
+    // Counted as lines are added (measuring the growing text each time was quadratic).
+    let textBytes = 0;
     for (const w of batch) {
       const line = this.#o.encode(w.item) + '\n';
       const bytes = Buffer.byteLength(line);
-      if (!w.force && this.#spoolBytes + Buffer.byteLength(text) + bytes > this.#o.maxSpoolBytes) {
+      if (!w.force && this.#spoolBytes + textBytes + bytes > this.#o.maxSpoolBytes) {
         dropped.push(w);
         continue;
       }
       text += line;
+      textBytes += bytes;
       kept.push(w);
     }
     try {
@@ -186,7 +218,7 @@ export class Pipe<T> {
         } finally {
           closeSync(fd);
         }
-        this.#spoolBytes += Buffer.byteLength(text);
+        this.#spoolBytes += textBytes;
         this.#spooled += kept.length;
       }
       for (const w of kept) w.resolve();
@@ -204,11 +236,16 @@ export class Pipe<T> {
     }
   }
 
-  #readSpool(): T[] {
-    const text = readFileSync(this.#o.spoolFile, 'utf8');
+  /** The spool's lines, as written (one encoded item each; a torn last line too). */
+  #spoolLines(): string[] {
+    return readFileSync(this.#o.spoolFile, 'utf8')
+      .split('\n')
+      .filter((line) => line !== '');
+  }
+
+  #readSpool(lines: readonly string[] = this.#spoolLines()): T[] {
     const items: T[] = [];
-    for (const line of text.split('\n')) {
-      if (line === '') continue;
+    for (const line of lines) {
       try {
         items.push(this.#o.decode(line));
       } catch (error) {
@@ -241,12 +278,15 @@ export class Pipe<T> {
     // Wait for the batch in flight so the spool is not appended to while it is read.
     await this.#running;
     if (this.#spooled === 0) return;
-    const items = this.#readSpool();
+    const lines = this.#spoolLines();
+    const items = this.#readSpool(lines);
+    // Every line decoded: the delivered ones are the first `done` lines of the file.
+    const whole = items.length === lines.length;
     let done = 0;
     try {
       while (done < items.length) {
         const chunk = items.slice(done, done + this.#o.maxBatch);
-        await this.#o.deliver(chunk);
+        await this.#o.deliver(chunk, false);
         done += chunk.length;
       }
       this.#failing = false;
@@ -256,18 +296,30 @@ export class Pipe<T> {
     }
     // Rewrite the spool with what is left (new items may have been appended meanwhile).
     await this.#running;
-    const now = this.#readSpool();
-    const rest = now.slice(done);
-    const tmp = `${this.#o.spoolFile}.tmp`;
-    const fd = openSync(tmp, 'w', 0o600);
-    const text = rest.map((i) => this.#o.encode(i) + '\n').join('');
-    try {
-      writeSync(fd, text);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
+    // What is left is rewritten as it was written (lines appended meanwhile are whole: they
+    // were written by this process); only after a torn line is everything decoded again.
+    const rest = whole
+      ? this.#spoolLines().slice(done)
+      : this.#readSpool()
+          .slice(done)
+          .map((i) => this.#o.encode(i));
+    const text = rest.map((line) => line + '\n').join('');
+    if (text === '') {
+      // Everything was delivered: empty the spool in place. No fsync is needed: should the
+      // truncation be lost in a crash, the next start redelivers records the sink already
+      // holds, and the replay path skips them by event id.
+      truncateSync(this.#o.spoolFile, 0);
+    } else {
+      const tmp = `${this.#o.spoolFile}.tmp`;
+      const fd = openSync(tmp, 'w', 0o600);
+      try {
+        writeSync(fd, text);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      renameSync(tmp, this.#o.spoolFile);
     }
-    renameSync(tmp, this.#o.spoolFile);
     this.#spoolBytes = Buffer.byteLength(text);
     this.#spooled = rest.length;
     if (rest.length === 0) {

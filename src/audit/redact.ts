@@ -62,7 +62,40 @@ export function looksLikeCredential(value: string, kind: FieldKind = 'text'): bo
   return false;
 }
 
+/**
+ * Lower-case hex, digits and `-` (UUIDs, digests, numbers, dates without letters): no rule can
+ * match such a string (every rule needs a letter outside a–f, an upper-case letter or `_`).
+ */
+const INERT = /^[0-9a-f:./-]*$/;
+
+/**
+ * Verdicts already computed, per kind: request events repeat the same few values (methods,
+ * routes, API names, reasons, client ids, addresses), so each is scanned once. Bounded: the
+ * map is emptied when full, so an attacker choosing values only costs the scans it would
+ * have cost anyway.
+ */
+const VERDICTS = { id: new Map<string, boolean>(), text: new Map<string, boolean>() };
+const MAX_VERDICTS = 4096;
+
+/** {@link looksLikeCredential}, with the verdict cached for values seen before. */
+function isCredential(value: string, kind: FieldKind): boolean {
+  if (INERT.test(value)) return false;
+  const cache = VERDICTS[kind];
+  let verdict = cache.get(value);
+  if (verdict === undefined) {
+    verdict = looksLikeCredential(value, kind);
+    if (cache.size >= MAX_VERDICTS) cache.clear();
+    cache.set(value, verdict);
+  }
+  return verdict;
+}
+
 /** Returns the value unchanged, or `[REDACTED]` when it looks like a credential. */
 export function redactValue(value: string, kind: FieldKind): { value: string; redacted: boolean } {
-  return looksLikeCredential(value, kind) ? { value: REDACTED, redacted: true } : { value, redacted: false };
+  return isCredential(value, kind) ? { value: REDACTED, redacted: true } : { value, redacted: false };
+}
+
+/** Whether {@link redactValue} would replace `value` (no allocation). */
+export function mustRedact(value: string, kind: FieldKind): boolean {
+  return isCredential(value, kind);
 }

@@ -56,7 +56,8 @@ export interface ArchiveResult {
 
 export interface AuditDb {
   head(): Promise<ChainHead>;
-  append(events: readonly AuditEvent[]): Promise<AppendResult>;
+  /** `fresh`: never delivered before, skip the duplicate check (see `ChainSink.append`). */
+  append(events: readonly AuditEvent[], fresh?: boolean): Promise<AppendResult>;
   appendCheckpoint(cp: Checkpoint): Promise<void>;
   /** The records with `@timestamp` before `beforeIso`, from the oldest kept: undefined when none. */
   planPrune(beforeIso: string): Promise<PrunePlan | undefined>;
@@ -198,17 +199,21 @@ class SqliteAuditDb implements AuditDb {
     return Promise.resolve(this.#readHead());
   }
 
-  append(events: readonly AuditEvent[]): Promise<AppendResult> {
+  append(events: readonly AuditEvent[], unseen = false): Promise<AppendResult> {
     this.#db.exec('begin immediate');
     try {
       const kept: number[] = [];
-      const fresh: AuditEvent[] = [];
-      events.forEach((e, i) => {
-        if (this.#known.get(e['event.id']) === undefined) {
-          kept.push(i);
-          fresh.push(e);
-        }
-      });
+      let fresh: readonly AuditEvent[] = events;
+      if (!unseen) {
+        const chosen: AuditEvent[] = [];
+        events.forEach((e, i) => {
+          if (this.#known.get(e['event.id']) === undefined) {
+            kept.push(i);
+            chosen.push(e);
+          }
+        });
+        fresh = chosen;
+      }
       const { result, rows: out } = rows(fresh, this.#readHead());
       for (const r of out) {
         this.#insert.run(

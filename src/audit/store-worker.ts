@@ -31,7 +31,7 @@ async function handle(req: WorkerRequest): Promise<unknown> {
     case 'head':
       return db.head();
     case 'append':
-      return db.append(req.events);
+      return db.append(req.events, req.fresh);
     case 'checkpoint':
       await db.appendCheckpoint(req.checkpoint);
       return null;

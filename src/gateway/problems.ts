@@ -83,7 +83,12 @@ export class Denial extends Error {
       apiKeyId?: string | undefined;
     } = {},
   ) {
+    // A refusal is an answer, not a fault: no stack trace is captured for it (the costliest part
+    // of an Error, and never logged: describeError keeps name, message, code and cause).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(`${code}: ${reason}`, options.cause === undefined ? undefined : { cause: options.cause });
+    Error.stackTraceLimit = limit;
     this.name = 'Denial';
     this.code = code;
     this.status = PROBLEMS[code].status;

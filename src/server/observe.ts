@@ -55,25 +55,55 @@ function actionWord(value: string): string {
   );
 }
 
-function requiredScopes(op: OperationInfo | undefined): string[] {
-  if (op === undefined) return [];
-  const out = new Set<string>();
-  for (const requirement of op.security)
-    for (const scopes of Object.values(requirement)) for (const s of scopes) out.add(s);
-  return [...out].sort();
+/** The scopes an operation requires, sorted: computed once per compiled operation. */
+const REQUIRED = new WeakMap<OperationInfo, readonly string[]>();
+const NO_SCOPES: readonly string[] = Object.freeze([]);
+function requiredScopes(op: OperationInfo | undefined): readonly string[] {
+  if (op === undefined) return NO_SCOPES;
+  let scopes = REQUIRED.get(op);
+  if (scopes === undefined) {
+    const out = new Set<string>();
+    for (const requirement of op.security)
+      for (const s of Object.values(requirement)) for (const scope of s) out.add(scope);
+    scopes = Object.freeze([...out].sort());
+    REQUIRED.set(op, scopes);
+  }
+  return scopes;
 }
 
-function who(principal: Principal | undefined): Partial<AuditEventInput> {
-  if (principal === undefined) return {};
+/**
+ * The caller's fields of an event, computed once per verified credential: keyed by the
+ * principal's scope set, which the token verification cache hands out again for every request
+ * with the same token (the principal object itself is new each time).
+ */
+const WHO = new WeakMap<
+  ReadonlySet<string>,
+  { readonly principal: Principal; readonly fields: Partial<AuditEventInput> }
+>();
+function who(principal: Principal | undefined): Partial<AuditEventInput> | undefined {
+  if (principal === undefined) return undefined;
+  const seen = WHO.get(principal.scopes);
+  if (
+    seen !== undefined &&
+    seen.principal.scheme === principal.scheme &&
+    seen.principal.subject === principal.subject &&
+    seen.principal.clientId === principal.clientId
+  ) {
+    return seen.fields;
+  }
+  let fields: Partial<AuditEventInput>;
   if (principal.scheme !== '' && principal.subject === principal.clientId && principal.scopes.size === 0) {
     // API keys and client certificates: the credential id is the client.
-    return { 'portcullis.api_key_id': principal.clientId };
+    fields = { 'portcullis.api_key_id': principal.clientId };
+  } else {
+    fields = {
+      'portcullis.client_id': principal.clientId,
+      ...(principal.subject !== principal.clientId ? { 'user.id': principal.subject } : {}),
+      'portcullis.scopes.granted': [...principal.scopes].sort(),
+    };
   }
-  return {
-    'portcullis.client_id': principal.clientId,
-    ...(principal.subject !== principal.clientId ? { 'user.id': principal.subject } : {}),
-    'portcullis.scopes.granted': [...principal.scopes].sort(),
-  };
+  WHO.set(principal.scopes, { principal, fields });
+  return fields;
 }
 
 export interface Observer {
@@ -129,7 +159,7 @@ export function createObserver(
       if (denial?.code === 'unauthenticated') metrics.authFailure(denial.reason);
       // Turned off only under a documented exception (audit-request-events).
       if (!options.requestEvents) return;
-      const base: AuditEventInput = {
+      const fields: Record<string, unknown> = {
         'event.category': mapped?.category ?? (denial === undefined ? 'authorization' : 'validation'),
         // A refusal is named by the stage that refused; an answer is an `allow` (or an upgrade).
         'event.action':
@@ -147,9 +177,9 @@ export function createObserver(
         'http.response.status_code': r.status,
         'portcullis.listener': oauth ? 'oauth' : 'gateway',
         'trace.id': r.correlationId,
-        ...(route === null ? {} : { 'url.path': route }),
-        ...(op === undefined ? {} : { 'portcullis.api': op.api.name }),
-        ...(r.body === undefined ? {} : { 'http.request.body.bytes': r.body.length }),
+        'url.path': route ?? undefined,
+        'portcullis.api': op?.api.name,
+        'http.request.body.bytes': r.body?.length,
         'event.reason':
           denial !== undefined
             ? denial.reason
@@ -159,10 +189,13 @@ export function createObserver(
                 ? 'credential-accepted'
                 : 'public-operation',
         'portcullis.scopes.required': requiredScopes(op),
-        ...who(r.principal),
-        // Issue 13: response bytes and the refusing rate-limit counter (hashed).
-        ...requestAuditFields(r, rateLimitHash),
       };
+      const caller = who(r.principal);
+      if (caller !== undefined) for (const key in caller) fields[key] = caller[key as keyof AuditEventInput];
+      // Issue 13: response bytes, the refusing rate-limit counter (hashed), a refused key's id.
+      const extra = requestAuditFields(r, rateLimitHash);
+      for (const key in extra) fields[key] = extra[key as keyof typeof extra];
+      const base = fields as unknown as AuditEventInput;
       emit(base);
     },
     oauth(e, context) {

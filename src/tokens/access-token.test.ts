@@ -88,6 +88,24 @@ describe('access-token verification', () => {
     expect(['wrong-algorithm', 'invalid']).toContain(await rejection(unsigned));
   });
 
+  it('refuses a repeated forged token every time, across a key rotation, and the genuine one still passes', async () => {
+    const forged = await sign(claims({ jti: 'jti-forged-repeat' }), {}, other.privateKey);
+    for (let i = 0; i < 3; i++) expect(await rejection(forged)).toBe('bad-signature');
+    // The same claims signed by the issuer's key: a different token, verified on its own.
+    const genuine = await sign(claims({ jti: 'jti-forged-repeat' }));
+    expect((await verify(genuine)).subject).toBe('user-1');
+    // A new key set (rotation) makes the remembered failure stale: it is verified again, and
+    // still fails against the issuer's keys.
+    const rotated = { ...signing.publicJwk, kid: 'k1-rotated' };
+    const before = jwks;
+    jwks = { keys: [signing.publicJwk, rotated] };
+    try {
+      expect(await rejection(forged)).toBe('bad-signature');
+    } finally {
+      jwks = before;
+    }
+  });
+
   it('refuses algorithm confusion: HS256 keyed with the public key', async () => {
     const header = b64({ alg: 'HS256', typ: 'at+jwt', kid: 'k1' });
     const body = b64(claims());

@@ -142,19 +142,28 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
   const now = options.now ?? (() => Date.now());
   const cacheSize = options.cacheSize ?? 10_000;
   const cache = new Map<string, VerifiedAccessToken>();
+  /**
+   * Tokens whose signature did not verify, with the key set they were checked against: a
+   * signature over the same bytes with the same keys fails again, so a repeated forged token
+   * is refused without another ECDSA/RSA verification. Bounded like the positive cache; a new
+   * key set (rotation, refresh) makes every entry stale.
+   */
+  const forged = new Map<string, string>();
   let keySet: { fingerprint: string; resolve: ReturnType<typeof createLocalJWKSet> } | undefined;
   const resolver = () => {
     const source = options.keys();
     // Key sets are identified by their kids (RFC 7638 thumbprints), so a rotation rebuilds it.
     const fingerprint = source.keys.map((k) => k.kid ?? '?').join(',');
     if (keySet?.fingerprint !== fingerprint) keySet = { fingerprint, resolve: createLocalJWKSet(source) };
-    return keySet.resolve;
+    return keySet;
   };
 
-  const verifyFresh = async (token: string): Promise<VerifiedAccessToken> => {
+  const verifyFresh = async (token: string, key: string): Promise<VerifiedAccessToken> => {
     let payload: JWTPayload;
+    const keys = resolver();
+    if (forged.get(key) === keys.fingerprint) throw new TokenError('bad-signature');
     try {
-      ({ payload } = await jwtVerify(token, resolver(), {
+      ({ payload } = await jwtVerify(token, keys.resolve, {
         issuer: options.issuer,
         audience: options.audience,
         algorithms,
@@ -164,6 +173,13 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
         requiredClaims: ['exp', 'iat', 'jti', 'sub', 'client_id'],
       }));
     } catch (err) {
+      if (err instanceof joseErrors.JWSSignatureVerificationFailed) {
+        if (forged.size >= cacheSize) {
+          const oldest = forged.keys().next();
+          if (oldest.done !== true) forged.delete(oldest.value);
+        }
+        forged.set(key, keys.fingerprint);
+      }
       throw classify(err);
     }
     if (typeof payload.iat === 'number' && payload.iat > now() / 1000 + tolerance) {
@@ -204,7 +220,7 @@ export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): 
       verified = undefined;
     }
     if (verified === undefined) {
-      verified = await verifyFresh(token);
+      verified = await verifyFresh(token, key);
       if (cache.size >= cacheSize) {
         const oldest = cache.keys().next();
         if (oldest.done !== true) cache.delete(oldest.value);

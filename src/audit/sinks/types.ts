@@ -14,9 +14,11 @@ export interface ChainSink {
   /**
    * Chains `events` after the current head and makes them durable (fsync, commit) before
    * resolving. Events whose `event.id` is already recorded are skipped (redelivery after a
-   * crash), so the result may be shorter than the input.
+   * crash), so the result may be shorter than the input. `fresh`: the caller guarantees the
+   * events were never handed to a sink before (the check may be skipped; the unique `event.id`
+   * still refuses a duplicate, and the caller then redelivers through the checked path).
    */
-  append(events: readonly AuditEvent[]): Promise<AuditRecord[]>;
+  append(events: readonly AuditEvent[], fresh?: boolean): Promise<AuditRecord[]>;
   /** Records a checkpoint durably; a second one for the same seq is ignored. */
   appendCheckpoint(checkpoint: Checkpoint): Promise<void>;
   close(): Promise<void>;

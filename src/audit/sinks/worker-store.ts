@@ -20,7 +20,7 @@ import type { ChainSink } from './types.ts';
 /** A request to the worker. */
 export type WorkerRequest = { readonly id: number } & (
   | { readonly op: 'head' }
-  | { readonly op: 'append'; readonly events: readonly AuditEvent[] }
+  | { readonly op: 'append'; readonly events: readonly AuditEvent[]; readonly fresh: boolean }
   | { readonly op: 'checkpoint'; readonly checkpoint: Checkpoint }
   | { readonly op: 'plan-prune'; readonly before: string }
   | {
@@ -144,9 +144,9 @@ export function workerStoreSink(target: AuditDbTarget): WorkerStoreSink {
   return {
     name: 'store',
     head: () => client.call<ChainHead>({ op: 'head' }),
-    async append(events) {
+    async append(events, fresh = false) {
       if (events.length === 0) return [];
-      return toRecords(events, await client.call<AppendResult>({ op: 'append', events }));
+      return toRecords(events, await client.call<AppendResult>({ op: 'append', events, fresh }));
     },
     async appendCheckpoint(checkpoint) {
       await client.call({ op: 'checkpoint', checkpoint });

@@ -77,10 +77,10 @@ const CONNECTION_CODES: ReadonlySet<string> = new Set([
   'UND_ERR_CLOSED',
 ]);
 
-/** What an attempt resolves to: a status and a body that can be discarded. */
+/** What an attempt resolves to: a status and a body that can be discarded (or was read whole). */
 export interface AttemptResult {
   readonly statusCode: number;
-  readonly body: { resume(): unknown };
+  readonly body: { resume(): unknown } | Uint8Array;
 }
 
 /** An upstream 5xx, as a breaker failure. */
@@ -151,7 +151,7 @@ export class UpstreamGuard {
         const res = await attempt();
         if (res.statusCode >= 500) {
           // Upstream error bodies can carry stack traces and internal hosts: never pass them on.
-          res.body.resume();
+          if (!(res.body instanceof Uint8Array)) res.body.resume();
           throw new UpstreamStatusError(res.statusCode);
         }
         return res;

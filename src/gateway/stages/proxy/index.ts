@@ -10,7 +10,9 @@
  */
 import { readFileSync } from 'node:fs';
 import type { IncomingHttpHeaders } from 'node:http';
+import { Readable } from 'node:stream';
 import { Pool, errors as undiciErrors } from 'undici';
+import type { Dispatcher } from 'undici';
 import { Denial } from '../../problems.ts';
 import type { Stage, StageResponse } from '../../chain.ts';
 import { HOP_BY_HOP, connectionTokens } from './hop-by-hop.ts';
@@ -166,6 +168,110 @@ function responseHeaders(
 
 const NO_COOKIES: CookiePolicy = { forward: null, setCookie: false };
 
+const IGNORE = (): void => undefined;
+
+/** An upstream answer: a small sized body read whole, or the body streaming in. */
+interface UpstreamAnswer {
+  readonly statusCode: number;
+  readonly headers: IncomingHttpHeaders;
+  /** A Buffer (sized and at most {@link BUFFER_LIMIT}) or a stream. */
+  readonly body: Buffer | Readable;
+  /** Discards an unread body (the breaker does it for a 5xx). */
+  resume(): void;
+}
+
+/**
+ * One upstream call through `dispatch()`, the way the bare proxy's `stream()` does it: no
+ * response stream and no body-consumption promise for the common small answer. A body with a
+ * declared length up to {@link BUFFER_LIMIT} is collected into one Buffer and the promise
+ * resolves once it is complete; anything else resolves at the headers with a Readable fed
+ * with backpressure (the upstream connection pauses while the client is slower). Time-outs are
+ * the pool's (connect, headers, body); errors are undici's own, as `request()` rejects with.
+ */
+function callUpstream(
+  pool: Pool,
+  options: { method: string; path: string; headers: Record<string, string | string[]>; body: Buffer | null },
+): Promise<UpstreamAnswer> {
+  return new Promise<UpstreamAnswer>((resolve, reject) => {
+    let settled = false;
+    let statusCode = 0;
+    let headers: IncomingHttpHeaders = {};
+    let chunks: Buffer[] | undefined;
+    let size = 0;
+    let stream: Readable | undefined;
+    const handler: Dispatcher.DispatchHandler = {
+      onRequestStart: IGNORE,
+      onResponseStart(controller, status, responseHeaders) {
+        statusCode = status;
+        headers = responseHeaders;
+        const declared = Number(responseHeaders['content-length']);
+        if (Number.isInteger(declared) && declared <= BUFFER_LIMIT && status < 500) {
+          chunks = [];
+          return;
+        }
+        const body = new Readable({
+          read() {
+            controller.resume();
+          },
+          destroy(err, callback) {
+            if (!controller.aborted) controller.abort(err ?? new Error('upstream body closed'));
+            callback(err);
+          },
+        });
+        // Errors reach whoever reads the body (the pipeline pipes it and listens); one that
+        // comes before anyone listens must not become an uncaught exception.
+        body.on('error', IGNORE);
+        stream = body;
+        settled = true;
+        resolve({
+          statusCode: status,
+          headers: responseHeaders,
+          body,
+          resume: () => {
+            body.resume();
+          },
+        });
+      },
+      onResponseData(controller, chunk) {
+        if (chunks !== undefined) {
+          chunks.push(chunk);
+          size += chunk.length;
+        } else if (stream !== undefined && !stream.push(chunk)) {
+          controller.pause();
+        }
+      },
+      onResponseEnd() {
+        if (stream !== undefined) {
+          stream.push(null);
+          return;
+        }
+        if (settled) return;
+        settled = true;
+        const body = chunks === undefined ? Buffer.alloc(0) : Buffer.concat(chunks, size);
+        resolve({ statusCode, headers, body, resume: IGNORE });
+      },
+      onResponseError(_controller, err) {
+        if (stream !== undefined) {
+          stream.destroy(err);
+          return;
+        }
+        if (settled) return;
+        settled = true;
+        reject(err);
+      },
+    };
+    pool.dispatch(
+      {
+        method: options.method,
+        path: options.path,
+        headers: options.headers,
+        body: options.body,
+      },
+      handler,
+    );
+  });
+}
+
 function classify(err: unknown): Denial {
   if (err instanceof Denial) return err;
   if (
@@ -209,39 +315,25 @@ export function compileProxy(upstream: Upstream, options: ProxyOptions): Stage {
     if (identity !== undefined && req.principal !== undefined) {
       outgoing[identity.header] = identity.sign({ audience: identity.audience, principal: req.principal });
     }
-    let res;
+    let res: UpstreamAnswer;
     try {
       // Through the circuit breaker, with bounded retries for idempotent methods (resilience/).
+      // Small bodies arrive read whole: headers and body then leave in one TLS write, and later
+      // stages can inspect the body. Larger or unsized bodies stream through.
       res = await upstream.guard.send(req.method, () =>
-        upstream.pool.request({
-          method: req.method,
-          path,
-          headers: outgoing,
-          body: body ?? null,
-        }),
+        callUpstream(upstream.pool, { method: req.method, path, headers: outgoing, body: body ?? null }),
       );
     } catch (err) {
       throw classify(err);
     }
     if (res.statusCode >= 500) {
       // Upstream error bodies can carry stack traces and internal hosts: never pass them on.
-      res.body.resume();
+      res.resume();
       throw new Denial('bad-gateway', `upstream-status-${res.statusCode}`);
     }
-    const stream = res.body;
     const headers = responseHeaders(res.headers, options.identity?.header, cookies);
-    const declared = Number(res.headers['content-length']);
-    if (Number.isInteger(declared) && declared <= BUFFER_LIMIT) {
-      // Small bodies are read whole: headers and body then leave in one TLS write, and later
-      // stages can inspect the body. Larger or unsized bodies stream through.
-      let body: Buffer;
-      try {
-        body = Buffer.from(await stream.arrayBuffer());
-      } catch (err) {
-        throw classify(err);
-      }
-      return { status: res.statusCode, headers, body };
-    }
+    const stream = res.body;
+    if (Buffer.isBuffer(stream)) return { status: res.statusCode, headers, body: stream };
     return {
       status: res.statusCode,
       headers,

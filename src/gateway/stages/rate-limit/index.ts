@@ -26,7 +26,7 @@ import { UNLIMITED } from './backend.ts';
 import type { LimitBackends, RedisTarget } from './backend.ts';
 import { OPERATION_DIMENSIONS, resolvePolicy } from './config.ts';
 import type { Dimension, DimensionPolicy, OperationDimension } from './config.ts';
-import { checkDimension, compileDimension, ipKey, principalKeys } from './stage.ts';
+import { checkDimension, compileDimension, countDimension, ipKey, principalKeys } from './stage.ts';
 import type { CheckContext, CompiledDimension, Tarpit } from './stage.ts';
 
 export { createLimitBackends, localShare, onDegraded, onLimited, onRestored } from './backend.ts';
@@ -151,19 +151,24 @@ export async function compileRateLimits(
       return (operationId, isProtected) => {
         const dims = (operationId === undefined ? undefined : compiled.get(operationId)) ?? globals;
         const ip = dims.ip;
-        const beforeAuth: Stage = async (req) => {
-          await checkDimension(ip, ipKey(req.clientIp), req.responseHeaders, context(req.correlationId));
-          return undefined;
-        };
+        const beforeAuth: Stage = (req) =>
+          countDimension(ip, ipKey(req.clientIp), req.responseHeaders, context(req.correlationId));
         if (!isProtected) return { beforeAuth, afterAuth: null };
-        const afterAuth: Stage = async (req) => {
+        const afterAuth: Stage = (req) => {
           const keys = principalKeys(req, apiKeySchemes);
           const ctx = context(req.correlationId);
-          if (keys.apiKey !== undefined)
-            await checkDimension(dims.apiKey, keys.apiKey, req.responseHeaders, ctx);
-          if (keys.client !== undefined)
-            await checkDimension(dims.client, keys.client, req.responseHeaders, ctx);
-          if (keys.user !== undefined) await checkDimension(dims.user, keys.user, req.responseHeaders, ctx);
+          const out = req.responseHeaders;
+          // Counted in order; the first dimension that must wait (a store, a refusal) finishes
+          // the rest asynchronously, in the same order.
+          const steps: [CompiledDimension, string][] = [];
+          if (keys.apiKey !== undefined) steps.push([dims.apiKey, keys.apiKey]);
+          if (keys.client !== undefined) steps.push([dims.client, keys.client]);
+          if (keys.user !== undefined) steps.push([dims.user, keys.user]);
+          for (let i = 0; i < steps.length; i++) {
+            const [dim, key] = steps[i] as [CompiledDimension, string];
+            const pending = countDimension(dim, key, out, ctx);
+            if (pending !== undefined) return finishSteps(pending, steps.slice(i + 1), out, ctx);
+          }
           return undefined;
         };
         return { beforeAuth, afterAuth };
@@ -178,6 +183,17 @@ export async function compileRateLimits(
       return headers;
     },
   };
+}
+
+async function finishSteps(
+  pending: Promise<void>,
+  rest: readonly [CompiledDimension, string][],
+  out: Record<string, string>,
+  ctx: CheckContext,
+): Promise<undefined> {
+  await pending;
+  for (const [dim, key] of rest) await countDimension(dim, key, out, ctx);
+  return undefined;
 }
 
 function configError(loaded: LoadedConfig, path: ConfigPath, message: string): ConfigError {

@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
-import { RateLimiterRes } from 'rate-limiter-flexible';
+import { RateLimiterMemory, RateLimiterRes } from 'rate-limiter-flexible';
 import { Denial } from '../../problems.ts';
 import type { GatewayRequest } from '../../chain.ts';
 import type { Logger } from '../../../log/index.ts';
@@ -22,6 +22,11 @@ export interface Tarpit {
 }
 
 export interface CompiledDimension {
+  /**
+   * Both windows counted in process memory: a request that stays within them is counted
+   * synchronously (no promise), through the limiters' own storage.
+   */
+  readonly sync: { readonly burst: MemoryCounter; readonly sustained: MemoryCounter } | null;
   readonly dimension: Dimension;
   readonly policy: DimensionPolicy;
   readonly burst: Limiter;
@@ -44,7 +49,66 @@ export function compileDimension(
   sustained: Limiter,
   tarpit: Tarpit | null,
 ): CompiledDimension {
-  return { dimension, policy, burst, sustained, tarpit, policyHeader: policyItems(dimension, policy) };
+  const b = memoryCounter(burst);
+  const s = memoryCounter(sustained);
+  return {
+    dimension,
+    policy,
+    burst,
+    sustained,
+    tarpit,
+    policyHeader: policyItems(dimension, policy),
+    sync: b === undefined || s === undefined ? null : { burst: b, sustained: s },
+  };
+}
+
+/**
+ * What `RateLimiterMemory.consume()` does inside its promise (rate-limiter-flexible 5–7): one
+ * `incrby` on its fixed-window storage. Reached through the limiter's own storage, so counts,
+ * windows, expiry and `block()` stay exactly the library's.
+ */
+interface MemoryInternals {
+  readonly points: number;
+  readonly duration: number;
+  readonly blockDuration: number;
+  readonly execEvenly: boolean;
+  getKey(key: string): string;
+  readonly _memoryStorage: { incrby(key: string, value: number, durationSec: number): RateLimiterRes };
+}
+
+/** One synchronous count: the library's result and whether it went over the window. */
+export interface MemoryCounter {
+  count(key: string): RateLimiterRes;
+  readonly points: number;
+}
+
+function memoryCounter(limiter: Limiter): MemoryCounter | undefined {
+  if (!(limiter instanceof RateLimiterMemory)) return undefined;
+  const m = limiter as unknown as Partial<MemoryInternals>;
+  const storage = m._memoryStorage;
+  // Only the plain configuration we create (no block duration, no even spreading).
+  if (
+    storage === undefined ||
+    typeof storage.incrby !== 'function' ||
+    typeof m.getKey !== 'function' ||
+    m.blockDuration !== 0 ||
+    m.execEvenly !== false ||
+    typeof m.points !== 'number' ||
+    typeof m.duration !== 'number'
+  ) {
+    return undefined;
+  }
+  const points = m.points;
+  const duration = m.duration;
+  const getKey = m.getKey.bind(limiter);
+  return {
+    points,
+    count(key) {
+      const res = storage.incrby(getKey(key), 1, duration);
+      (res as { remainingPoints: number }).remainingPoints = Math.max(points - res.consumedPoints, 0);
+      return res;
+    },
+  };
 }
 
 /**
@@ -113,6 +177,44 @@ export async function checkDimension(
   out: Record<string, string>,
   ctx: CheckContext,
 ): Promise<void> {
+  await countDimension(dim, key, out, ctx);
+}
+
+/**
+ * {@link checkDimension} for the request path: `undefined` (no promise) when the request was
+ * counted in memory within both windows; otherwise a promise that settles as checkDimension's.
+ */
+export function countDimension(
+  dim: CompiledDimension,
+  key: string,
+  out: Record<string, string>,
+  ctx: CheckContext,
+): Promise<undefined> | undefined {
+  const sync = dim.sync;
+  if (sync !== null) {
+    const b = sync.burst.count(key);
+    const s = sync.sustained.count(key);
+    const burst = { res: b, over: b.consumedPoints > sync.burst.points };
+    const sustained = { res: s, over: s.consumedPoints > sync.sustained.points };
+    if (!burst.over && !sustained.over) {
+      appendHeaders(
+        out,
+        dim.policyHeader,
+        stateItems(dim.dimension, windowState(b), windowState(s), dim.policy),
+      );
+      return undefined;
+    }
+    return overLimit(dim, key, out, ctx, burst, sustained);
+  }
+  return checkAsync(dim, key, out, ctx);
+}
+
+async function checkAsync(
+  dim: CompiledDimension,
+  key: string,
+  out: Record<string, string>,
+  ctx: CheckContext,
+): Promise<undefined> {
   const [b, s] = await Promise.allSettled([dim.burst.consume(key), dim.sustained.consume(key)]);
   const burst = settle(b);
   const sustained = settle(s);
@@ -122,8 +224,20 @@ export async function checkDimension(
       dim.policyHeader,
       stateItems(dim.dimension, windowState(burst.res), windowState(sustained.res), dim.policy),
     );
-    return;
+    return undefined;
   }
+  return overLimit(dim, key, out, ctx, burst, sustained);
+}
+
+/** A window is over its limit: count the violation, block (tarpit), refuse or shadow. */
+async function overLimit(
+  dim: CompiledDimension,
+  key: string,
+  out: Record<string, string>,
+  ctx: CheckContext,
+  burst: { res: RateLimiterRes; over: boolean },
+  sustained: { res: RateLimiterRes; over: boolean },
+): Promise<undefined> {
   // The request that first crosses a window's limit is the violation; later ones in the same
   // window (or while blocked) are refused without counting again.
   const crossed =
@@ -181,7 +295,7 @@ export async function checkDimension(
       );
     }
     appendHeaders(out, dim.policyHeader, state);
-    return;
+    return undefined;
   }
   const headers = { ...out };
   appendHeaders(headers, dim.policyHeader, state);
