@@ -35,6 +35,7 @@ export const CONTROLS = [
   'token-lifetime',
   'audit-request-events',
   'rate-limits',
+  'internal-plaintext',
 ] as const;
 export type Control = (typeof CONTROLS)[number];
 
@@ -536,7 +537,12 @@ const OAuth = Section(
             description: 'the upstream OpenID Provider',
           }),
           clientId: Type.String({ minLength: 1, maxLength: 200 }),
-          clientSecret: Type.String({ minLength: 16, maxLength: 500 }),
+          clientSecret: Type.String({
+            minLength: 16,
+            maxLength: 500,
+            description:
+              'the client secret at the upstream provider; ${env:NAME} or ${file:PATH} keeps it out of the file',
+          }),
           scopes: Type.Array(Type.String({ pattern: '^[\\x21\\x23-\\x5b\\x5d-\\x7e]+$' }), {
             default: ['openid', 'email', 'profile'],
             maxItems: 20,
@@ -826,7 +832,7 @@ const RedisSection = Type.Optional(
         pattern: '^rediss?://',
         maxLength: 2000,
         description:
-          'redis://[user:password@]host:port[/db], or rediss:// for TLS; ${env:NAME} inserts an environment variable (e.g. the password)',
+          'redis://[user:password@]host:port[/db], or rediss:// for TLS (required off loopback, certificate verified); ${env:NAME} and ${file:PATH} insert a secret',
       }),
       keyPrefix: Type.String({
         pattern: '^[A-Za-z0-9:._-]{1,64}$',
@@ -938,7 +944,7 @@ const Alerts = Section(
             Type.String({
               minLength: 32,
               maxLength: 1024,
-              description: 'the HMAC secret inline (prefer secretEnv)',
+              description: 'the HMAC secret; ${env:NAME} or ${file:PATH} keeps it out of the file',
             }),
           ),
           caFile: Type.Optional(
@@ -1068,7 +1074,7 @@ export const ConfigSchema = Type.Object(
           minLength: 1,
           default: 'sqlite:portcullis.db',
           description:
-            'sqlite:FILE (relative to the data directory) or postgres://…; ${env:NAME} inserts an environment variable (e.g. the password)',
+            'sqlite:FILE (relative to the data directory) or postgres://… (off loopback: sslmode=verify-full); ${env:NAME} and ${file:PATH} insert a secret',
         }),
       },
       'where state lives',
