@@ -368,6 +368,51 @@ const Api = Type.Object(
       description: 'versioned base path, e.g. /v1 or /v2/billing',
     }),
     upstream: Upstream,
+    // Certificate entitlements of the API's mutualTLS scheme (issue 13): a CA alone is not authorisation.
+    mtls: Type.Optional(
+      Type.Object(
+        {
+          clients: Type.Array(
+            Type.Object(
+              {
+                subject: Type.Optional(
+                  Type.String({
+                    minLength: 3,
+                    maxLength: 1000,
+                    description: 'the exact subject DN, e.g. "CN=billing, O=Example"',
+                  }),
+                ),
+                san: Type.Optional(
+                  Type.String({
+                    minLength: 5,
+                    maxLength: 1000,
+                    description:
+                      'one subject alternative name: dns:NAME, email:ADDR, uri:URI or ip:ADDR (no wildcards)',
+                  }),
+                ),
+                principal: Type.Optional(
+                  Type.String({
+                    pattern: '^[\\x21-\\x7e]{1,200}$',
+                    description: 'the principal name of a matching certificate (default: its subject DN)',
+                  }),
+                ),
+              },
+              { additionalProperties: false, description: 'exactly one of subject and san' },
+            ),
+            {
+              minItems: 1,
+              maxItems: 1000,
+              description: 'the client certificates (verified against gateway.mtls) this API accepts',
+            },
+          ),
+        },
+        {
+          additionalProperties: false,
+          description:
+            "entitlements of the API's mutualTLS scheme; required when its OpenAPI document declares one",
+        },
+      ),
+    ),
     cors: Type.Optional(Cors),
     deprecation: Type.Optional(
       Type.Object(
