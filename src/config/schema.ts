@@ -510,6 +510,12 @@ const OAuth = Section(
     session: Section(
       {
         maxAgeSeconds: Seconds(28_800, 300, 86_400, 'longest login session'),
+        idleTimeoutSeconds: Seconds(
+          1_800,
+          60,
+          86_400,
+          'a session unused for this long ends (beside maxAgeSeconds); each authorization-server request with it counts as use',
+        ),
         reauthenticateAfterSeconds: Seconds(
           3_600,
           60,

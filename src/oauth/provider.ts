@@ -38,6 +38,7 @@ import type { Logger } from '../log/index.ts';
 import { describeError } from '../log/index.ts';
 import type { Store } from '../store/index.ts';
 import { createAdapterFactory, purgeExpired } from './adapter.ts';
+import { modelCodecFromKeys } from './model-codec.ts';
 import type { OidcAdapter } from './adapter.ts';
 import { clientSecretMatches, providerClientMetadata } from './clients.ts';
 import { scopeSessionCookies } from './cookies.ts';
@@ -351,7 +352,8 @@ export async function createAuthorizationServer(
   const log = logger.child({ component: 'oauth' });
   const revocations = options.revocations ?? createRevocationList({ db: store.db });
   // JWT access tokens issued under a grant, revoked with it (grant-tokens.ts).
-  const grantTokens = createGrantTokenTracker({ db: store.db, revocations });
+  const codec = modelCodecFromKeys(keys);
+  const grantTokens = createGrantTokenTracker({ db: store.db, revocations, codec });
   const revokeGrantTokens = async (grantId: string) => {
     const count = await grantTokens.revokeGrant(grantId);
     if (count > 0) {
@@ -408,6 +410,8 @@ export async function createAuthorizationServer(
     };
     const storeAdapter = createAdapterFactory({
       db: store.db,
+      codec,
+      sessionIdleSeconds: () => oauth.session.idleTimeoutSeconds,
       alreadyConsumed: (model, grantId) => lostConsumeRace(storeAdapter, model, grantId),
       clients: async (id) => {
         const metadata = await providerClientMetadata(store.db, id, {

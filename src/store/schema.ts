@@ -90,7 +90,11 @@ export interface LoginThrottleTable {
   blocked_until: string | null;
 }
 
-/** One oidc-provider model instance (migration 003): sessions, grants, codes, tokens, … */
+/**
+ * One oidc-provider model instance (migration 003): sessions, grants, codes, tokens, … Since
+ * migration 010 `id`, `grant_id`, `uid`, `user_code` and `account_id` hold keyed hashes and
+ * `payload` is sealed (src/oauth/model-codec.ts).
+ */
 export interface OAuthModelsTable {
   /** oidc-provider model name, e.g. 'Session', 'AuthorizationCode'. */
   model: string;
@@ -104,6 +108,10 @@ export interface OAuthModelsTable {
   expires_at: string | null;
   /** ISO-8601 UTC when consumed (codes, rotated refresh tokens); null while unused. */
   consumed_at: string | null;
+  /** Keyed hash of the payload's accountId (migration 010): a user's rows, for per-user revocation. */
+  account_id: string | null;
+  /** ISO-8601 UTC (migration 010): a session unused until then ends (idle timeout); null: none. */
+  idle_expires_at: string | null;
 }
 
 /** A registered OAuth client (migration 003). */
