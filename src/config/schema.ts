@@ -525,6 +525,18 @@ const OAuth = Section(
       },
       'end-user sessions at the authorization server',
     ),
+    clientSecrets: Section(
+      {
+        expiryWarningDays: Type.Integer({
+          default: 14,
+          minimum: 1,
+          maximum: 90,
+          description:
+            'a client secret expiring within this many days is audited daily (client-secret-expiring; built-in alert client-secret-expiry)',
+        }),
+      },
+      'client secrets (portcullis clients rotate-secret --grace/--expires)',
+    ),
     signing: Section(
       {
         alg: Type.Union(

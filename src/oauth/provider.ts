@@ -39,6 +39,7 @@ import { describeError } from '../log/index.ts';
 import type { Store } from '../store/index.ts';
 import { createAdapterFactory, purgeExpired } from './adapter.ts';
 import { modelCodecFromKeys } from './model-codec.ts';
+import { clientSecretAccepted } from './client-secrets.ts';
 import type { OidcAdapter } from './adapter.ts';
 import { clientSecretMatches, providerClientMetadata } from './clients.ts';
 import { scopeSessionCookies } from './cookies.ts';
@@ -655,11 +656,13 @@ export async function createAuthorizationServer(
     };
     const provider = new Provider(s.issuer, configuration);
     const Client = provider.Client;
+    // The current secret unless expired, or the previous one within its rotation grace period
+    // (client-secrets.ts): both looked up in the registry, compared in constant time.
     Client.prototype.compareClientSecret = function compareClientSecret(
       this: ClientInstance,
       actual: string,
     ) {
-      return clientSecretMatches(keys, this.clientSecret, actual);
+      return clientSecretAccepted(store.db, keys, this.clientId, actual);
     };
     provider.use((ctx, next) => {
       const nonce = randomBytes(18).toString('base64url');

@@ -311,6 +311,19 @@ export function migrations(kind: StoreKind): Record<string, Migration> {
           .execute();
       },
     },
+    // issue 13 (client secrets): a secret may expire, and the previous one stays valid for the
+    // grace period of a rotation (src/oauth/client-secrets.ts). Both only as HMACs.
+    '011_client_secret_rotation': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        for (const column of ['secret_expires_at', 'previous_secret_expires_at']) {
+          await db.schema.alterTable('oauth_clients').addColumn(column, 'varchar(32)').execute();
+        }
+        await db.schema
+          .alterTable('oauth_clients')
+          .addColumn('previous_secret_hash', 'varchar(128)')
+          .execute();
+      },
+    },
   };
 }
 

@@ -122,6 +122,11 @@ export interface OAuthClientsTable {
   /** HMAC-SHA-256 of the client secret under the key manager's pepper; null: no secret. */
   secret_hash: string | null;
   created_at: string;
+  /** ISO-8601 UTC (migration 011): the current secret is refused from then on; null: no expiry. */
+  secret_expires_at: string | null;
+  /** HMAC of the secret before the last rotation (migration 011), valid until the next column. */
+  previous_secret_hash: string | null;
+  previous_secret_expires_at: string | null;
 }
 
 /** A revoked JWT access token (migration 003), kept until it would have expired. */
