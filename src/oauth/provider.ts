@@ -41,7 +41,7 @@ import { createAdapterFactory, purgeExpired } from './adapter.ts';
 import { modelCodecFromKeys } from './model-codec.ts';
 import { clientSecretAccepted } from './client-secrets.ts';
 import type { OidcAdapter } from './adapter.ts';
-import { clientSecretMatches, providerClientMetadata } from './clients.ts';
+import { providerClientMetadata } from './clients.ts';
 import { scopeSessionCookies } from './cookies.ts';
 import { createGrantTokenTracker, refreshTokenTtl } from './grant-tokens.ts';
 import { layout } from './interactions/html.ts';
