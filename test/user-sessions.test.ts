@@ -13,7 +13,9 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sql } from 'kysely';
-import { decodeJwt } from 'jose';
+import { createServer as createHttpsServer } from 'node:https';
+import { createLocalJWKSet, decodeJwt, jwtVerify } from 'jose';
+import { Agent, fetch as undiciFetch } from 'undici';
 import * as oidc from 'openid-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openKms } from '../src/keys/kms.ts';
@@ -21,6 +23,7 @@ import { createClient } from '../src/oauth/clients.ts';
 import { modelCodecFromKeys } from '../src/oauth/model-codec.ts';
 import { createUsers, kmsSecretWrapper } from '../src/oauth/users.ts';
 import { cliBackends, runPortcullis } from './cli-harness.ts';
+import { ca, leaf } from './pki.ts';
 import { startRecordingUpstream, startTestGateway } from './helpers.ts';
 import type { RecordingUpstream, TestGateway } from './helpers.ts';
 import { authorize, createFlow, csrfOf, exchange, Jar, oauthError } from './oauth-flow.ts';
@@ -123,10 +126,10 @@ describe.each(backends)('user sessions on $name', ({ name, storeUrl }) => {
     await gw.close();
   });
 
-  async function signIn(username: string, jar = new Jar()) {
+  async function signIn(username: string, jar = new Jar(), rp: oidc.Configuration = config) {
     const a = await authorize(
       flow,
-      config,
+      rp,
       jar,
       { username, password: PASSWORD },
       {
@@ -136,9 +139,31 @@ describe.each(backends)('user sessions on $name', ({ name, storeUrl }) => {
       },
     );
     const code = new URL(a.callback).searchParams.get('code') ?? '';
-    const tokens = await exchange(config, a);
+    const tokens = await exchange(rp, a);
     secrets.push(code, tokens.access_token, tokens.refresh_token ?? '', tokens.id_token ?? '');
     return { jar, code, tokens };
+  }
+
+  /** Follows an end-session URL to the confirmation page and answers "Yes, sign me out". */
+  async function confirmLogout(jar: Jar, url: string) {
+    const confirm = await flow.follow(jar, url);
+    expect(confirm.status).toBe(200);
+    expect(confirm.body).toContain('Sign out?');
+    const form = /<form[^>]*id="op.logoutForm"[^>]*action="([^"]+)"[^>]*>([\s\S]*?)<\/form>/.exec(
+      confirm.body,
+    );
+    expect(form).not.toBeNull();
+    const fields = Object.fromEntries(
+      [...(form?.[2] ?? '').matchAll(/<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"/g)].map((m) => [
+        m[1],
+        m[2],
+      ]),
+    ) as Record<string, string>;
+    const done = await flow.http(jar, new URL(form?.[1] ?? '', confirm.url).href, {
+      form: { ...fields, logout: 'yes' },
+    });
+    expect(done.status).toBe(303);
+    return done;
   }
 
   const call = async (token: string) =>
@@ -287,23 +312,7 @@ describe.each(backends)('user sessions on $name', ({ name, storeUrl }) => {
       post_logout_redirect_uri: LOGGED_OUT,
       state: 'st-1',
     });
-    const confirm = await flow.follow(jar, url.href);
-    expect(confirm.status).toBe(200);
-    expect(confirm.body).toContain('Sign out?');
-    const form = /<form[^>]*id="op.logoutForm"[^>]*action="([^"]+)"[^>]*>([\s\S]*?)<\/form>/.exec(
-      confirm.body,
-    );
-    expect(form).not.toBeNull();
-    const fields = Object.fromEntries(
-      [...(form?.[2] ?? '').matchAll(/<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"/g)].map((m) => [
-        m[1],
-        m[2],
-      ]),
-    ) as Record<string, string>;
-    const done = await flow.http(jar, new URL(form?.[1] ?? '', confirm.url).href, {
-      form: { ...fields, logout: 'yes' },
-    });
-    expect(done.status).toBe(303);
+    const done = await confirmLogout(jar, url.href);
     expect(done.location).toBe(`${LOGGED_OUT}?state=st-1`);
     expect(await sessionRow()).toEqual([]);
     const page = await flow.follow(
@@ -317,5 +326,93 @@ describe.each(backends)('user sessions on $name', ({ name, storeUrl }) => {
     );
     expect(page.body).toContain('<h1>Sign in</h1>');
     expect(csrfOf(page.body)).toBeTruthy();
+  }, 60_000);
+
+  it('back-channel logout: the RP receives a logout token whose signature and claims it verifies', async () => {
+    // The RP's receiver: https with its own CA, on loopback.
+    const rpCa = await ca('CN=RP CA');
+    const rpCert = await leaf(rpCa, 'localhost', {
+      eku: ['1.3.6.1.5.5.7.3.1'], // serverAuth
+      san: [{ type: 'dns', value: 'localhost' }],
+    });
+    const received: string[] = [];
+    const receiver = createHttpsServer({ cert: rpCert.pem, key: rpCert.keyPem }, (req, res) => {
+      let body = '';
+      req.setEncoding('utf8');
+      req.on('data', (c: string) => (body += c));
+      req.on('end', () => {
+        const form = new URLSearchParams(body);
+        if (req.method === 'POST' && req.url === '/backchannel' && form.has('logout_token')) {
+          received.push(form.get('logout_token') ?? '');
+          res.writeHead(200, { 'cache-control': 'no-store' }).end();
+        } else res.writeHead(400).end();
+      });
+    });
+    await new Promise<void>((ok) => receiver.listen(0, '127.0.0.1', ok));
+    const receiverUrl = `https://localhost:${String((receiver.address() as { port: number }).port)}/backchannel`;
+    // oidc-provider posts through globalThis.fetch with an SSRF guard that refuses loopback; for
+    // this receiver only, the test sends the request itself, trusting the RP's CA.
+    const rpAgent = new Agent({ connect: { ca: rpCa.pem } });
+    const original = globalThis.fetch;
+    globalThis.fetch = ((url: string | URL | Request, init?: RequestInit) =>
+      String(url) === receiverUrl
+        ? undiciFetch(String(url), { ...(init as object), dispatcher: rpAgent })
+        : original(url, init)) as typeof fetch;
+    try {
+      const { client, clientSecret } = await createClient(gw.p.store.db, gw.p.keys!, {
+        name: 'rp-with-backchannel',
+        grantTypes: ['authorization_code'],
+        scope: 'openid offline_access items:read',
+        redirectUris: [REDIRECT],
+        postLogoutRedirectUris: [LOGGED_OUT],
+        backchannelLogoutUri: receiverUrl,
+      });
+      secrets.push(clientSecret ?? '');
+      const rp = await flow.discover(client.clientId, oidc.ClientSecretBasic(clientSecret ?? ''));
+      expect(rp.serverMetadata().backchannel_logout_supported).toBe(true);
+      const { jar, tokens } = await signIn('bob', new Jar(), rp);
+      const idToken = decodeJwt(tokens.id_token ?? '');
+      expect(typeof idToken.sid).toBe('string');
+      await confirmLogout(
+        jar,
+        oidc.buildEndSessionUrl(rp, {
+          id_token_hint: tokens.id_token ?? '',
+          post_logout_redirect_uri: LOGGED_OUT,
+        }).href,
+      );
+      for (let i = 0; i < 50 && received.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+      expect(received).toHaveLength(1);
+      const logoutToken = received[0] ?? '';
+      secrets.push(logoutToken);
+      // What the RP checks (OpenID Connect Back-Channel Logout 1.0 §2.6).
+      const jwks = createLocalJWKSet(gw.p.keys!.publicJwks());
+      const { payload, protectedHeader } = await jwtVerify(logoutToken, jwks, {
+        issuer: rp.serverMetadata().issuer,
+        audience: client.clientId,
+        algorithms: ['ES256', 'PS256', 'EdDSA'],
+        maxTokenAge: '2 minutes',
+      });
+      expect(protectedHeader.typ).toBe('logout+jwt');
+      expect(payload.sub).toBe(idToken.sub);
+      expect(payload.sid).toBe(idToken.sid);
+      expect(payload.events).toEqual({ 'http://schemas.openid.net/event/backchannel-logout': {} });
+      expect(typeof payload.jti).toBe('string');
+      expect(payload.nonce).toBeUndefined();
+      // A token altered in transit fails the RP's check.
+      const [h, p, sig] = logoutToken.split('.');
+      const forged = `${h ?? ''}.${Buffer.from(JSON.stringify({ ...payload, sub: 'someone-else' })).toString('base64url')}.${sig ?? ''}`;
+      expect(p).not.toBe(forged.split('.')[1]);
+      await expect(
+        jwtVerify(forged, jwks, { issuer: rp.serverMetadata().issuer, audience: client.clientId }),
+      ).rejects.toThrow();
+      // Addressed to this client only: another audience is refused.
+      await expect(
+        jwtVerify(logoutToken, jwks, { issuer: rp.serverMetadata().issuer, audience: 'pc_other' }),
+      ).rejects.toThrow();
+    } finally {
+      globalThis.fetch = original;
+      await rpAgent.close();
+      await new Promise<void>((ok) => receiver.close(() => ok()));
+    }
   }, 60_000);
 });

@@ -31,6 +31,7 @@ interface CreateOptions extends JsonOption {
   scope: string;
   redirectUri: string[];
   postLogoutRedirectUri: string[];
+  backchannelLogoutUri?: string;
   authMethod?: string;
   native?: boolean;
   jwks?: string;
@@ -81,6 +82,7 @@ export function registerClientsCommands(program: Command): void {
       [],
     )
     .option('--post-logout-redirect-uri <uri>', 'exact post-logout redirect URI (repeatable)', collect, [])
+    .option('--backchannel-logout-uri <uri>', 'https URL receiving OpenID Connect back-channel logout tokens')
     .option('--auth-method <method>', `token endpoint authentication: ${CLIENT_AUTH_METHODS.join(', ')}`)
     .option('--native', 'a native app (loopback redirects; may be public with --auth-method none)')
     .option('--jwks <file>', 'private_key_jwt: a JSON file with the client’s public JWKS')
@@ -123,6 +125,9 @@ export function registerClientsCommands(program: Command): void {
                 scope: opts.scope,
                 redirectUris: opts.redirectUri,
                 postLogoutRedirectUris: opts.postLogoutRedirectUri,
+                ...(opts.backchannelLogoutUri === undefined
+                  ? {}
+                  : { backchannelLogoutUri: opts.backchannelLogoutUri }),
                 ...(opts.authMethod === undefined ? {} : { authMethod: opts.authMethod as ClientAuthMethod }),
                 applicationType: opts.native === true ? 'native' : 'web',
                 ...(jwks === undefined ? {} : { jwks }),

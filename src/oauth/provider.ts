@@ -606,6 +606,10 @@ export async function createAuthorizationServer(
           },
         },
         userinfo: { enabled: true },
+        // OpenID Connect Back-Channel Logout 1.0: clients registered with a backchannel_logout_uri
+        // get a signed logout token (with sid) when the session ends. oidc-provider's outgoing
+        // requests refuse special-use addresses (loopback, private ranges): SSRF protection.
+        backchannelLogout: { enabled: true },
         rpInitiatedLogout: {
           enabled: true,
           logoutSource: (ctx: KoaContextWithOIDC, form: string) => {
