@@ -354,10 +354,18 @@ describe.each(backends)('user sessions on $name', ({ name, storeUrl }) => {
     // this receiver only, the test sends the request itself, trusting the RP's CA.
     const rpAgent = new Agent({ connect: { ca: rpCa.pem } });
     const original = globalThis.fetch;
-    globalThis.fetch = ((url: string | URL | Request, init?: RequestInit) =>
-      String(url) === receiverUrl
-        ? undiciFetch(String(url), { ...(init as object), dispatcher: rpAgent })
-        : original(url, init)) as typeof fetch;
+    const target = (url: string | URL | Request): string =>
+      typeof url === 'string' ? url : url instanceof URL ? url.href : url.url;
+    globalThis.fetch = async (url: string | URL | Request, init?: RequestInit): Promise<Response> => {
+      if (target(url) !== receiverUrl) return original(url, init);
+      const res = await undiciFetch(target(url), {
+        method: init?.method ?? 'POST',
+        headers: Object.fromEntries(new Headers(init?.headers).entries()),
+        body: init?.body instanceof URLSearchParams ? init.body.toString() : null,
+        dispatcher: rpAgent,
+      });
+      return new Response(await res.arrayBuffer(), { status: res.status });
+    };
     try {
       const { client, clientSecret } = await createClient(gw.p.store.db, gw.p.keys!, {
         name: 'rp-with-backchannel',
