@@ -212,10 +212,18 @@ describe.each(variants)('user sessions on $name', ({ name, storeUrl, redis }) =>
     const secretValues = [code, tokens.refresh_token ?? '', ...session, ...ids].filter((v) => v.length >= 8);
     expect(secretValues.length).toBeGreaterThan(6);
     // Every table, every column, as the database returns it.
-    const tables = await gw.p.store.db.introspection.getTables();
+    // Only this store's tables (on PostgreSQL, its own schema; other tests use other schemas).
+    const storeUrl = gw.p.runtime().loaded.config.store.url;
+    const schema = storeUrl.startsWith('postgres') ? new URL(storeUrl).searchParams.get('schema') : null;
+    const tables = (await gw.p.store.db.introspection.getTables()).filter(
+      (t) => schema === null || t.schema === schema,
+    );
+    expect(tables.some((t) => t.name === 'oauth_models')).toBe(true);
     let scanned = 0;
     for (const table of tables) {
-      const all = await sql<Record<string, unknown>>`select * from ${sql.table(table.name)}`.execute(
+      const all = await sql<
+        Record<string, unknown>
+      >`select * from ${schema === null ? sql.table(table.name) : sql.id(schema, table.name)}`.execute(
         gw.p.store.db,
       );
       const dump = JSON.stringify(all.rows);
