@@ -66,6 +66,8 @@ let rpConfig: oidc.Configuration;
 let root: Issued;
 let client: Issued;
 let stranger: Issued;
+let unlisted: Issued;
+let bySan: Issued;
 let caPem: string;
 const secrets: string[] = [];
 
@@ -114,6 +116,9 @@ beforeAll(async () => {
   root = await ca('CN=Test Client CA');
   client = await leaf(root, 'billing-service');
   stranger = await leaf(await ca('CN=Other CA'), 'intruder');
+  // From the trusted CA, but not on the API's list: authenticated, not authorised.
+  unlisted = await leaf(root, 'reports-service');
+  bySan = await leaf(root, 'batch-7', { san: [{ type: 'url', value: 'spiffe://example.org/sa/batch' }] });
   const dir = await tempDir();
   await writeFile(join(dir, 'client-ca.pem'), root.pem);
   const port = await freePort();
@@ -121,7 +126,20 @@ beforeAll(async () => {
   gw = await startTestGateway(
     {
       gateway: { port, publicUrl: issuer, mtls: { caFiles: ['client-ca.pem'] } },
-      apis: [{ name: 'access', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }],
+      apis: [
+        {
+          name: 'access',
+          openapi: 'api.yaml',
+          basePath: '/v1',
+          upstream: { url: upstream.url },
+          mtls: {
+            clients: [
+              { subject: 'CN=billing-service, O=Example' },
+              { san: 'uri:spiffe://example.org/sa/batch', principal: 'batch-jobs' },
+            ],
+          },
+        },
+      ],
     },
     { openapi: OPENAPI, dir },
   );
@@ -261,6 +279,58 @@ describe('mTLS', () => {
     expect((await call('/v1/machine')).status).toBe(401);
     expect((await call('/v1/machine', {}, stranger)).status).toBe(401);
     expect(upstream.received).toHaveLength(1);
+  });
+
+  it('refuses a certificate of the trusted CA that the API does not list, with a problem and an audit event', async () => {
+    upstream.received.length = 0;
+    const res = await call('/v1/machine', {}, unlisted);
+    expect(res.status).toBe(403);
+    expect(res.headers['content-type']).toContain('application/problem+json');
+    const problem = JSON.parse(res.body) as { status: number; title: string; detail?: string };
+    expect(problem).toMatchObject({ status: 403, title: 'Forbidden' });
+    expect(res.body).not.toContain('reports-service');
+    expect(upstream.received).toHaveLength(0);
+    const correlation = String(res.headers['x-request-id']);
+    await gw.p.audit.flush();
+    const rows = await gw.p.store.db
+      .selectFrom('audit_events')
+      .select('event')
+      .where('trace_id', '=', correlation)
+      .execute();
+    expect(rows).toHaveLength(1);
+    const event = JSON.parse(rows[0]!.event) as Record<string, unknown>;
+    expect(event['event.outcome']).toBe('failure');
+    expect(event['event.reason']).toBe('client-certificate-not-entitled');
+    expect(event['http.response.status_code']).toBe(403);
+  });
+
+  it('accepts a certificate listed by SAN, under its mapped principal', async () => {
+    upstream.received.length = 0;
+    expect((await call('/v1/machine', {}, bySan)).status).toBe(200);
+    expect(upstream.received).toHaveLength(1);
+    const verify = createIdentityVerifier({
+      issuer,
+      audience: upstream.url,
+      jwks: () => gw.p.keys!.publicJwks(),
+    });
+    const who = await verify(String(upstream.received[0]!.headers['x-portcullis-identity']));
+    expect(who.subject).toBe('batch-jobs');
+  });
+
+  it('a mutualTLS scheme without the API listing its certificates is a configuration error', async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, 'client-ca.pem'), root.pem);
+    await expect(
+      startTestGateway(
+        {
+          gateway: { mtls: { caFiles: ['client-ca.pem'] } },
+          apis: [{ name: 'access', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }],
+        },
+        { openapi: OPENAPI, dir },
+      ),
+    ).rejects.toThrow(
+      /apis\[0\]\.name: the OpenAPI document declares a mutualTLS scheme: list the certificates/,
+    );
   });
 
   it('does not require a certificate where the operation does not ask for one', async () => {

@@ -176,17 +176,20 @@ describe('portcullis config validate', () => {
     const password = 'Xq7-very-secret-pw';
     const file = await configFile(
       'pg.yaml',
-      ['store:', `  url: postgres://portcullis:${password}@db.internal:5432/portcullis`].join('\n') + '\n',
+      [
+        'store:',
+        `  url: postgres://portcullis:${password}@db.internal:5432/portcullis?sslmode=verify-full`,
+      ].join('\n') + '\n',
     );
     const yamlRun = await portcullis('config', 'validate', '--config', file);
     expect(yamlRun.code).toBe(0);
     expect((parseYaml(yamlRun.stdout) as { store: { url: string } }).store.url).toBe(
-      'postgres://portcullis:****@db.internal:5432/portcullis',
+      'postgres://portcullis:****@db.internal:5432/portcullis?sslmode=verify-full',
     );
     const jsonRun = await portcullis('config', 'validate', '--config', file, '--json');
     expect(jsonRun.code).toBe(0);
     expect((JSON.parse(jsonRun.stdout) as { config: { store: { url: string } } }).config.store.url).toBe(
-      'postgres://portcullis:****@db.internal:5432/portcullis',
+      'postgres://portcullis:****@db.internal:5432/portcullis?sslmode=verify-full',
     );
     for (const r of [yamlRun, jsonRun]) {
       expect(r.stdout + r.stderr).not.toContain(password);

@@ -7,6 +7,7 @@
  * Two gateways: one with `oauth.refreshTokens.enabled: true`, one with the defaults (refresh
  * tokens off).
  */
+import { modelCodecFromKeys } from '../src/oauth/model-codec.ts';
 import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -170,15 +171,24 @@ async function refresh(config: oidc.Configuration, refreshToken: string) {
 }
 
 async function storedRefreshToken(site: Site, value: string) {
+  // Stored under its keyed hash, with a sealed payload (src/oauth/model-codec.ts).
+  const codec = modelCodecFromKeys(site.gw.p.keys!);
   const row = await site.gw.p.store.db
     .selectFrom('oauth_models')
     .selectAll()
     .where('model', '=', 'RefreshToken')
-    .where('id', '=', value)
+    .where('id', '=', codec.hash(value))
     .executeTakeFirst();
   return row === undefined
     ? undefined
-    : { ...row, payload: JSON.parse(row.payload) as { exp: number; iat: number; iiat: number } };
+    : {
+        ...row,
+        payload: codec.open('RefreshToken', row.id, row.payload) as {
+          exp: number;
+          iat: number;
+          iiat: number;
+        },
+      };
 }
 
 describe('refresh tokens, when enabled', () => {
@@ -579,7 +589,7 @@ describe('the per-grant access-token records', () => {
       .selectFrom('oauth_models')
       .select('id')
       .where('model', '=', ISSUED_JWT_MODEL)
-      .where('id', '=', jti)
+      .where('id', '=', modelCodecFromKeys(off.gw.p.keys!).hash(jti))
       .execute();
     expect(rows).toEqual([]);
   });

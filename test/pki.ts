@@ -65,6 +65,8 @@ export async function leaf(
     keyUsage?: x509.KeyUsageFlags;
     ca?: boolean;
     critical?: boolean;
+    /** Subject alternative names, e.g. `[{ type: 'dns', value: 'batch.example.com' }]`. */
+    san?: { type: 'dns' | 'email' | 'url' | 'ip'; value: string }[];
   } = {},
 ): Promise<Issued> {
   const keys = await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify']);
@@ -75,6 +77,7 @@ export async function leaf(
   if (options.eku !== null) {
     extensions.push(new x509.ExtendedKeyUsageExtension(options.eku ?? [x509.ExtendedKeyUsage.clientAuth]));
   }
+  if (options.san !== undefined) extensions.push(new x509.SubjectAlternativeNameExtension(options.san));
   if (options.critical === true) {
     // An unknown extension (a private OID) marked critical.
     extensions.push(new x509.Extension('1.3.6.1.4.1.99999.1', true, new Uint8Array([5, 0]).buffer));

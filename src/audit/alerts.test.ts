@@ -285,7 +285,7 @@ describe('alert rules', () => {
     const rules = alertRulesFromConfig(settings);
     expect(rules.find((r) => r.id === 'key-change')?.threshold).toBe(2);
     expect(rules.find((r) => r.id === 'brute-force')).toBeDefined();
-    expect(rules).toHaveLength(9);
+    expect(rules).toHaveLength(defaultAlertRules('soc').length + 1);
     expect(alertRulesFromConfig({ ...settings, defaults: false }).map((r) => r.id)).toEqual([
       'key-change',
       'brute-force',

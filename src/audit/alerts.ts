@@ -132,6 +132,16 @@ export function defaultAlertRules(ackTarget: string): AlertRule[] {
       severity: 'high',
       ackTarget,
     },
+    // issue 13: a client secret expires soon (src/oauth/secret-expiry-watch.ts).
+    {
+      id: 'client-secret-expiry',
+      when: { category: 'credential-lifecycle', action: 'client-secret-expiring' },
+      groupBy: 'portcullis.client_id',
+      threshold: 1,
+      windowSeconds: 86_400,
+      severity: 'medium',
+      ackTarget,
+    },
     {
       id: 'audit-sink-outage',
       when: { category: 'audit', outcome: 'failure' },

@@ -299,4 +299,29 @@ export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = [
     source: 'src/audit/alerts.ts',
     description: 'An alert could not be delivered to the webhook after its retries.',
   },
+  {
+    action: 'client-secret-rotate',
+    categories: ['credential-lifecycle'],
+    source: 'src/cli',
+    description: '`clients rotate-secret`: a new secret issued (its expiry in `event.reason`).',
+  },
+  {
+    action: 'client-secret-retire',
+    categories: ['credential-lifecycle'],
+    source: 'src/cli',
+    description: '`clients rotate-secret`: until when the old secret stays accepted.',
+  },
+  {
+    action: 'client-secret-expiring',
+    categories: ['credential-lifecycle'],
+    source: 'src/oauth/secret-expiry-watch.ts',
+    description:
+      'A client secret expires within `oauth.clientSecrets.expiryWarningDays` (at start and daily).',
+  },
+  {
+    action: 'user-sessions-revoke',
+    categories: ['credential-lifecycle'],
+    source: 'src/cli',
+    description: "`users revoke`: the user's sessions, grants and tokens ended.",
+  },
 ];

@@ -1,5 +1,5 @@
 /**
- * `portcullis clients create|list|show|delete`: OAuth clients of the built-in authorization
+ * `portcullis clients create|list|show|delete|rotate-secret`: OAuth clients of the built-in authorization
  * server. `create --json` prints exactly `{"client_id": …, "client_secret": …}` (the secret is
  * shown this once and never stored); other output never contains a secret.
  */
@@ -16,6 +16,7 @@ import {
   listClients,
 } from '../oauth/clients.ts';
 import type { ClientAuthMethod, ClientGrant, ClientRecord } from '../oauth/clients.ts';
+import { parseDurationSeconds, rotateClientSecret } from '../oauth/client-secrets.ts';
 import { common, fail, formatTable } from './common.ts';
 import type { CommonOptions } from './common.ts';
 import { withCliContext } from './context.ts';
@@ -30,6 +31,7 @@ interface CreateOptions extends JsonOption {
   scope: string;
   redirectUri: string[];
   postLogoutRedirectUri: string[];
+  backchannelLogoutUri?: string;
   authMethod?: string;
   native?: boolean;
   jwks?: string;
@@ -80,6 +82,7 @@ export function registerClientsCommands(program: Command): void {
       [],
     )
     .option('--post-logout-redirect-uri <uri>', 'exact post-logout redirect URI (repeatable)', collect, [])
+    .option('--backchannel-logout-uri <uri>', 'https URL receiving OpenID Connect back-channel logout tokens')
     .option('--auth-method <method>', `token endpoint authentication: ${CLIENT_AUTH_METHODS.join(', ')}`)
     .option('--native', 'a native app (loopback redirects; may be public with --auth-method none)')
     .option('--jwks <file>', 'private_key_jwt: a JSON file with the client’s public JWKS')
@@ -122,6 +125,9 @@ export function registerClientsCommands(program: Command): void {
                 scope: opts.scope,
                 redirectUris: opts.redirectUri,
                 postLogoutRedirectUris: opts.postLogoutRedirectUri,
+                ...(opts.backchannelLogoutUri === undefined
+                  ? {}
+                  : { backchannelLogoutUri: opts.backchannelLogoutUri }),
                 ...(opts.authMethod === undefined ? {} : { authMethod: opts.authMethod as ClientAuthMethod }),
                 applicationType: opts.native === true ? 'native' : 'web',
                 ...(jwks === undefined ? {} : { jwks }),
@@ -207,6 +213,70 @@ export function registerClientsCommands(program: Command): void {
         );
         if (json) process.stdout.write(JSON.stringify({ client_id: clientId, deleted: true }) + '\n');
         else process.stderr.write(`deleted ${clientId}\n`);
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  // issue 13: rotation with a grace period, and secret expiry.
+  common(
+    clients
+      .command('rotate-secret')
+      .description(
+        'issue a new client secret (shown once); the old one stays valid for the grace period, then is refused',
+      )
+      .argument('<client_id>'),
+  )
+    .option('--grace <duration>', 'how long the old secret stays valid: 0, 15m, 24h, 7d (at most 30d)', '24h')
+    .option(
+      '--expires <duration>',
+      'the new secret expires after this (e.g. 90d; at most 366d); alerts warn before',
+    )
+    .option('--json', 'machine-readable output')
+    .action(async (clientId: string, opts: JsonOption & { grace: string; expires?: string }) => {
+      const json = opts.json === true;
+      try {
+        const graceSeconds = parseDurationSeconds(opts.grace);
+        const expiresInSeconds = opts.expires === undefined ? undefined : parseDurationSeconds(opts.expires);
+        const rotated = await withCliContext(opts, async (ctx) => {
+          const ids = { 'portcullis.client_id': clientId, 'portcullis.credential.type': 'client' } as const;
+          const result = await ctx.audited(
+            'credential-lifecycle',
+            'client-secret-rotate',
+            () => rotateClientSecret(ctx.store.db, ctx.keys, clientId, { graceSeconds, expiresInSeconds }),
+            (r) => ({ ...ids, 'event.reason': `new secret; expires ${r.expiresAt ?? 'never'}` }),
+            ids,
+          );
+          await ctx.audit.emitDurable({
+            ...ids,
+            'portcullis.listener': 'cli',
+            'event.category': 'credential-lifecycle',
+            'event.action': 'client-secret-retire',
+            'event.outcome': 'success',
+            'event.reason':
+              result.previousValidUntil === null
+                ? 'previous secret refused from now on'
+                : `previous secret valid until ${result.previousValidUntil}`,
+          });
+          return result;
+        });
+        if (json) {
+          process.stdout.write(
+            JSON.stringify({
+              client_id: rotated.clientId,
+              client_secret: rotated.clientSecret,
+              client_secret_expires_at: rotated.expiresAt,
+              previous_secret_valid_until: rotated.previousValidUntil,
+            }) + '\n',
+          );
+        } else {
+          process.stderr.write(
+            `new secret for ${rotated.clientId} (shown once; store it now)` +
+              (rotated.expiresAt === null ? '' : `, expires ${rotated.expiresAt}`) +
+              `; previous secret ${rotated.previousValidUntil === null ? 'refused from now on' : `valid until ${rotated.previousValidUntil}`}\n`,
+          );
+          process.stdout.write(`${rotated.clientSecret}\n`);
+        }
       } catch (err) {
         fail(err, json);
       }

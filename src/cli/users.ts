@@ -1,5 +1,5 @@
 /**
- * `portcullis users create|list|show|reset-password|disable`: end users of the authorization
+ * `portcullis users create|list|show|reset-password|disable|revoke`: end users of the authorization
  * server. Passwords are read from stdin (without echo on a terminal, one line from a pipe), never from the command line; the
  * TOTP provisioning URI is printed once, when `--totp` asks for a second factor.
  */
@@ -10,6 +10,8 @@ import type { UserInfo, UserRecord, Users } from '../oauth/users.ts';
 import { common, fail, formatTable } from './common.ts';
 import type { CommonOptions } from './common.ts';
 import { openCliContext, withCliContext } from './context.ts';
+import { endSessionsOf } from './user-sessions.ts';
+import type { EndedUserSessions } from '../oauth/user-sessions.ts';
 import type { CliContext } from './context.ts';
 
 interface UserOptions extends CommonOptions {
@@ -85,6 +87,10 @@ function usersOf(ctx: CliContext, dataDir: string): Users {
   });
 }
 
+function endedText(e: EndedUserSessions): string {
+  return `ended ${String(e.sessions)} session(s) and ${String(e.grants)} grant(s), revoked ${String(e.accessTokens)} access token(s)`;
+}
+
 function userJson(u: UserInfo) {
   return { id: u.id, username: u.username, disabled: u.disabled, totp: u.hasTotp, createdAt: u.createdAt };
 }
@@ -154,7 +160,11 @@ export function registerUsersCommands(program: Command): void {
       }
     });
 
-  common(users.command('disable').description('disable a user (sign-in refused from now on)'))
+  common(
+    users
+      .command('disable')
+      .description('disable a user: sign-in refused from now on, and their sessions, grants and tokens end'),
+  )
     .requiredOption('--username <name>', 'login name')
     .option('--json', 'machine-readable output')
     .action(async (opts: UserOptions) => {
@@ -162,15 +172,58 @@ export function registerUsersCommands(program: Command): void {
       try {
         const ctx = await openCliContext(opts);
         try {
-          const user = await ctx.audited(
+          const { user, ended } = await ctx.audited(
             'credential-lifecycle',
             'user-disable',
-            () => usersOf(ctx, opts.dataDir).disable(opts.username),
-            (u) => ({ 'user.id': u.id, 'portcullis.credential.type': 'user' }),
+            async () => {
+              const disabled = await usersOf(ctx, opts.dataDir).disable(opts.username);
+              return { user: disabled, ended: await endSessionsOf(ctx, disabled.id) };
+            },
+            (r) => ({ 'user.id': r.user.id, 'portcullis.credential.type': 'user' }),
             { 'portcullis.credential.type': 'user' },
           );
-          if (json) process.stdout.write(JSON.stringify(userJson(user), null, 2) + '\n');
-          else process.stderr.write(`disabled user ${user.username}\n`);
+          if (json)
+            process.stdout.write(JSON.stringify({ ...userJson(user), revoked: ended }, null, 2) + '\n');
+          else process.stderr.write(`disabled user ${user.username}; ${endedText(ended)}\n`);
+        } finally {
+          await ctx.close();
+        }
+      } catch (err) {
+        fail(err, json);
+      }
+    });
+
+  common(
+    users
+      .command('revoke')
+      .argument('[username]', 'login name (or --username)')
+      .description(
+        "end a user's sessions, grants and tokens at once (the gateway refuses their access tokens from now on); the account stays usable",
+      ),
+  )
+    .option('--username <name>', 'login name')
+    .option('--json', 'machine-readable output')
+    .action(async (positional: string | undefined, opts: Partial<UserOptions> & CommonOptions) => {
+      const json = opts.json === true;
+      try {
+        const username = positional ?? opts.username;
+        if (username === undefined || username === '')
+          throw new Error('name the user: users revoke <username>');
+        const ctx = await openCliContext(opts);
+        try {
+          const { user, ended } = await ctx.audited(
+            'credential-lifecycle',
+            'user-sessions-revoke',
+            async () => {
+              const record = await usersOf(ctx, opts.dataDir).show(username);
+              return { user: record, ended: await endSessionsOf(ctx, record.id) };
+            },
+            (r) => ({ 'user.id': r.user.id, 'portcullis.credential.type': 'user' }),
+            { 'portcullis.credential.type': 'user' },
+          );
+          if (json)
+            process.stdout.write(JSON.stringify({ ...userJson(user), revoked: ended }, null, 2) + '\n');
+          else process.stderr.write(`${user.username}: ${endedText(ended)}\n`);
         } finally {
           await ctx.close();
         }

@@ -14,6 +14,8 @@ import { LineCounter, parseDocument, isMap, isNode, isScalar, isSeq } from 'yaml
 import type { Document } from 'yaml';
 import { ConfigSchema, DEFAULT_LIMITS } from './schema.ts';
 import type { Config, Control } from './schema.ts';
+import { substituteSecretRefs } from './secret-refs.ts';
+import { checkInternalLinks } from './internal-links.ts';
 
 export type ConfigPath = ReadonlyArray<string | number>;
 
@@ -219,46 +221,6 @@ function validCidr(value: string): boolean {
  * Parses and validates configuration text. Throws {@link ConfigError} listing every problem.
  * `now` decides which documented exceptions are still in force.
  */
-/** Keys whose value may name environment variables: connection URLs, which carry passwords. */
-const ENV_KEYS: readonly ConfigPath[] = [
-  ['store', 'url'],
-  ['redis', 'url'],
-];
-const ENV_REF = /\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}/g;
-
-/**
- * Replaces `${env:NAME}` in the connection URLs with the variable's value, so that passwords can
- * come from the service's environment (systemd `EnvironmentFile=`, a secrets manager) instead
- * of the file. Only these keys, only this form; an unset variable is an error naming the key.
- */
-function substituteEnv(
-  raw: unknown,
-  env: NodeJS.ProcessEnv,
-  issue: (path: ConfigPath, message: string) => void,
-): void {
-  for (const path of ENV_KEYS) {
-    const parent = path
-      .slice(0, -1)
-      .reduce<unknown>(
-        (node, key) =>
-          node !== null && typeof node === 'object' ? (node as Record<string, unknown>)[key] : undefined,
-        raw,
-      );
-    const key = path[path.length - 1] as string;
-    if (parent === null || typeof parent !== 'object') continue;
-    const holder = parent as Record<string, unknown>;
-    const value = holder[key];
-    if (typeof value !== 'string' || !value.includes('${')) continue;
-    holder[key] = value.replace(ENV_REF, (_, name: string) => {
-      const v = env[name];
-      if (v === undefined || v === '') issue(path, `environment variable ${name} is not set`);
-      return v ?? '';
-    });
-    if (/\$\{/.test(value.replace(ENV_REF, '')))
-      issue(path, 'only ${env:NAME} placeholders are supported here');
-  }
-}
-
 export function parseConfig(
   text: string,
   file: string,
@@ -294,7 +256,7 @@ export function parseConfig(
     const at = locate(path);
     issues.push({ path: pathToString(path), message, ...(at ? { line: at.line, column: at.column } : {}) });
   };
-  substituteEnv(raw, env, issue);
+  substituteSecretRefs(raw, env, dirname(abs), issue);
   if (issues.length > 0) throw new ConfigError(abs, issues);
   if (!validate(raw)) {
     for (const e of schemaIssues(validate.errors ?? [])) issue(e.path, e.message);
@@ -338,6 +300,9 @@ export function parseConfig(
       );
     }
   };
+
+  // Internal links (store, Redis) off loopback: verified TLS or an exception (issue 13).
+  checkInternalLinks(config, needs, issue);
 
   // Key custody (src/keys/custody.ts): the HSM settings the provider needs.
   if (config.keys.provider === 'pkcs11') {

@@ -109,4 +109,6 @@ const CONTROL_TEXT: Record<(typeof CONTROLS)[number], string> = {
   'token-lifetime': '`oauth.accessTokenTtlSeconds` above 1800 (30 minutes)',
   'audit-request-events': '`audit.requestEvents: false` (no audit event per request)',
   'rate-limits': '`rateLimits.mode` `shadow` or `off`',
+  'internal-plaintext':
+    'a PostgreSQL `store.url` off loopback without `sslmode=verify-full`, or a `redis.url` off loopback not `rediss://` (or with TLS options in the URL)',
 };

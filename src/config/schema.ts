@@ -35,6 +35,7 @@ export const CONTROLS = [
   'token-lifetime',
   'audit-request-events',
   'rate-limits',
+  'internal-plaintext',
 ] as const;
 export type Control = (typeof CONTROLS)[number];
 
@@ -367,6 +368,51 @@ const Api = Type.Object(
       description: 'versioned base path, e.g. /v1 or /v2/billing',
     }),
     upstream: Upstream,
+    // Certificate entitlements of the API's mutualTLS scheme (issue 13): a CA alone is not authorisation.
+    mtls: Type.Optional(
+      Type.Object(
+        {
+          clients: Type.Array(
+            Type.Object(
+              {
+                subject: Type.Optional(
+                  Type.String({
+                    minLength: 3,
+                    maxLength: 1000,
+                    description: 'the exact subject DN, e.g. "CN=billing, O=Example"',
+                  }),
+                ),
+                san: Type.Optional(
+                  Type.String({
+                    minLength: 5,
+                    maxLength: 1000,
+                    description:
+                      'one subject alternative name: dns:NAME, email:ADDR, uri:URI or ip:ADDR (no wildcards)',
+                  }),
+                ),
+                principal: Type.Optional(
+                  Type.String({
+                    pattern: '^[\\x21-\\x7e]{1,200}$',
+                    description: 'the principal name of a matching certificate (default: its subject DN)',
+                  }),
+                ),
+              },
+              { additionalProperties: false, description: 'exactly one of subject and san' },
+            ),
+            {
+              minItems: 1,
+              maxItems: 1000,
+              description: 'the client certificates (verified against gateway.mtls) this API accepts',
+            },
+          ),
+        },
+        {
+          additionalProperties: false,
+          description:
+            "entitlements of the API's mutualTLS scheme; required when its OpenAPI document declares one",
+        },
+      ),
+    ),
     cors: Type.Optional(Cors),
     deprecation: Type.Optional(
       Type.Object(
@@ -464,6 +510,12 @@ const OAuth = Section(
     session: Section(
       {
         maxAgeSeconds: Seconds(28_800, 300, 86_400, 'longest login session'),
+        idleTimeoutSeconds: Seconds(
+          1_800,
+          60,
+          86_400,
+          'a session unused for this long ends (beside maxAgeSeconds); each authorization-server request with it counts as use',
+        ),
         reauthenticateAfterSeconds: Seconds(
           3_600,
           60,
@@ -472,6 +524,18 @@ const OAuth = Section(
         ),
       },
       'end-user sessions at the authorization server',
+    ),
+    clientSecrets: Section(
+      {
+        expiryWarningDays: Type.Integer({
+          default: 14,
+          minimum: 1,
+          maximum: 90,
+          description:
+            'a client secret expiring within this many days is audited daily (client-secret-expiring; built-in alert client-secret-expiry)',
+        }),
+      },
+      'client secrets (portcullis clients rotate-secret --grace/--expires)',
     ),
     signing: Section(
       {
@@ -536,7 +600,12 @@ const OAuth = Section(
             description: 'the upstream OpenID Provider',
           }),
           clientId: Type.String({ minLength: 1, maxLength: 200 }),
-          clientSecret: Type.String({ minLength: 16, maxLength: 500 }),
+          clientSecret: Type.String({
+            minLength: 16,
+            maxLength: 500,
+            description:
+              'the client secret at the upstream provider; ${env:NAME} or ${file:PATH} keeps it out of the file',
+          }),
           scopes: Type.Array(Type.String({ pattern: '^[\\x21\\x23-\\x5b\\x5d-\\x7e]+$' }), {
             default: ['openid', 'email', 'profile'],
             maxItems: 20,
@@ -826,7 +895,7 @@ const RedisSection = Type.Optional(
         pattern: '^rediss?://',
         maxLength: 2000,
         description:
-          'redis://[user:password@]host:port[/db], or rediss:// for TLS; ${env:NAME} inserts an environment variable (e.g. the password)',
+          'redis://[user:password@]host:port[/db], or rediss:// for TLS (required off loopback, certificate verified); ${env:NAME} and ${file:PATH} insert a secret',
       }),
       keyPrefix: Type.String({
         pattern: '^[A-Za-z0-9:._-]{1,64}$',
@@ -938,7 +1007,7 @@ const Alerts = Section(
             Type.String({
               minLength: 32,
               maxLength: 1024,
-              description: 'the HMAC secret inline (prefer secretEnv)',
+              description: 'the HMAC secret; ${env:NAME} or ${file:PATH} keeps it out of the file',
             }),
           ),
           caFile: Type.Optional(
@@ -1068,7 +1137,7 @@ export const ConfigSchema = Type.Object(
           minLength: 1,
           default: 'sqlite:portcullis.db',
           description:
-            'sqlite:FILE (relative to the data directory) or postgres://…; ${env:NAME} inserts an environment variable (e.g. the password)',
+            'sqlite:FILE (relative to the data directory) or postgres://… (off loopback: sslmode=verify-full); ${env:NAME} and ${file:PATH} insert a secret',
         }),
         connectTimeoutMs: Milliseconds(
           1_500,

@@ -35,6 +35,8 @@ import type { ExternalIssuers } from '../tokens/issuers.ts';
 import { readFileSync } from 'node:fs';
 import { compileClientCertPolicy, mtlsSchemeVerifier } from '../tokens/mtls.ts';
 import type { ClientCertPolicy } from '../tokens/mtls.ts';
+import { CertEntitlementError, compileCertEntitlements } from '../tokens/mtls-entitlements.ts';
+import type { CertEntitlements } from '../tokens/mtls-entitlements.ts';
 import { compileProxy, Upstream } from './stages/proxy/index.ts';
 import { compileRequestValidation, SchemaError } from './stages/validate/index.ts';
 import { compileResponseEnforcement } from './stages/filter-response/index.ts';
@@ -120,6 +122,7 @@ function buildVerifiers(
   options: CompileOptions & {
     readonly publicUrl: string;
     readonly clientCerts: ClientCertPolicy | undefined;
+    readonly certEntitlements: CertEntitlements | undefined;
     readonly externalIssuers: ExternalIssuers;
   },
 ): Record<string, SchemeVerifier> {
@@ -175,7 +178,10 @@ function buildVerifiers(
       }
     }
     if (scheme.type === 'mutualTLS' && options.clientCerts !== undefined) {
-      verifiers[name] = mtlsSchemeVerifier(name, options.clientCerts, { certificate });
+      verifiers[name] = mtlsSchemeVerifier(name, options.clientCerts, {
+        certificate,
+        entitlements: options.certEntitlements,
+      });
     }
   }
   return verifiers;
@@ -334,10 +340,30 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
       for (const [name, scheme] of Object.entries(document.securitySchemes)) {
         schemeTypes[name] = typeof scheme.type === 'string' ? scheme.type : '';
       }
+      // A mutualTLS scheme needs the API's certificate entitlements: a CA alone is not authorisation.
+      let certEntitlements: CertEntitlements | undefined;
+      if (Object.values(document.securitySchemes).some((s) => s.type === 'mutualTLS')) {
+        if (api.mtls === undefined) {
+          throw configError(
+            loaded,
+            ['apis', i, 'name'],
+            'the OpenAPI document declares a mutualTLS scheme: list the certificates this API accepts in mtls.clients (a trusted CA alone is not authorisation)',
+          );
+        }
+        try {
+          certEntitlements = compileCertEntitlements(api.mtls.clients);
+        } catch (err) {
+          if (err instanceof CertEntitlementError) {
+            throw configError(loaded, ['apis', i, 'mtls', 'clients', err.index, err.key], err.message);
+          }
+          throw err;
+        }
+      }
       const verifiers = buildVerifiers(api.name, apiAudience(config.gateway.publicUrl, api), document, {
         ...options,
         publicUrl: config.gateway.publicUrl,
         clientCerts,
+        certEntitlements,
         externalIssuers,
       });
       Object.assign(verifiers, options.verifiers?.[api.name] ?? {});

@@ -1,12 +1,17 @@
 /**
  * oidc-provider's persistence on the Portcullis store: every model (sessions, interactions,
  * grants, codes, tokens, PAR requests, …) in one table, `oauth_models`, keyed by (model, id) and
- * indexed by grant id, uid, user code and expiry. Expired rows read as absent and are purged
- * periodically ({@link purgeExpired}). The `Client` model is not stored here: it is served from
- * `oauth_clients` through a lookup the caller supplies (see clients.ts).
+ * indexed by grant id, uid, user code, account and expiry. Expired rows read as absent and are
+ * purged periodically ({@link purgeExpired}). The `Client` model is not stored here: it is served
+ * from `oauth_clients` through a lookup the caller supplies (see clients.ts).
+ *
+ * Nothing rests in the clear (model-codec.ts): ids, grant ids, uids, user codes and account ids
+ * are stored as keyed hashes and looked up by hash; payloads are sealed with AES-256-GCM.
+ * Sessions also end after `sessionIdleSeconds` without use, beside their absolute lifetime.
  */
 import type { Kysely } from 'kysely';
 import type { Database } from '../store/schema.ts';
+import type { ModelCodec } from './model-codec.ts';
 
 /** A model payload as oidc-provider hands it over; only a few members matter here. */
 export type AdapterPayload = Record<string, unknown>;
@@ -27,10 +32,17 @@ export type ClientLookup = (clientId: string) => Promise<AdapterPayload | undefi
 
 export interface AdapterOptions {
   readonly db: Kysely<Database>;
+  /** Hashes identifiers and seals payloads (model-codec.ts). */
+  readonly codec: ModelCodec;
   /** Serves the `Client` model; without it no client exists. */
   readonly clients?: ClientLookup;
   /** The clock (tests); defaults to Date.now. */
   readonly now?: () => number;
+  /**
+   * Seconds a session may go unused before it ends (`oauth.session.idleTimeoutSeconds`); read
+   * on every use, so a reload applies to live sessions. Without it sessions have no idle limit.
+   */
+  readonly sessionIdleSeconds?: () => number;
   /**
    * Called when `consume` finds the row already consumed: two requests raced with the same
    * single-use artifact (code, refresh token, pushed request) and this one lost. The error it
@@ -39,63 +51,64 @@ export interface AdapterOptions {
   readonly alreadyConsumed?: (model: string, grantId: string | undefined) => Promise<Error>;
 }
 
-/** The longest id, uid or user code stored (the columns' bound); longer ones are refused. */
+/** The longest id, uid or user code accepted (the columns once held them raw); longer ones are refused. */
 const MAX_KEY_LENGTH = 400;
 
 function iso(ms: number): string {
   return new Date(ms).toISOString();
 }
 
-function optionalString(value: unknown): string | null {
-  return typeof value === 'string' && value.length > 0 && value.length <= MAX_KEY_LENGTH ? value : null;
-}
-
-function usableKey(value: string): boolean {
+function usableKey(value: unknown): value is string {
   return typeof value === 'string' && value.length > 0 && value.length <= MAX_KEY_LENGTH;
 }
 
 interface Row {
+  id: string;
   payload: string;
   consumed_at: string | null;
-}
-
-function toPayload(row: Row | undefined): AdapterPayload | undefined {
-  if (row === undefined) return undefined;
-  const payload = JSON.parse(row.payload) as AdapterPayload;
-  if (row.consumed_at !== null) payload.consumed = Math.floor(Date.parse(row.consumed_at) / 1000);
-  return payload;
+  idle_expires_at: string | null;
 }
 
 class StoreAdapter implements OidcAdapter {
   readonly #db: Kysely<Database>;
   readonly #model: string;
+  readonly #codec: ModelCodec;
   readonly #now: () => number;
+  readonly #idle: (() => number) | undefined;
   readonly #alreadyConsumed: AdapterOptions['alreadyConsumed'];
 
-  constructor(
-    model: string,
-    db: Kysely<Database>,
-    now: () => number,
-    alreadyConsumed?: AdapterOptions['alreadyConsumed'],
-  ) {
+  constructor(model: string, options: AdapterOptions) {
     this.#model = model;
-    this.#db = db;
-    this.#now = now;
-    this.#alreadyConsumed = alreadyConsumed;
+    this.#db = options.db;
+    this.#codec = options.codec;
+    this.#now = options.now ?? Date.now;
+    this.#idle = model === 'Session' ? options.sessionIdleSeconds : undefined;
+    this.#alreadyConsumed = options.alreadyConsumed;
+  }
+
+  #hash(value: unknown): string | null {
+    return usableKey(value) ? this.#codec.hash(value) : null;
+  }
+
+  #idleUntil(now: number): string | null {
+    return this.#idle === undefined ? null : iso(now + this.#idle() * 1000);
   }
 
   async upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
     if (!usableKey(id)) throw new TypeError(`${this.#model} id is empty or too long`);
     const now = this.#now();
+    const hashed = this.#codec.hash(id);
     const row = {
       model: this.#model,
-      id,
-      payload: JSON.stringify(payload),
-      grant_id: optionalString(payload.grantId),
-      uid: optionalString(payload.uid),
-      user_code: optionalString(payload.userCode),
+      id: hashed,
+      payload: this.#codec.seal(this.#model, hashed, payload),
+      grant_id: this.#hash(payload.grantId),
+      uid: this.#hash(payload.uid),
+      user_code: this.#hash(payload.userCode),
+      account_id: this.#hash(payload.accountId),
       expires_at:
         typeof expiresIn === 'number' && Number.isFinite(expiresIn) ? iso(now + expiresIn * 1000) : null,
+      idle_expires_at: this.#idleUntil(now),
       consumed_at: null,
     };
     await this.#db
@@ -107,7 +120,9 @@ class StoreAdapter implements OidcAdapter {
           grant_id: row.grant_id,
           uid: row.uid,
           user_code: row.user_code,
+          account_id: row.account_id,
           expires_at: row.expires_at,
+          idle_expires_at: row.idle_expires_at,
           consumed_at: null,
         }),
       )
@@ -118,50 +133,84 @@ class StoreAdapter implements OidcAdapter {
     const now = iso(this.#now());
     return this.#db
       .selectFrom('oauth_models')
-      .select(['payload', 'consumed_at'])
+      .select(['id', 'payload', 'consumed_at', 'idle_expires_at'])
       .where('model', '=', this.#model)
       .where((eb) => eb.or([eb('expires_at', 'is', null), eb('expires_at', '>', now)]));
   }
 
+  /** Opens a row; a session idle too long is deleted and absent, a live one is marked used. */
+  async #payload(row: Row | undefined): Promise<AdapterPayload | undefined> {
+    if (row === undefined) return undefined;
+    if (this.#idle !== undefined) {
+      const now = this.#now();
+      if (row.idle_expires_at !== null && row.idle_expires_at <= iso(now)) {
+        await this.#db
+          .deleteFrom('oauth_models')
+          .where('model', '=', this.#model)
+          .where('id', '=', row.id)
+          .execute();
+        return undefined;
+      }
+      await this.#db
+        .updateTable('oauth_models')
+        .set({ idle_expires_at: this.#idleUntil(now) })
+        .where('model', '=', this.#model)
+        .where('id', '=', row.id)
+        .execute();
+    }
+    const payload = this.#codec.open(this.#model, row.id, row.payload) as AdapterPayload;
+    if (row.consumed_at !== null) payload.consumed = Math.floor(Date.parse(row.consumed_at) / 1000);
+    return payload;
+  }
+
   async find(id: string): Promise<AdapterPayload | undefined> {
     if (!usableKey(id)) return undefined;
-    return toPayload(await this.#live().where('id', '=', id).executeTakeFirst());
+    return this.#payload(await this.#live().where('id', '=', this.#codec.hash(id)).executeTakeFirst());
   }
 
   async findByUid(uid: string): Promise<AdapterPayload | undefined> {
     if (!usableKey(uid)) return undefined;
-    return toPayload(await this.#live().where('uid', '=', uid).executeTakeFirst());
+    return this.#payload(await this.#live().where('uid', '=', this.#codec.hash(uid)).executeTakeFirst());
   }
 
   async findByUserCode(userCode: string): Promise<AdapterPayload | undefined> {
     if (!usableKey(userCode)) return undefined;
-    return toPayload(await this.#live().where('user_code', '=', userCode).executeTakeFirst());
+    return this.#payload(
+      await this.#live().where('user_code', '=', this.#codec.hash(userCode)).executeTakeFirst(),
+    );
   }
 
   /** Marks the row consumed, atomically: of concurrent calls only one finds it unconsumed. */
   async consume(id: string): Promise<void> {
     if (!usableKey(id)) return;
+    const hashed = this.#codec.hash(id);
     const result = await this.#db
       .updateTable('oauth_models')
       .set({ consumed_at: iso(this.#now()) })
       .where('model', '=', this.#model)
-      .where('id', '=', id)
+      .where('id', '=', hashed)
       .where('consumed_at', 'is', null)
       .executeTakeFirst();
     if (Number(result.numUpdatedRows) > 0 || this.#alreadyConsumed === undefined) return;
     const row = await this.#db
       .selectFrom('oauth_models')
-      .select(['grant_id', 'consumed_at'])
+      .select(['payload', 'consumed_at'])
       .where('model', '=', this.#model)
-      .where('id', '=', id)
+      .where('id', '=', hashed)
       .executeTakeFirst();
     if (row?.consumed_at === undefined || row.consumed_at === null) return; // no such row
-    throw await this.#alreadyConsumed(this.#model, row.grant_id ?? undefined);
+    // The raw grant id is only in the sealed payload: the caller revokes the grant by it.
+    const payload = this.#codec.open(this.#model, hashed, row.payload) as AdapterPayload;
+    throw await this.#alreadyConsumed(this.#model, usableKey(payload.grantId) ? payload.grantId : undefined);
   }
 
   async destroy(id: string): Promise<void> {
     if (!usableKey(id)) return;
-    await this.#db.deleteFrom('oauth_models').where('model', '=', this.#model).where('id', '=', id).execute();
+    await this.#db
+      .deleteFrom('oauth_models')
+      .where('model', '=', this.#model)
+      .where('id', '=', this.#codec.hash(id))
+      .execute();
   }
 
   async revokeByGrantId(grantId: string): Promise<void> {
@@ -169,7 +218,7 @@ class StoreAdapter implements OidcAdapter {
     await this.#db
       .deleteFrom('oauth_models')
       .where('model', '=', this.#model)
-      .where('grant_id', '=', grantId)
+      .where('grant_id', '=', this.#codec.hash(grantId))
       .execute();
   }
 }
@@ -217,21 +266,21 @@ class ClientAdapter implements OidcAdapter {
  *
  * @example
  * ```ts
- * new Provider(issuer, { adapter: createAdapterFactory({ db: store.db, clients }) });
+ * new Provider(issuer, { adapter: createAdapterFactory({ db: store.db, codec, clients }) });
  * ```
  */
 export function createAdapterFactory(options: AdapterOptions): (model: string) => OidcAdapter {
-  const now = options.now ?? Date.now;
   return (model: string) =>
-    model === 'Client'
-      ? new ClientAdapter(options.clients)
-      : new StoreAdapter(model, options.db, now, options.alreadyConsumed);
+    model === 'Client' ? new ClientAdapter(options.clients) : new StoreAdapter(model, options);
 }
 
-/** Deletes expired model rows and revoked-token entries; returns how many rows went. */
+/** Deletes expired (and idle-expired) model rows and revoked-token entries; returns how many rows went. */
 export async function purgeExpired(db: Kysely<Database>, now: number = Date.now()): Promise<number> {
   const cutoff = iso(now);
-  const models = await db.deleteFrom('oauth_models').where('expires_at', '<=', cutoff).executeTakeFirst();
+  const models = await db
+    .deleteFrom('oauth_models')
+    .where((eb) => eb.or([eb('expires_at', '<=', cutoff), eb('idle_expires_at', '<=', cutoff)]))
+    .executeTakeFirst();
   const revoked = await db.deleteFrom('revoked_tokens').where('expires_at', '<=', cutoff).executeTakeFirst();
   return Number(models.numDeletedRows) + Number(revoked.numDeletedRows);
 }

@@ -65,6 +65,11 @@ export interface NewClient {
    * request names none (resources.ts).
    */
   readonly resources?: readonly string[];
+  /**
+   * OpenID Connect Back-Channel Logout: an https URL the authorization server POSTs a signed
+   * logout token to when the user's session ends (sid included). Authorization-code clients only.
+   */
+  readonly backchannelLogoutUri?: string;
 }
 
 /** Registered metadata, RFC 7591 names. Never contains a secret. */
@@ -83,6 +88,8 @@ export interface ClientMetadata {
   readonly require_pushed_authorization_requests?: boolean;
   /** API names or audiences; absent: derived from the scopes (resources.ts). */
   readonly resources?: readonly string[];
+  readonly backchannel_logout_uri?: string;
+  readonly backchannel_logout_session_required?: boolean;
 }
 
 export interface ClientRecord {
@@ -229,6 +236,11 @@ export function buildClientMetadata(input: NewClient): ClientMetadata {
   for (const uri of [...redirectUris, ...postLogout]) validateRedirectUri(uri, applicationType);
   const requirePar = input.requirePushedAuthorizationRequests === true;
   if (requirePar && !code) fail('requiring pushed authorization requests applies to authorization_code');
+  const backchannel = input.backchannelLogoutUri;
+  if (backchannel !== undefined) {
+    if (!code) fail('back-channel logout applies to authorization_code clients');
+    validateRedirectUri(backchannel, 'web'); // https, exact, canonical, no fragment or userinfo
+  }
   const metadata: ClientMetadata = {
     client_name: name,
     application_type: applicationType,
@@ -241,6 +253,9 @@ export function buildClientMetadata(input: NewClient): ClientMetadata {
     token_endpoint_auth_method: method,
     ...(method === 'private_key_jwt' ? { jwks: validateJwks(input.jwks) } : {}),
     ...(requirePar ? { require_pushed_authorization_requests: true } : {}),
+    ...(backchannel === undefined
+      ? {}
+      : { backchannel_logout_uri: backchannel, backchannel_logout_session_required: true }),
     ...(input.resources !== undefined && input.resources.length > 0
       ? { resources: validateResources(input.resources) }
       : {}),

@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Store } from '../store/index.ts';
 import { purgeExpired } from './adapter.ts';
+import { randomBytes } from 'node:crypto';
+import { createModelCodec } from './model-codec.ts';
 import { createGrantTokenTracker, ISSUED_JWT_MODEL, refreshTokenTtl } from './grant-tokens.ts';
 import { createRevocationList } from './revocation.ts';
 import { testBackends } from './test-backends.ts';
@@ -28,6 +30,7 @@ describe('refreshTokenTtl: the absolute lifetime of a refresh-token chain', () =
   });
 });
 
+const codec = createModelCodec(randomBytes(32), randomBytes(32));
 const backends = testBackends();
 afterAll(() => backends.cleanup());
 
@@ -43,7 +46,7 @@ describe.each(backends.names)('the per-grant access-token tracker on %s', (name)
 
   it('revokes every unexpired token of the grant, and only that grant', async () => {
     const revocations = createRevocationList({ db: store.db, now, cacheTtlMs: 0 });
-    const tracker = createGrantTokenTracker({ db: store.db, revocations, now });
+    const tracker = createGrantTokenTracker({ db: store.db, revocations, now, codec });
     await tracker.record({ grantId: 'g1', jti: 'a1', clientId: 'c', exp: sec() + 600 });
     await tracker.record({ grantId: 'g1', jti: 'a2', clientId: 'c', exp: sec() + 600 });
     await tracker.record({ grantId: 'g1', jti: 'old', clientId: 'c', exp: sec() - 1 });
@@ -60,7 +63,7 @@ describe.each(backends.names)('the per-grant access-token tracker on %s', (name)
       .select('id')
       .where('model', '=', ISSUED_JWT_MODEL)
       .execute();
-    expect(left.map((r) => r.id)).toEqual(['b1']);
+    expect(left.map((r) => r.id)).toEqual([codec.hash('b1')]);
     // A second revocation of the same grant finds nothing.
     expect(await tracker.revokeGrant('g1')).toBe(0);
     expect(await tracker.revokeGrant('')).toBe(0);
@@ -68,7 +71,7 @@ describe.each(backends.names)('the per-grant access-token tracker on %s', (name)
 
   it('ignores unusable records and is purged when the tokens expire', async () => {
     const revocations = createRevocationList({ db: store.db, now, cacheTtlMs: 0 });
-    const tracker = createGrantTokenTracker({ db: store.db, revocations, now });
+    const tracker = createGrantTokenTracker({ db: store.db, revocations, now, codec });
     await tracker.record({ grantId: '', jti: 'x', clientId: 'c', exp: sec() + 60 });
     await tracker.record({ grantId: 'g3', jti: 'y'.repeat(401), clientId: 'c', exp: sec() + 60 });
     await tracker.record({ grantId: 'g3', jti: 'z', clientId: 'c', exp: Number.NaN });
@@ -78,9 +81,9 @@ describe.each(backends.names)('the per-grant access-token tracker on %s', (name)
         .selectFrom('oauth_models')
         .select('id')
         .where('model', '=', ISSUED_JWT_MODEL)
-        .where('grant_id', 'in', ['g3', 'g4'])
+        .where('grant_id', 'in', [codec.hash('g3'), codec.hash('g4')])
         .execute();
-    expect((await rows()).map((r) => r.id)).toEqual(['short']);
+    expect((await rows()).map((r) => r.id)).toEqual([codec.hash('short')]);
     clock += 61_000;
     await purgeExpired(store.db, clock);
     expect(await rows()).toEqual([]);

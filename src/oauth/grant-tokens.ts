@@ -13,6 +13,7 @@
  */
 import type { Kysely } from 'kysely';
 import type { Database } from '../store/schema.ts';
+import type { ModelCodec } from './model-codec.ts';
 import type { RevocationList } from './revocation.ts';
 
 /** The `oauth_models.model` of the per-grant access-token records (no oidc-provider model has it). */
@@ -57,6 +58,8 @@ export interface GrantTokenTracker {
 export interface GrantTokenTrackerOptions {
   readonly db: Kysely<Database>;
   readonly revocations: Pick<RevocationList, 'revoke'>;
+  /** Rows rest as keyed hashes with a sealed payload, like every artifact (model-codec.ts). */
+  readonly codec: ModelCodec;
   readonly now?: () => number;
 }
 
@@ -67,19 +70,24 @@ function usable(value: unknown): value is string {
 }
 
 export function createGrantTokenTracker(options: GrantTokenTrackerOptions): GrantTokenTracker {
-  const { db, revocations } = options;
+  const { db, revocations, codec } = options;
   const now = options.now ?? Date.now;
   return {
     async record(token) {
       if (!usable(token.grantId) || !usable(token.jti) || !Number.isFinite(token.exp)) return;
-      const payload = JSON.stringify({ jti: token.jti, clientId: token.clientId, exp: token.exp });
+      const id = codec.hash(token.jti);
+      const payload = codec.seal(ISSUED_JWT_MODEL, id, {
+        jti: token.jti,
+        clientId: token.clientId,
+        exp: token.exp,
+      });
       await db
         .insertInto('oauth_models')
         .values({
           model: ISSUED_JWT_MODEL,
-          id: token.jti,
+          id,
           payload,
-          grant_id: token.grantId,
+          grant_id: codec.hash(token.grantId),
           uid: null,
           user_code: null,
           expires_at: new Date(token.exp * 1000).toISOString(),
@@ -94,18 +102,22 @@ export function createGrantTokenTracker(options: GrantTokenTrackerOptions): Gran
         .selectFrom('oauth_models')
         .select(['id', 'payload'])
         .where('model', '=', ISSUED_JWT_MODEL)
-        .where('grant_id', '=', grantId)
+        .where('grant_id', '=', codec.hash(grantId))
         .where('expires_at', '>', new Date(now()).toISOString())
         .execute();
       for (const row of rows) {
-        const { clientId, exp } = JSON.parse(row.payload) as { clientId?: unknown; exp?: unknown };
-        if (typeof exp !== 'number') continue;
-        await revocations.revoke(row.id, typeof clientId === 'string' ? clientId : '', exp);
+        const { jti, clientId, exp } = codec.open(ISSUED_JWT_MODEL, row.id, row.payload) as {
+          jti?: unknown;
+          clientId?: unknown;
+          exp?: unknown;
+        };
+        if (typeof exp !== 'number' || typeof jti !== 'string') continue;
+        await revocations.revoke(jti, typeof clientId === 'string' ? clientId : '', exp);
       }
       await db
         .deleteFrom('oauth_models')
         .where('model', '=', ISSUED_JWT_MODEL)
-        .where('grant_id', '=', grantId)
+        .where('grant_id', '=', codec.hash(grantId))
         .execute();
       return rows.length;
     },

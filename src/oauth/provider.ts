@@ -38,8 +38,10 @@ import type { Logger } from '../log/index.ts';
 import { describeError } from '../log/index.ts';
 import type { Store } from '../store/index.ts';
 import { createAdapterFactory, purgeExpired } from './adapter.ts';
+import { modelCodecFromKeys } from './model-codec.ts';
+import { clientSecretAccepted } from './client-secrets.ts';
 import type { OidcAdapter } from './adapter.ts';
-import { clientSecretMatches, providerClientMetadata } from './clients.ts';
+import { providerClientMetadata } from './clients.ts';
 import { scopeSessionCookies } from './cookies.ts';
 import { createGrantTokenTracker, refreshTokenTtl } from './grant-tokens.ts';
 import { errorPage, layout } from './interactions/html.ts';
@@ -353,7 +355,8 @@ export async function createAuthorizationServer(
   const log = logger.child({ component: 'oauth' });
   const revocations = options.revocations ?? createRevocationList({ db: store.db });
   // JWT access tokens issued under a grant, revoked with it (grant-tokens.ts).
-  const grantTokens = createGrantTokenTracker({ db: store.db, revocations });
+  const codec = modelCodecFromKeys(keys);
+  const grantTokens = createGrantTokenTracker({ db: store.db, revocations, codec });
   const revokeGrantTokens = async (grantId: string) => {
     const count = await grantTokens.revokeGrant(grantId);
     if (count > 0) {
@@ -410,6 +413,8 @@ export async function createAuthorizationServer(
     };
     const storeAdapter = createAdapterFactory({
       db: store.db,
+      codec,
+      sessionIdleSeconds: () => oauth.session.idleTimeoutSeconds,
       alreadyConsumed: (model, grantId) => lostConsumeRace(storeAdapter, model, grantId),
       clients: async (id) => {
         const metadata = await providerClientMetadata(store.db, id, {
@@ -603,6 +608,10 @@ export async function createAuthorizationServer(
           },
         },
         userinfo: { enabled: true },
+        // OpenID Connect Back-Channel Logout 1.0: clients registered with a backchannel_logout_uri
+        // get a signed logout token (with sid) when the session ends. oidc-provider's outgoing
+        // requests refuse special-use addresses (loopback, private ranges): SSRF protection.
+        backchannelLogout: { enabled: true },
         rpInitiatedLogout: {
           enabled: true,
           logoutSource: (ctx: KoaContextWithOIDC, form: string) => {
@@ -660,11 +669,13 @@ export async function createAuthorizationServer(
     };
     const provider = new Provider(s.issuer, configuration);
     const Client = provider.Client;
+    // The current secret unless expired, or the previous one within its rotation grace period
+    // (client-secrets.ts): both looked up in the registry, compared in constant time.
     Client.prototype.compareClientSecret = function compareClientSecret(
       this: ClientInstance,
       actual: string,
     ) {
-      return clientSecretMatches(keys, this.clientSecret, actual);
+      return clientSecretAccepted(store.db, keys, this.clientId, actual);
     };
     provider.use((ctx, next) => {
       const nonce = randomBytes(18).toString('base64url');

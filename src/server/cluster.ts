@@ -95,7 +95,9 @@ export async function setupCluster(options: ClusterOptions): Promise<Cluster> {
   if (redis === undefined) {
     return {
       bus: undefined,
-      revocations: createRevocationList({ db: store.db }),
+      // Without Redis no signal reaches this process: a revocation made elsewhere (the CLI:
+      // `users revoke`) must show within 1 s, so "not revoked" answers are reused for 0.5 s only.
+      revocations: createRevocationList({ db: store.db, cacheTtlMs: 500 }),
       dpopReplay: createMemoryReplayCache(),
       checks: [limiterCheck],
       attach: ({ keys }) => {

@@ -376,6 +376,22 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       });
       authorizationServer = as;
       cleanups.push(() => as.close());
+      // issue 13: client secrets about to expire are audited (built-in alert client-secret-expiry).
+      const { watchClientSecretExpiry } = await import('../oauth/secret-expiry-watch.ts');
+      const expiry = watchClientSecretExpiry({
+        db: store.db,
+        audit,
+        warnSeconds: () => currentLoaded.config.oauth.clientSecrets.expiryWarningDays * 86_400,
+        onError: (err) =>
+          logger.warn(
+            { event: 'client-secret-expiry-check-failed', error: describeError(err) },
+            'check failed',
+          ),
+      });
+      cleanups.push(() => {
+        expiry.close();
+        return Promise.resolve();
+      });
     }
 
     await recordConfigVersion(store.db, {

@@ -295,6 +295,35 @@ export function migrations(kind: StoreKind): Record<string, Migration> {
           .execute();
       },
     },
+    // issue 13 (sessions): artifacts of the authorization server rest only as keyed hashes and
+    // sealed payloads, so rows written before are unreadable by the new adapter and hold raw
+    // codes, tokens and ids: they are deleted (signed-in users sign in again). Per-user lookup
+    // (account_id, hashed) and the session idle deadline are new columns.
+    '010_oauth_hashed_artifacts': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.deleteFrom('oauth_models' as never).execute();
+        await db.schema.alterTable('oauth_models').addColumn('account_id', 'varchar(64)').execute();
+        await db.schema.alterTable('oauth_models').addColumn('idle_expires_at', 'varchar(32)').execute();
+        await db.schema
+          .createIndex('oauth_models_account_id_idx')
+          .on('oauth_models')
+          .column('account_id')
+          .execute();
+      },
+    },
+    // issue 13 (client secrets): a secret may expire, and the previous one stays valid for the
+    // grace period of a rotation (src/oauth/client-secrets.ts). Both only as HMACs.
+    '011_client_secret_rotation': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        for (const column of ['secret_expires_at', 'previous_secret_expires_at']) {
+          await db.schema.alterTable('oauth_clients').addColumn(column, 'varchar(32)').execute();
+        }
+        await db.schema
+          .alterTable('oauth_clients')
+          .addColumn('previous_secret_hash', 'varchar(128)')
+          .execute();
+      },
+    },
   };
 }
 

@@ -90,7 +90,11 @@ export interface LoginThrottleTable {
   blocked_until: string | null;
 }
 
-/** One oidc-provider model instance (migration 003): sessions, grants, codes, tokens, … */
+/**
+ * One oidc-provider model instance (migration 003): sessions, grants, codes, tokens, … Since
+ * migration 010 `id`, `grant_id`, `uid`, `user_code` and `account_id` hold keyed hashes and
+ * `payload` is sealed (src/oauth/model-codec.ts).
+ */
 export interface OAuthModelsTable {
   /** oidc-provider model name, e.g. 'Session', 'AuthorizationCode'. */
   model: string;
@@ -104,6 +108,10 @@ export interface OAuthModelsTable {
   expires_at: string | null;
   /** ISO-8601 UTC when consumed (codes, rotated refresh tokens); null while unused. */
   consumed_at: string | null;
+  /** Keyed hash of the payload's accountId (migration 010): a user's rows, for per-user revocation. */
+  account_id: string | null;
+  /** ISO-8601 UTC (migration 010): a session unused until then ends (idle timeout); null: none. */
+  idle_expires_at: string | null;
 }
 
 /** A registered OAuth client (migration 003). */
@@ -114,6 +122,11 @@ export interface OAuthClientsTable {
   /** HMAC-SHA-256 of the client secret under the key manager's pepper; null: no secret. */
   secret_hash: string | null;
   created_at: string;
+  /** ISO-8601 UTC (migration 011): the current secret is refused from then on; null: no expiry. */
+  secret_expires_at: string | null;
+  /** HMAC of the secret before the last rotation (migration 011), valid until the next column. */
+  previous_secret_hash: string | null;
+  previous_secret_expires_at: string | null;
 }
 
 /** A revoked JWT access token (migration 003), kept until it would have expired. */

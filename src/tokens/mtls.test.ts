@@ -28,6 +28,7 @@ import {
   compileClientCertPolicy,
   mtlsSchemeVerifier,
 } from './mtls.ts';
+import { compileCertEntitlements } from './mtls-entitlements.ts';
 import type { ClientCertPolicy, ClientCertRejection } from './mtls.ts';
 import { oauthSchemeVerifier } from './oauth-verifier.ts';
 
@@ -149,6 +150,7 @@ describe('client-certificate policy over TLS', () => {
         serialNumber: pki.valid.cert.serialNumber.toLowerCase().replace(/^0+/, ''),
         fingerprintS256: certificateThumbprint(Buffer.from(pki.valid.cert.rawData)),
         notAfter: new X509Certificate(pki.valid.pem).validToDate,
+        subjectAltNames: [],
       },
     });
   });
@@ -380,9 +382,35 @@ describe('certificate-bound tokens and the mutualTLS scheme', () => {
     ).toMatchObject({ reason: 'token-bound-token-without-proof' });
   });
 
-  it('authenticates a mutualTLS scheme by the certificate', async () => {
+  it('authenticates a mutualTLS scheme by the certificate, only when the API is entitled to it', async () => {
     const presented = await handshake(asClient(pki.valid));
-    const verify = mtlsSchemeVerifier('clientCert', policyNoCrl, { certificate: () => presented });
+    const entitlements = compileCertEntitlements([{ subject: 'CN=billing,O=Example' }]);
+    // A certificate from the trusted CA but not on the API's list: refused (a CA alone is not authorisation).
+    for (const other of [undefined, compileCertEntitlements([{ subject: 'CN=reports, O=Example' }])]) {
+      const refused = mtlsSchemeVerifier('clientCert', policyNoCrl, {
+        certificate: () => presented,
+        entitlements: other,
+      });
+      expect(await refused(request({}, presented).req, [])).toEqual({
+        ok: false,
+        status: 403,
+        reason: 'client-certificate-not-entitled',
+      });
+    }
+    const mapped = mtlsSchemeVerifier('clientCert', policyNoCrl, {
+      certificate: () => presented,
+      entitlements: compileCertEntitlements([
+        { subject: 'CN=billing, O=Example', principal: 'billing-batch' },
+      ]),
+    });
+    expect(await mapped(request({}, presented).req, [])).toMatchObject({
+      ok: true,
+      principal: { subject: 'billing-batch' },
+    });
+    const verify = mtlsSchemeVerifier('clientCert', policyNoCrl, {
+      certificate: () => presented,
+      entitlements,
+    });
     expect(await verify(request({}, presented).req, [])).toEqual({
       ok: true,
       principal: {
@@ -401,7 +429,10 @@ describe('certificate-bound tokens and the mutualTLS scheme', () => {
         }),
       ),
     );
-    const refuse = mtlsSchemeVerifier('clientCert', policyNoCrl, { certificate: () => expired });
+    const refuse = mtlsSchemeVerifier('clientCert', policyNoCrl, {
+      certificate: () => expired,
+      entitlements,
+    });
     expect(await refuse(request({}, expired).req, [])).toEqual({
       ok: false,
       status: 401,

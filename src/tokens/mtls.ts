@@ -26,6 +26,8 @@ import type { DetailedPeerCertificate, PeerCertificate } from 'node:tls';
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import type { GatewayRequest, SchemeVerifier } from '../gateway/context.ts';
+import { subjectAltNames } from './mtls-entitlements.ts';
+import type { CertEntitlements } from './mtls-entitlements.ts';
 
 const OID_CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 const OID_BASIC_CONSTRAINTS = '2.5.29.19';
@@ -65,6 +67,8 @@ export interface VerifiedClientCertificate {
   /** base64url SHA-256 of the DER: what `cnf.x5t#S256` binds to. */
   readonly fingerprintS256: string;
   readonly notAfter: Date;
+  /** Subject alternative names as `dns:…`, `email:…`, `uri:…`, `ip:…` (see mtls-entitlements.ts). */
+  readonly subjectAltNames: readonly string[];
 }
 
 export type ClientCertOutcome =
@@ -292,6 +296,7 @@ export async function compileClientCertPolicy(options: ClientCertPolicyOptions):
           serialNumber: serialKey(leaf.node.serialNumber),
           fingerprintS256: certificateThumbprint(leaf.node),
           notAfter: leaf.node.validToDate,
+          subjectAltNames: subjectAltNames(leaf.peculiar),
         },
       };
     },
@@ -302,12 +307,19 @@ export interface MtlsSchemeOptions {
   /** The client certificate of the request's connection (`getPeerCertificate(true)`). */
   readonly certificate: (req: GatewayRequest) => PeerCertificate | DetailedPeerCertificate | undefined;
   readonly now?: () => number;
+  /**
+   * The certificates the API accepts (its `mtls.clients`); a certificate that matches none is
+   * refused with 403 `client-certificate-not-entitled`. Without it every verified certificate
+   * is refused the same way: a CA alone is not authorisation.
+   */
+  readonly entitlements?: CertEntitlements | undefined;
 }
 
 /**
- * The verifier for an OpenAPI `mutualTLS` scheme: the principal is the certificate (subject DN,
- * and its thumbprint as the client id). Certificates carry no scopes: an operation that lists
- * scopes for this scheme refuses with 403.
+ * The verifier for an OpenAPI `mutualTLS` scheme: the principal is the certificate (its mapped
+ * principal name or its subject DN, and its thumbprint as the client id), provided the API's
+ * entitlements accept it. Certificates carry no scopes: an operation that lists scopes for this
+ * scheme refuses with 403.
  */
 export function mtlsSchemeVerifier(
   schemeName: string,
@@ -318,12 +330,17 @@ export function mtlsSchemeVerifier(
   return (req, requiredScopes) => {
     const outcome = policy.verify(options.certificate(req), new Date(now()));
     if (!outcome.ok) return { ok: false, status: 401, reason: `client-certificate-${outcome.reason}` };
+    const entitled = options.entitlements?.match(
+      outcome.certificate.subject,
+      outcome.certificate.subjectAltNames,
+    );
+    if (entitled === undefined) return { ok: false, status: 403, reason: 'client-certificate-not-entitled' };
     if (requiredScopes.length > 0) return { ok: false, status: 403, reason: 'insufficient-scope' };
     return {
       ok: true,
       principal: {
         scheme: schemeName,
-        subject: outcome.certificate.subject,
+        subject: entitled,
         clientId: outcome.certificate.fingerprintS256,
         scopes: new Set<string>(),
       },

@@ -52,6 +52,7 @@ describe('interaction policy from config.oauth.session', () => {
   }
   const policy = interactionPolicy({
     maxAgeSeconds: 28_800,
+    idleTimeoutSeconds: 1_800,
     reauthenticateAfterSeconds: 3_600,
   }) as unknown as {
     get(name: string): { checks: Iterable<Check> } | undefined;
