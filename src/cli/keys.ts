@@ -156,9 +156,17 @@ export function registerKeysCommands(program: Command): void {
         're-wrap every wrapped key under a new master key (local key file or PKCS#11); resumes an interrupted run',
       ),
   )
+    .option(
+      '--to <provider>',
+      'pkcs11: migrate instead (keys.provider is pkcs11 and the local master key is still present): move what the local master key wrapped to the HSM key',
+    )
     .option('--json', 'machine-readable output')
-    .action(async (opts: KeysOptions) => {
+    .action(async (opts: KeysOptions & { to?: string }) => {
       const json = opts.json === true;
+      if (opts.to !== undefined && opts.to !== 'pkcs11') {
+        fail(new Error(`--to: expected pkcs11, not "${opts.to}"`), json);
+      }
+      const migrate = opts.to === 'pkcs11';
       const exitAfter = Number(process.env[EXIT_AFTER_ENV] ?? '0');
       try {
         await withCliContext(opts, async (ctx) => {
@@ -169,6 +177,7 @@ export function registerKeysCommands(program: Command): void {
               rotateMasterKey({
                 store: ctx.store,
                 kms: ctx.keys.kms,
+                migrate,
                 onProgress: (n) => {
                   if (!json) process.stderr.write(`re-wrapped ${String(n)}\n`);
                   if (exitAfter > 0 && n >= exitAfter) process.exit(75);
@@ -176,7 +185,7 @@ export function registerKeysCommands(program: Command): void {
               }),
             (r) => ({
               'portcullis.key.kid': r.to,
-              'event.reason': `master key ${r.from} -> ${r.to}${r.resumed ? ' (resumed)' : ''}`,
+              'event.reason': `master key ${r.from} -> ${migrate ? 'pkcs11:' : ''}${r.to}${r.resumed ? ' (resumed)' : ''}`,
             }),
             {},
           );

@@ -4,7 +4,6 @@
  * TOTP provisioning URI is printed once, when `--totp` asks for a second factor.
  */
 import type { Command } from 'commander';
-import { openKms } from '../keys/kms.ts';
 import { createUsers, kmsSecretWrapper } from '../oauth/users.ts';
 import type { UserInfo, UserRecord, Users } from '../oauth/users.ts';
 import { common, fail, formatTable } from './common.ts';
@@ -75,11 +74,11 @@ function promptHidden(input: NodeJS.ReadStream, prompt: string): Promise<string>
   });
 }
 
-function usersOf(ctx: CliContext, dataDir: string): Users {
+function usersOf(ctx: CliContext): Users {
   const { config } = ctx.loaded;
   return createUsers({
     db: ctx.store.db,
-    wrapper: kmsSecretWrapper(openKms(config.oauth.kms, dataDir).kms),
+    wrapper: kmsSecretWrapper(ctx.keys.kms),
     login: config.oauth.login,
     issuerName: new URL(config.gateway.publicUrl).host,
   });
@@ -100,7 +99,7 @@ function recordJson(u: UserRecord) {
 
 /** Runs `fn` with the user directory of a CLI context opened for it. */
 function withUsers<T>(opts: CommonOptions, fn: (users: Users, ctx: CliContext) => Promise<T>): Promise<T> {
-  return withCliContext(opts, (ctx) => fn(usersOf(ctx, opts.dataDir), ctx));
+  return withCliContext(opts, (ctx) => fn(usersOf(ctx), ctx));
 }
 
 export function registerUsersCommands(program: Command): void {
@@ -120,7 +119,7 @@ export function registerUsersCommands(program: Command): void {
             'credential-lifecycle',
             'user-create',
             () =>
-              usersOf(ctx, opts.dataDir).create({
+              usersOf(ctx).create({
                 username: opts.username,
                 password,
                 totp: opts.totp === true,
@@ -165,7 +164,7 @@ export function registerUsersCommands(program: Command): void {
           const user = await ctx.audited(
             'credential-lifecycle',
             'user-disable',
-            () => usersOf(ctx, opts.dataDir).disable(opts.username),
+            () => usersOf(ctx).disable(opts.username),
             (u) => ({ 'user.id': u.id, 'portcullis.credential.type': 'user' }),
             { 'portcullis.credential.type': 'user' },
           );
