@@ -45,7 +45,8 @@ export interface RotateMasterResult {
 
 /** One wrapped secret: where it lives and the additional data it is bound to. */
 interface Wrapped {
-  readonly table: 'signing_keys' | 'audit_keys' | 'key_peppers' | 'users';
+  readonly table:
+    'signing_keys' | 'audit_keys' | 'key_peppers' | 'key_peppers_previous' | 'data_keys' | 'users';
   readonly id: string;
   readonly aad: string;
   /** The stored text. */
@@ -96,6 +97,27 @@ async function wrappedSecrets(
       encode: b64,
     });
   }
+  for (const r of await db.selectFrom('key_peppers_previous').select(['id', 'wrapped']).execute()) {
+    out.push({
+      table: 'key_peppers_previous',
+      id: r.id,
+      aad: `pepper-previous:${r.id}`,
+      stored: r.wrapped,
+      envelope: Buffer.from(r.wrapped, 'base64url'),
+      encode: b64,
+    });
+  }
+  // Data keys of encryption at rest (src/keys/envelope.ts).
+  for (const r of await db.selectFrom('data_keys').select(['id', 'wrapped']).execute()) {
+    out.push({
+      table: 'data_keys',
+      id: r.id,
+      aad: `data-key:${r.id}`,
+      stored: r.wrapped,
+      envelope: Buffer.from(r.wrapped, 'base64url'),
+      encode: b64,
+    });
+  }
   // TOTP seeds: `k1.<provider>.<envelope>` (src/oauth/users.ts kmsSecretWrapper).
   const users = await db
     .selectFrom('users')
@@ -138,6 +160,17 @@ async function replace(db: Kysely<Database>, w: Wrapped, value: string): Promise
         .updateTable('key_peppers')
         .set({ wrapped: value })
         .where('purpose', '=', w.id)
+        .where('wrapped', '=', w.stored)
+        .executeTakeFirst();
+      n = r.numUpdatedRows;
+      break;
+    }
+    case 'key_peppers_previous':
+    case 'data_keys': {
+      const r = await db
+        .updateTable(w.table)
+        .set({ wrapped: value })
+        .where('id', '=', w.id)
         .where('wrapped', '=', w.stored)
         .executeTakeFirst();
       n = r.numUpdatedRows;

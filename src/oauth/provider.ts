@@ -39,7 +39,7 @@ import { describeError } from '../log/index.ts';
 import type { Store } from '../store/index.ts';
 import { createAdapterFactory, purgeExpired } from './adapter.ts';
 import type { OidcAdapter } from './adapter.ts';
-import { clientSecretMatches, providerClientMetadata } from './clients.ts';
+import { clientSecretMatch, providerClientMetadata, rehashClientSecret } from './clients.ts';
 import { scopeSessionCookies } from './cookies.ts';
 import { createGrantTokenTracker, refreshTokenTtl } from './grant-tokens.ts';
 import { layout } from './interactions/html.ts';
@@ -655,7 +655,23 @@ export async function createAuthorizationServer(
       this: ClientInstance,
       actual: string,
     ) {
-      return clientSecretMatches(keys, this.clientSecret, actual);
+      const match = clientSecretMatch(keys, this.clientSecret, actual);
+      if (match === 'previous' && typeof this.clientSecret === 'string') {
+        // Matched under a pepper a rotation replaced: store the current pepper's hash.
+        const clientId = this.clientId;
+        rehashClientSecret(store.db, keys, clientId, this.clientSecret, actual).then(
+          (done) => {
+            if (done) logger.info({ event: 'client-secret-rehashed', clientId }, 'client secret re-hashed');
+          },
+          (err: unknown) => {
+            logger.warn(
+              { event: 'client-secret-rehash-failed', clientId, error: describeError(err) },
+              'rehash failed',
+            );
+          },
+        );
+      }
+      return match !== undefined;
     };
     provider.use((ctx, next) => {
       const nonce = randomBytes(18).toString('base64url');
