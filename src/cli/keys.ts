@@ -189,7 +189,7 @@ export function registerKeysCommands(program: Command): void {
               await ctx.audited(
                 'key-lifecycle',
                 'pepper-rotate',
-                () => ctx.keys.rotatePepper(purpose, graceMs ?? 0),
+                () => ctx.keys.rotatePepper(purpose, graceMs),
                 (r) => ({
                   'event.reason': `${r.purpose} pepper replaced; the old one ${r.previous === undefined ? 'retired at once' : `(${r.previous}) retires ${r.retiresAt.toISOString()}`}`,
                 }),
