@@ -4,6 +4,7 @@
  * A configuration that cannot be compiled throws a ConfigError naming the key and line; the
  * caller keeps serving with the previous runtime.
  */
+import type { Sealer } from '../keys/envelope.ts';
 import type { Kysely } from 'kysely';
 import type { Database } from '../store/schema.ts';
 import { createHash } from 'node:crypto';
@@ -109,6 +110,8 @@ export interface CompileOptions {
   readonly identity?: IdentitySigner;
   /** The store, for idempotency records with `idempotency.backend: store`. */
   readonly db?: Kysely<Database>;
+  /** Encrypts idempotency records kept in Redis or the store (src/keys/envelope.ts). */
+  readonly idempotencySealer?: Sealer;
 }
 
 /** The verifiers for every scheme of one API's document that this gateway can check. */
@@ -253,7 +256,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
   const backends = options.backends ?? createLimitBackends();
   try {
     const rateLimits = await compileRateLimits(loaded, backends);
-    const idempotency = compileIdempotency(loaded, backends, options.db);
+    const idempotency = compileIdempotency(loaded, backends, options.db, options.idempotencySealer);
     for (const [i, api] of config.apis.entries()) {
       let document: OpenApiDocument;
       try {

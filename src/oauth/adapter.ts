@@ -7,6 +7,8 @@
  */
 import type { Kysely } from 'kysely';
 import type { Database } from '../store/schema.ts';
+import { modelAad, openText, sealText } from '../keys/envelope.ts';
+import type { Sealer } from '../keys/envelope.ts';
 
 /** A model payload as oidc-provider hands it over; only a few members matter here. */
 export type AdapterPayload = Record<string, unknown>;
@@ -37,6 +39,8 @@ export interface AdapterOptions {
    * returns is thrown, so the loser is refused instead of being served a second time.
    */
   readonly alreadyConsumed?: (model: string, grantId: string | undefined) => Promise<Error>;
+  /** Encryption at rest of the payloads (src/keys/envelope.ts); without it they are stored in clear. */
+  readonly sealer?: Sealer;
 }
 
 /** The longest id, uid or user code stored (the columns' bound); longer ones are refused. */
@@ -55,13 +59,18 @@ function usableKey(value: string): boolean {
 }
 
 interface Row {
+  id: string;
   payload: string;
   consumed_at: string | null;
 }
 
-function toPayload(row: Row | undefined): AdapterPayload | undefined {
+async function toPayload(
+  model: string,
+  sealer: Sealer | undefined,
+  row: Row | undefined,
+): Promise<AdapterPayload | undefined> {
   if (row === undefined) return undefined;
-  const payload = JSON.parse(row.payload) as AdapterPayload;
+  const payload = JSON.parse(await openText(sealer, modelAad(model, row.id), row.payload)) as AdapterPayload;
   if (row.consumed_at !== null) payload.consumed = Math.floor(Date.parse(row.consumed_at) / 1000);
   return payload;
 }
@@ -71,13 +80,16 @@ class StoreAdapter implements OidcAdapter {
   readonly #model: string;
   readonly #now: () => number;
   readonly #alreadyConsumed: AdapterOptions['alreadyConsumed'];
+  readonly #sealer: Sealer | undefined;
 
   constructor(
     model: string,
     db: Kysely<Database>,
     now: () => number,
     alreadyConsumed?: AdapterOptions['alreadyConsumed'],
+    sealer?: Sealer,
   ) {
+    this.#sealer = sealer;
     this.#model = model;
     this.#db = db;
     this.#now = now;
@@ -90,7 +102,7 @@ class StoreAdapter implements OidcAdapter {
     const row = {
       model: this.#model,
       id,
-      payload: JSON.stringify(payload),
+      payload: await sealText(this.#sealer, modelAad(this.#model, id), JSON.stringify(payload)),
       grant_id: optionalString(payload.grantId),
       uid: optionalString(payload.uid),
       user_code: optionalString(payload.userCode),
@@ -118,24 +130,28 @@ class StoreAdapter implements OidcAdapter {
     const now = iso(this.#now());
     return this.#db
       .selectFrom('oauth_models')
-      .select(['payload', 'consumed_at'])
+      .select(['id', 'payload', 'consumed_at'])
       .where('model', '=', this.#model)
       .where((eb) => eb.or([eb('expires_at', 'is', null), eb('expires_at', '>', now)]));
   }
 
   async find(id: string): Promise<AdapterPayload | undefined> {
     if (!usableKey(id)) return undefined;
-    return toPayload(await this.#live().where('id', '=', id).executeTakeFirst());
+    return toPayload(this.#model, this.#sealer, await this.#live().where('id', '=', id).executeTakeFirst());
   }
 
   async findByUid(uid: string): Promise<AdapterPayload | undefined> {
     if (!usableKey(uid)) return undefined;
-    return toPayload(await this.#live().where('uid', '=', uid).executeTakeFirst());
+    return toPayload(this.#model, this.#sealer, await this.#live().where('uid', '=', uid).executeTakeFirst());
   }
 
   async findByUserCode(userCode: string): Promise<AdapterPayload | undefined> {
     if (!usableKey(userCode)) return undefined;
-    return toPayload(await this.#live().where('user_code', '=', userCode).executeTakeFirst());
+    return toPayload(
+      this.#model,
+      this.#sealer,
+      await this.#live().where('user_code', '=', userCode).executeTakeFirst(),
+    );
   }
 
   /** Marks the row consumed, atomically: of concurrent calls only one finds it unconsumed. */
@@ -225,7 +241,7 @@ export function createAdapterFactory(options: AdapterOptions): (model: string) =
   return (model: string) =>
     model === 'Client'
       ? new ClientAdapter(options.clients)
-      : new StoreAdapter(model, options.db, now, options.alreadyConsumed);
+      : new StoreAdapter(model, options.db, now, options.alreadyConsumed, options.sealer);
 }
 
 /** Deletes expired model rows and revoked-token entries; returns how many rows went. */

@@ -38,6 +38,8 @@ import type { Logger } from '../log/index.ts';
 import { describeError } from '../log/index.ts';
 import type { Store } from '../store/index.ts';
 import { createAdapterFactory, purgeExpired } from './adapter.ts';
+import { sealStoredModels } from '../keys/envelope.ts';
+import type { Sealer } from '../keys/envelope.ts';
 import type { OidcAdapter } from './adapter.ts';
 import { clientSecretMatch, providerClientMetadata, rehashClientSecret } from './clients.ts';
 import { scopeSessionCookies } from './cookies.ts';
@@ -132,6 +134,8 @@ export interface AuthorizationServerOptions {
   readonly purgeIntervalMs?: number;
   /** Issuance, revocation and refusals, for the audit trail and metrics (never tokens). */
   readonly onEvent?: (event: AuthorizationServerEvent, context: RequestContext) => void;
+  /** Encrypts model payloads at rest (src/keys/envelope.ts); without it they are stored in clear. */
+  readonly sealer?: Sealer;
   /** The revocation list shared with the gateway (default: one on the store alone). */
   readonly revocations?: RevocationList;
 }
@@ -352,6 +356,12 @@ export async function createAuthorizationServer(
   const revocations = options.revocations ?? createRevocationList({ db: store.db });
   // JWT access tokens issued under a grant, revoked with it (grant-tokens.ts).
   const grantTokens = createGrantTokenTracker({ db: store.db, revocations });
+  if (options.sealer !== undefined) {
+    // Rows written before encryption at rest are sealed once; after that a clear row is refused.
+    const sealed = await sealStoredModels(store.db, options.sealer);
+    if (sealed > 0)
+      log.info({ event: 'oauth-models-sealed', count: sealed }, 'stored model payloads encrypted');
+  }
   const revokeGrantTokens = async (grantId: string) => {
     const count = await grantTokens.revokeGrant(grantId);
     if (count > 0) {
@@ -408,6 +418,7 @@ export async function createAuthorizationServer(
     };
     const storeAdapter = createAdapterFactory({
       db: store.db,
+      ...(options.sealer === undefined ? {} : { sealer: options.sealer }),
       alreadyConsumed: (model, grantId) => lostConsumeRace(storeAdapter, model, grantId),
       clients: async (id) => {
         const metadata = await providerClientMetadata(store.db, id, {

@@ -36,6 +36,7 @@ import { setupCluster } from './cluster.ts';
 import { createObserver } from './observe.ts';
 import type { Runtime } from '../gateway/compile.ts';
 import { openKeyManager } from '../keys/index.ts';
+import { createSealers } from '../keys/envelope.ts';
 import type { StoreKeyManager } from '../keys/index.ts';
 import type { AuthorizationServer } from '../oauth/provider.ts';
 import { openStore, recordConfigVersion } from '../store/index.ts';
@@ -187,6 +188,9 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       logger,
     });
     const keys: StoreKeyManager = openedKeys;
+    // Encryption at rest (idempotency records, authorization-server payloads): data keys wrapped
+    // by the key manager's ring (src/keys/envelope.ts).
+    const sealers = createSealers({ db: store.db, kms: openedKeys.kms });
     cleanups.push(async () => {
       openedKeys.close();
     });
@@ -318,6 +322,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       apiKeys,
       dpopReplay: cluster.dpopReplay,
       db: store.db,
+      idempotencySealer: sealers.for('idempotency'),
       identity: createIdentitySigner({
         issuer: config.gateway.publicUrl,
         signingJwks: () => openedKeys.signingJwks(),
@@ -351,6 +356,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         loaded,
         store,
         keys: openedKeys,
+        sealer: sealers.for('oauth-model'),
         logger,
         interactions,
         onEvent: (event, context) => observer.oauth(event, context),
