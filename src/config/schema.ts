@@ -1057,6 +1057,17 @@ const Keys = Section(
   'key custody: where the master key and the signing keys live',
 );
 
+const Crypto = Section(
+  {
+    fips: Type.Union([Type.Literal('required'), Type.Literal('preferred'), Type.Literal('off')], {
+      default: 'off',
+      description:
+        'FIPS 140 mode. required: refuse to start unless the OpenSSL FIPS provider is active; preferred: FIPS mode when it is, a warning when not; off. In FIPS mode JOSE algorithms are ES256/PS256 and TLS uses AES-GCM suites on P-256/P-384 only',
+    }),
+  },
+  'cryptographic module policy (src/keys/fips.ts)',
+);
+
 export const ConfigSchema = Type.Object(
   {
     version: Type.Literal(1, { default: 1 }),
@@ -1085,6 +1096,7 @@ export const ConfigSchema = Type.Object(
     ),
     oauth: OAuth,
     keys: Keys,
+    crypto: Crypto,
     tokens: Tokens,
     audit: Audit,
     alerts: Alerts,
