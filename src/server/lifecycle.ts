@@ -166,11 +166,18 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
   // required and the OpenSSL FIPS provider is not active.
   const fips = decideFipsMode(loaded.config, fipsProviderActive(options.getFips), (path) => {
     const at = loaded.locate(path.split('.'));
-    return at === undefined ? `${loaded.file}: ${path}` : `${loaded.file}:${String(at.line)}:${String(at.column)}: ${path}`;
+    return at === undefined
+      ? `${loaded.file}: ${path}`
+      : `${loaded.file}:${String(at.line)}:${String(at.column)}: ${path}`;
   });
   applyFipsMode(fips);
   (fips.configured !== 'off' && fips.mode !== 'fips' ? logger.warn.bind(logger) : logger.info.bind(logger))(
-    { event: 'crypto-mode', fips: fips.mode, configured: fips.configured, providerActive: fips.providerActive },
+    {
+      event: 'crypto-mode',
+      fips: fips.mode,
+      configured: fips.configured,
+      providerActive: fips.providerActive,
+    },
     fips.mode === 'fips' ? 'FIPS mode: approved algorithms only' : 'cryptography: standard mode (not FIPS)',
   );
 
