@@ -1057,6 +1057,43 @@ const Keys = Section(
   'key custody: where the master key and the signing keys live',
 );
 
+const Uploads = Section(
+  {
+    apis: Type.Array(Type.String({ minLength: 1, maxLength: 64 }), {
+      default: [],
+      maxItems: 1000,
+      description:
+        'APIs whose every operation with a request body is scanned by ClamAV; an operation can also opt in or out with x-portcullis-scan: true|false',
+    }),
+    clamd: Type.Optional(
+      Type.Object(
+        {
+          socket: Type.Optional(
+            Type.String({ minLength: 1, maxLength: 4096, description: "clamd's unix socket (LocalSocket)" }),
+          ),
+          host: Type.Optional(
+            Type.String({ minLength: 1, maxLength: 253, description: "clamd's TCP address" }),
+          ),
+          port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: "clamd's TCP port" })),
+          timeoutMs: Type.Integer({
+            minimum: 100,
+            maximum: 120000,
+            default: 10000,
+            description: 'how long a scan may take before the scanner counts as unavailable',
+          }),
+        },
+        { additionalProperties: false, description: 'the ClamAV daemon: socket, or host and port' },
+      ),
+    ),
+    onScannerUnavailable: Type.Union([Type.Literal('refuse'), Type.Literal('allow')], {
+      default: 'refuse',
+      description:
+        'refuse: 503 when clamd cannot be reached (fail closed); allow: pass the upload unscanned (logged)',
+    }),
+  },
+  'upload scanning with ClamAV (src/gateway/stages/scan)',
+);
+
 const Crypto = Section(
   {
     fips: Type.Union([Type.Literal('required'), Type.Literal('preferred'), Type.Literal('off')], {
@@ -1097,6 +1134,7 @@ export const ConfigSchema = Type.Object(
     oauth: OAuth,
     keys: Keys,
     crypto: Crypto,
+    uploads: Uploads,
     tokens: Tokens,
     audit: Audit,
     alerts: Alerts,

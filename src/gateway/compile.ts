@@ -4,6 +4,7 @@
  * A configuration that cannot be compiled throws a ConfigError naming the key and line; the
  * caller keeps serving with the previous runtime.
  */
+import { ScanDeclarationError, compileScan } from './stages/scan/index.ts';
 import type { Sealer } from '../keys/envelope.ts';
 import type { Kysely } from 'kysely';
 import type { Database } from '../store/schema.ts';
@@ -386,6 +387,15 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
           throw err;
         }
         responseStages.push(...extra.responseStages);
+        // Upload scanning (issue 18): only on the operations `uploads` names.
+        try {
+          const scan = compileScan(config.uploads, api.name, op, backends.logger);
+          if (scan) stages.push({ name: 'scan', run: scan });
+        } catch (err) {
+          if (err instanceof ScanDeclarationError)
+            throw configError(loaded, ['apis', i, 'openapi'], `${op.method} ${op.path}: ${err.message}`);
+          throw err;
+        }
         let upstreamStep: Step;
         try {
           const wrapped = await idempotency.wrap(api.name, op, template, proxyStep);
