@@ -44,12 +44,12 @@ export async function startClamd(options: { streamMaxLength?: string } = {}): Pr
     ].join('\n'),
   );
   const child: ChildProcess = spawn('/usr/sbin/clamd', ['-c', conf], { stdio: 'ignore' });
-  let exited = false;
+  const state = { exited: false };
   child.on('exit', () => {
-    exited = true;
+    state.exited = true;
   });
   for (let i = 0; i < 200 && !existsSync(socket); i++) {
-    if (exited) break;
+    if (state.exited) break;
     await new Promise((r) => setTimeout(r, 100));
   }
   if (!existsSync(socket)) {
@@ -60,7 +60,7 @@ export async function startClamd(options: { streamMaxLength?: string } = {}): Pr
     socket,
     dir,
     stop: async () => {
-      if (!exited) {
+      if (!state.exited) {
         const done = new Promise((r) => child.once('exit', r));
         child.kill('SIGTERM');
         await done;
