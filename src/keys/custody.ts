@@ -123,7 +123,8 @@ export function withLegacy(primary: KeyRing, legacy: KeyRing): KeyRing {
     },
     async refresh() {
       await primary.refresh();
-      await legacy.refresh();
+      // The local key may be removed once migrated: that must not stop the HSM ring's refresh.
+      await legacy.refresh().catch(() => undefined);
     },
     prepareNext: () => primary.prepareNext(),
     promoteNext: (id) => primary.promoteNext(id),
