@@ -116,7 +116,7 @@ async function secretHash(id: string): Promise<string | null> {
 }
 
 async function eventually(check: () => Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 40; i++) {
+  for (let i = 0; i < 100; i++) {
     if (await check()) return;
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -180,16 +180,20 @@ describe('pepper rotation', () => {
     expect(await keyed(idleKey.key)).toBe(401);
     expect(await tokenStatus(idleClient)).toBe(401);
 
-    const events = await queryStoreLog(gw.p.store.db, { limit: 500 });
+    // Request events are group-committed: wait for the refusal's.
+    const refusedEvents = async () =>
+      (await queryStoreLog(gw.p.store.db, { limit: 1000 })).filter(
+        (e) =>
+          e.event['event.category'] === 'authentication' &&
+          e.event['event.outcome'] === 'failure' &&
+          e.event['url.path'] === '/v1/keyed',
+      );
+    await eventually(async () => (await refusedEvents()).length >= 1);
+    const events = await queryStoreLog(gw.p.store.db, { limit: 1000 });
     const actions = events.map((e) => e.event['event.action']);
     expect(actions.filter((a) => a === 'pepper-rotate')).toHaveLength(2);
     expect(actions.filter((a) => a === 'pepper-retire')).toHaveLength(2);
-    const refused = events.filter(
-      (e) =>
-        e.event['event.category'] === 'authentication' &&
-        e.event['event.outcome'] === 'failure' &&
-        JSON.stringify(e.event).includes('/v1/keyed'),
-    );
+    const refused = await refusedEvents();
     expect(refused.length).toBeGreaterThanOrEqual(1);
     for (const s of [usedKey.key, idleKey.key, usedClient.secret]) expect(gw.logs()).not.toContain(s);
   }, 120_000);
