@@ -14,6 +14,7 @@ import { decodeJwt, exportJWK, generateKeyPair, SignJWT } from 'jose';
 import * as oidc from 'openid-client';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { openKms } from '../src/keys/kms.ts';
+import { createSealers, modelAad, openText } from '../src/keys/envelope.ts';
 import { createClient } from '../src/oauth/clients.ts';
 import type { NewClient } from '../src/oauth/clients.ts';
 import { ISSUED_JWT_MODEL } from '../src/oauth/grant-tokens.ts';
@@ -176,9 +177,13 @@ async function storedRefreshToken(site: Site, value: string) {
     .where('model', '=', 'RefreshToken')
     .where('id', '=', value)
     .executeTakeFirst();
-  return row === undefined
-    ? undefined
-    : { ...row, payload: JSON.parse(row.payload) as { exp: number; iat: number; iiat: number } };
+  if (row === undefined) return undefined;
+  // Payloads are sealed at rest (src/keys/envelope.ts): opened with the gateway's key ring.
+  const keys = site.gw.p.keys;
+  if (keys === undefined) throw new Error('no key manager');
+  const sealer = createSealers({ db: site.gw.p.store.db, kms: keys.kms }).for('oauth-model');
+  const text = await openText(sealer, modelAad('RefreshToken', row.id), row.payload);
+  return { ...row, payload: JSON.parse(text) as { exp: number; iat: number; iiat: number } };
 }
 
 describe('refresh tokens, when enabled', () => {
