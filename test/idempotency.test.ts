@@ -4,6 +4,9 @@
  * upstream once, a required key missing (400), and records shared by two gateways on one Redis.
  */
 import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRecordingUpstream, startTestGateway, TEST_OPENAPI } from './helpers.ts';
@@ -171,7 +174,12 @@ describe('Redis backend across two gateways', () => {
   const admin = new Redis('redis://127.0.0.1:6379', { maxRetriesPerRequest: 1 });
   let a: TestGateway;
   let b: TestGateway;
+  // One deployment: the two gateways share Redis, the store and the master key (records are
+  // sealed under data keys in the store, src/keys/envelope.ts).
+  const shared = mkdtempSync(join(tmpdir(), 'portcullis-idem-shared-'));
   const config = () => ({
+    store: { url: `sqlite:${join(shared, 'shared.db')}` },
+    oauth: { kms: { masterKeyFile: join(shared, 'master.key') } },
     redis: { url: 'redis://127.0.0.1:6379', keyPrefix: prefix },
     idempotency: { backend: 'redis' },
     apis: [{ name: 'shop', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }],
@@ -188,6 +196,7 @@ describe('Redis backend across two gateways', () => {
     const keys = await admin.keys(`${prefix}*`);
     if (keys.length > 0) await admin.del(...keys);
     await admin.quit();
+    rmSync(shared, { recursive: true, force: true });
   });
 
   it('replays at one gateway what the other stored, and refuses a conflicting reuse there', async () => {

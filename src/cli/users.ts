@@ -4,7 +4,6 @@
  * TOTP provisioning URI is printed once, when `--totp` asks for a second factor.
  */
 import type { Command } from 'commander';
-import { openKms } from '../keys/kms.ts';
 import { createUsers, kmsSecretWrapper } from '../oauth/users.ts';
 import type { UserInfo, UserRecord, Users } from '../oauth/users.ts';
 import { common, fail, formatTable } from './common.ts';
@@ -77,11 +76,11 @@ function promptHidden(input: NodeJS.ReadStream, prompt: string): Promise<string>
   });
 }
 
-function usersOf(ctx: CliContext, dataDir: string): Users {
+function usersOf(ctx: CliContext): Users {
   const { config } = ctx.loaded;
   return createUsers({
     db: ctx.store.db,
-    wrapper: kmsSecretWrapper(openKms(config.oauth.kms, dataDir).kms),
+    wrapper: kmsSecretWrapper(ctx.keys.kms),
     login: config.oauth.login,
     issuerName: new URL(config.gateway.publicUrl).host,
   });
@@ -106,7 +105,7 @@ function recordJson(u: UserRecord) {
 
 /** Runs `fn` with the user directory of a CLI context opened for it. */
 function withUsers<T>(opts: CommonOptions, fn: (users: Users, ctx: CliContext) => Promise<T>): Promise<T> {
-  return withCliContext(opts, (ctx) => fn(usersOf(ctx, opts.dataDir), ctx));
+  return withCliContext(opts, (ctx) => fn(usersOf(ctx), ctx));
 }
 
 export function registerUsersCommands(program: Command): void {
@@ -126,7 +125,7 @@ export function registerUsersCommands(program: Command): void {
             'credential-lifecycle',
             'user-create',
             () =>
-              usersOf(ctx, opts.dataDir).create({
+              usersOf(ctx).create({
                 username: opts.username,
                 password,
                 totp: opts.totp === true,
@@ -176,7 +175,7 @@ export function registerUsersCommands(program: Command): void {
             'credential-lifecycle',
             'user-disable',
             async () => {
-              const disabled = await usersOf(ctx, opts.dataDir).disable(opts.username);
+              const disabled = await usersOf(ctx).disable(opts.username);
               return { user: disabled, ended: await endSessionsOf(ctx, disabled.id) };
             },
             (r) => ({ 'user.id': r.user.id, 'portcullis.credential.type': 'user' }),
@@ -215,7 +214,7 @@ export function registerUsersCommands(program: Command): void {
             'credential-lifecycle',
             'user-sessions-revoke',
             async () => {
-              const record = await usersOf(ctx, opts.dataDir).show(username);
+              const record = await usersOf(ctx).show(username);
               return { user: record, ended: await endSessionsOf(ctx, record.id) };
             },
             (r) => ({ 'user.id': r.user.id, 'portcullis.credential.type': 'user' }),

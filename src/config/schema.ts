@@ -1126,6 +1126,54 @@ const Keys = Section(
   'key custody: where the master key and the signing keys live',
 );
 
+const Uploads = Section(
+  {
+    apis: Type.Array(Type.String({ minLength: 1, maxLength: 64 }), {
+      default: [],
+      maxItems: 1000,
+      description:
+        'APIs whose every operation with a request body is scanned by ClamAV; an operation can also opt in or out with x-portcullis-scan: true|false',
+    }),
+    clamd: Type.Optional(
+      Type.Object(
+        {
+          socket: Type.Optional(
+            Type.String({ minLength: 1, maxLength: 4096, description: "clamd's unix socket (LocalSocket)" }),
+          ),
+          host: Type.Optional(
+            Type.String({ minLength: 1, maxLength: 253, description: "clamd's TCP address" }),
+          ),
+          port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: "clamd's TCP port" })),
+          timeoutMs: Type.Integer({
+            minimum: 100,
+            maximum: 120000,
+            default: 10000,
+            description: 'how long a scan may take before the scanner counts as unavailable',
+          }),
+        },
+        { additionalProperties: false, description: 'the ClamAV daemon: socket, or host and port' },
+      ),
+    ),
+    onScannerUnavailable: Type.Union([Type.Literal('refuse'), Type.Literal('allow')], {
+      default: 'refuse',
+      description:
+        'refuse: 503 when clamd cannot be reached (fail closed); allow: pass the upload unscanned (logged)',
+    }),
+  },
+  'upload scanning with ClamAV (src/gateway/stages/scan)',
+);
+
+const Crypto = Section(
+  {
+    fips: Type.Union([Type.Literal('required'), Type.Literal('preferred'), Type.Literal('off')], {
+      default: 'off',
+      description:
+        'FIPS 140 mode. required: refuse to start unless the OpenSSL FIPS provider is active; preferred: FIPS mode when it is, a warning when not; off. In FIPS mode JOSE algorithms are ES256/PS256 and TLS uses AES-GCM suites on P-256/P-384 only',
+    }),
+  },
+  'cryptographic module policy (src/keys/fips.ts)',
+);
+
 export const ConfigSchema = Type.Object(
   {
     version: Type.Literal(1, { default: 1 }),
@@ -1166,6 +1214,8 @@ export const ConfigSchema = Type.Object(
     ),
     oauth: OAuth,
     keys: Keys,
+    crypto: Crypto,
+    uploads: Uploads,
     tokens: Tokens,
     audit: Audit,
     alerts: Alerts,

@@ -4,6 +4,8 @@
  * A configuration that cannot be compiled throws a ConfigError naming the key and line; the
  * caller keeps serving with the previous runtime.
  */
+import { ScanDeclarationError, compileScan } from './stages/scan/index.ts';
+import type { Sealer } from '../keys/envelope.ts';
 import type { Kysely } from 'kysely';
 import type { Database } from '../store/schema.ts';
 import { createHash } from 'node:crypto';
@@ -112,6 +114,8 @@ export interface CompileOptions {
   readonly identity?: IdentitySigner;
   /** The store, for idempotency records with `idempotency.backend: store`. */
   readonly db?: Kysely<Database>;
+  /** Encrypts idempotency records kept in Redis or the store (src/keys/envelope.ts). */
+  readonly idempotencySealer?: Sealer;
 }
 
 /** The verifiers for every scheme of one API's document that this gateway can check. */
@@ -278,7 +282,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
   const backends = options.backends ?? createLimitBackends();
   try {
     const rateLimits = await compileRateLimits(loaded, backends);
-    const idempotency = compileIdempotency(loaded, backends, options.db);
+    const idempotency = compileIdempotency(loaded, backends, options.db, options.idempotencySealer);
     for (const [i, api] of config.apis.entries()) {
       let document: OpenApiDocument;
       try {
@@ -441,6 +445,15 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
           throw err;
         }
         responseStages.push(...extra.responseStages);
+        // Upload scanning (issue 18): only on the operations `uploads` names.
+        try {
+          const scan = compileScan(config.uploads, api.name, op, backends.logger);
+          if (scan) stages.push({ name: 'scan', run: scan });
+        } catch (err) {
+          if (err instanceof ScanDeclarationError)
+            throw configError(loaded, ['apis', i, 'openapi'], `${op.method} ${op.path}: ${err.message}`);
+          throw err;
+        }
         let upstreamStep: Step;
         try {
           const wrapped = await idempotency.wrap(api.name, op, template, proxyStep);

@@ -30,6 +30,7 @@ export const STAGE_NAMES = [
   'authenticate',
   'authorize',
   'validate',
+  'scan',
   'idempotency',
   'proxy',
   'response',

@@ -22,6 +22,7 @@ export const PROBLEMS = {
   'unsupported-media-type': { status: 415, title: 'Unsupported Media Type' },
   'misdirected-request': { status: 421, title: 'Misdirected Request' },
   unprocessable: { status: 422, title: 'Unprocessable Content' },
+  'upload-rejected': { status: 422, title: 'Unprocessable Content' },
   'too-many-requests': { status: 429, title: 'Too Many Requests' },
   'headers-too-large': { status: 431, title: 'Request Header Fields Too Large' },
   internal: { status: 500, title: 'Internal Server Error' },

@@ -7,7 +7,7 @@
  *   ES256 token-signing keys and the audit-checkpoint key are generated on the token and sign
  *   there, never leaving it. Peppers (HMAC keys on the API-key hot path) stay wrapped by the KEK.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { KeysConfig, OAuthConfig } from '../config/schema.ts';
 import { KmsError, openKms } from './kms.ts';
@@ -85,10 +85,49 @@ export function openCustody(options: OpenCustodyOptions): Custody {
   const pin = resolveSecretRef(p.pin, 'keys.pkcs11.pin', options.dataDir, env);
   const hsm = Hsm.open({ module: p.module, tokenLabel: p.tokenLabel, pin });
   try {
-    const kms = createPkcs11KeyRing(hsm, p.kekLabel);
+    const ring = createPkcs11KeyRing(hsm, p.kekLabel);
+    // A local master key that is still there (file or variable) keeps unwrapping what it wrapped
+    // until `keys rotate-master --to pkcs11` has moved everything to the HSM's key.
+    const localKey =
+      (env[options.kms.masterKeyEnv] ?? '') !== '' ||
+      existsSync(resolve(options.dataDir, options.kms.masterKeyFile));
+    const kms = localKey ? withLegacy(ring, openKms(options.kms, options.dataDir, env).kms) : ring;
     return { kms, hsm, hsmSigning: p.signingKeys, source: `pkcs11:${p.tokenLabel}/${p.kekLabel}` };
   } catch (error) {
     hsm.close();
     throw error;
   }
+}
+
+/**
+ * `primary` wraps; what it cannot unwrap is tried with `legacy` (the local master key an HSM
+ * replaces). Rotation and key ids are the primary's.
+ */
+export function withLegacy(primary: KeyRing, legacy: KeyRing): KeyRing {
+  return {
+    name: primary.name,
+    legacyNames: [legacy.name],
+    currentKeyId: () => primary.currentKeyId(),
+    wrap: (plaintext, aad) => primary.wrap(plaintext, aad),
+    wrapUnder: (id, plaintext, aad) => primary.wrapUnder(id, plaintext, aad),
+    async unwrap(ciphertext, aad) {
+      try {
+        return await primary.unwrap(ciphertext, aad);
+      } catch (error) {
+        try {
+          return await legacy.unwrap(ciphertext, aad);
+        } catch {
+          throw error;
+        }
+      }
+    },
+    async refresh() {
+      await primary.refresh();
+      // The local key may be removed once migrated: that must not stop the HSM ring's refresh.
+      await legacy.refresh().catch(() => undefined);
+    },
+    prepareNext: () => primary.prepareNext(),
+    promoteNext: (id) => primary.promoteNext(id),
+    canRotate: () => primary.canRotate(),
+  };
 }

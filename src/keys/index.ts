@@ -100,6 +100,19 @@ export interface StoreKeyManager extends KeyManager {
    */
   rotateAuditKey(): Promise<{ retired: string | undefined; kid: string }>;
   /**
+   * Replaces the pepper of `purpose` with a new one. The old one keeps verifying for `graceMs`
+   * (see {@link KeyManager.hmacPrevious}; a secret verified with it is re-hashed under the new one),
+   * then is retired. `graceMs` 0 retires it at once.
+   */
+  rotatePepper(
+    purpose: PepperPurpose,
+    graceMs: number,
+  ): Promise<{ purpose: PepperPurpose; previous: string | undefined; retiresAt: Date }>;
+  /** Retires the replaced peppers of `purpose` now, before their grace ends; returns their ids. */
+  retirePeppers(purpose: PepperPurpose): Promise<string[]>;
+  /** Replaced peppers still in their grace period (ids, purposes and when they retire). */
+  previousPeppers(): { id: string; purpose: PepperPurpose; retiresAt: Date }[];
+  /**
    * What the timer does: refreshes, rotates when the current key is older than
    * `rotationDays`, and removes previous keys past their overlap.
    */
@@ -153,6 +166,19 @@ function keyAad(kid: string): string {
 
 function pepperAad(purpose: string): string {
   return `pepper:${purpose}`;
+}
+
+/** Additional data of a pepper a rotation replaced (row `key_peppers_previous.id`). */
+export function previousPepperAad(id: string): string {
+  return `pepper-previous:${id}`;
+}
+
+/** A pepper a rotation replaced: still accepted until `retiresAt` (ms since the epoch). */
+interface PreviousPepper {
+  readonly id: string;
+  readonly purpose: PepperPurpose;
+  readonly key: Buffer;
+  readonly retiresAt: number;
 }
 
 function isStatus(value: string): value is KeyStatus {
@@ -398,6 +424,26 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     return { generation: state.generation, keys };
   }
 
+  async function readPreviousPeppers(): Promise<PreviousPepper[]> {
+    const rows = await store.db.selectFrom('key_peppers_previous').selectAll().execute();
+    const out: PreviousPepper[] = [];
+    for (const row of rows) {
+      const purpose = PEPPER_PURPOSES.find((p) => p === row.purpose);
+      if (purpose === undefined) continue;
+      try {
+        const key = await kms.unwrap(Buffer.from(row.wrapped, 'base64url'), previousPepperAad(row.id));
+        out.push({ id: row.id, purpose, key, retiresAt: Date.parse(row.retires_at) });
+      } catch (error) {
+        const reason = error instanceof Error ? error.message : 'unknown error';
+        throw new KeyManagerError(
+          'KEYS_CORRUPT',
+          `cannot decrypt replaced ${purpose} pepper ${row.id}: ${reason}`,
+        );
+      }
+    }
+    return out;
+  }
+
   async function readPeppers(): Promise<Map<PepperPurpose, Buffer>> {
     const rows = await store.db.selectFrom('key_peppers').selectAll().execute();
     const out = new Map<PepperPurpose, Buffer>();
@@ -489,12 +535,23 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     throw new KeyManagerError('KEYS_INCONSISTENT', 'the key set was not created');
   }
   let set: KeySet = initial;
-  const peppers = await readPeppers();
-  for (const purpose of PEPPER_PURPOSES) {
-    if (!peppers.has(purpose)) {
-      throw new KeyManagerError('KEYS_INCONSISTENT', `the ${purpose} pepper is missing`);
+  async function loadPeppers(): Promise<{ current: Map<PepperPurpose, Buffer>; previous: PreviousPepper[] }> {
+    const current = await readPeppers();
+    for (const purpose of PEPPER_PURPOSES) {
+      if (!current.has(purpose)) {
+        throw new KeyManagerError('KEYS_INCONSISTENT', `the ${purpose} pepper is missing`);
+      }
     }
+    return { current, previous: await readPreviousPeppers() };
   }
+  let { current: peppers, previous: previousPeppers } = await loadPeppers();
+  const replacePeppers = (fresh: { current: Map<PepperPurpose, Buffer>; previous: PreviousPepper[] }) => {
+    for (const old of [...peppers.values(), ...previousPeppers.map((p) => p.key)]) {
+      if (![...fresh.current.values(), ...fresh.previous.map((p) => p.key)].includes(old)) old.fill(0);
+    }
+    peppers = fresh.current;
+    previousPeppers = fresh.previous;
+  };
 
   // The audit-checkpoint key: created once, like the key set, under the key-set lock.
   const auditKeyOptions = {
@@ -556,6 +613,8 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     const fresh = await readKeySet();
     if (fresh === undefined) throw new KeyManagerError('KEYS_INCONSISTENT', 'the key set is gone');
     if (fresh.generation === set.generation) return false;
+    // A pepper rotation or retirement moves the generation too.
+    replacePeppers(await loadPeppers());
     set = fresh;
     emit();
     return true;
@@ -646,8 +705,98 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     return true;
   }
 
+  /** Deletes replaced peppers whose grace period is over (all of `purpose` when given). */
+  async function retirePeppersNow(purpose: PepperPurpose | undefined): Promise<string[]> {
+    const at = now();
+    const retired = await writeTransaction(store, async (db) => {
+      await lockState(db, store.kind);
+      let q = db.selectFrom('key_peppers_previous').select(['id', 'purpose']);
+      q = purpose === undefined ? q.where('retires_at', '<=', iso(at)) : q.where('purpose', '=', purpose);
+      const rows = await q.execute();
+      if (rows.length === 0) return [];
+      await db
+        .deleteFrom('key_peppers_previous')
+        .where(
+          'id',
+          'in',
+          rows.map((r) => r.id),
+        )
+        .execute();
+      await bumpGeneration(db, at);
+      return rows.map((r) => r.id);
+    });
+    if (retired.length > 0) {
+      logger?.info({ event: 'keys.pepper_retired', ids: retired }, 'replaced peppers retired');
+    }
+    return retired;
+  }
+
+  async function rotatePepperNow(purpose: PepperPurpose, graceMs: number) {
+    if (closed) throw new KeyManagerError('KEYS_CLOSED', 'the key manager is closed');
+    const at = now();
+    const id = randomBytes(8).toString('hex');
+    const row = await store.db
+      .selectFrom('key_peppers')
+      .selectAll()
+      .where('purpose', '=', purpose)
+      .executeTakeFirst();
+    if (row === undefined) throw new KeyManagerError('KEYS_INCONSISTENT', `the ${purpose} pepper is missing`);
+    const fresh = randomBytes(PEPPER_BYTES);
+    let wrappedNew: string;
+    let wrappedOld: string;
+    try {
+      wrappedNew = (await kms.wrap(fresh, pepperAad(purpose))).toString('base64url');
+      const old = await kms.unwrap(Buffer.from(row.wrapped, 'base64url'), pepperAad(purpose));
+      try {
+        wrappedOld = (await kms.wrap(old, previousPepperAad(id))).toString('base64url');
+      } finally {
+        old.fill(0);
+      }
+    } finally {
+      fresh.fill(0);
+    }
+    const retiresAt = new Date(at.getTime() + graceMs);
+    await writeTransaction(store, async (db) => {
+      await lockState(db, store.kind);
+      const updated = await db
+        .updateTable('key_peppers')
+        .set({ wrapped: wrappedNew, kms: kms.name, created_at: iso(at) })
+        .where('purpose', '=', purpose)
+        .where('wrapped', '=', row.wrapped)
+        .executeTakeFirst();
+      if (updated.numUpdatedRows === 0n) {
+        throw new KeyManagerError('KEYS_INCONSISTENT', `the ${purpose} pepper changed meanwhile; run again`);
+      }
+      if (graceMs > 0) {
+        await db
+          .insertInto('key_peppers_previous')
+          .values({
+            id,
+            purpose,
+            wrapped: wrappedOld,
+            kms: kms.name,
+            created_at: row.created_at,
+            retires_at: iso(retiresAt),
+          })
+          .execute();
+      }
+      await bumpGeneration(db, at);
+    });
+    logger?.info(
+      {
+        event: 'keys.pepper_rotated',
+        purpose,
+        previous: graceMs > 0 ? id : undefined,
+        retiresAt: iso(retiresAt),
+      },
+      'pepper rotated',
+    );
+    return { purpose, previous: graceMs > 0 ? id : undefined, retiresAt };
+  }
+
   async function maintainNow(): Promise<void> {
     await reload();
+    if (previousPeppers.some((p) => p.retiresAt <= now().getTime())) await retirePeppersNow(undefined);
     const at = now();
     if (isDue(currentKey().summary.activatedAt, at)) {
       await rotateNow(`scheduled: current key older than ${String(config.signing.rotationDays)} days`, true);
@@ -744,6 +893,40 @@ export async function openKeyManager(options: OpenKeyManagerOptions): Promise<St
     },
     auditCheckpointVerifier() {
       return auditVerifier;
+    },
+    rotatePepper(purpose, graceMs) {
+      if (!PEPPER_PURPOSES.includes(purpose))
+        return Promise.reject(new TypeError('rotatePepper: unknown purpose'));
+      if (!Number.isInteger(graceMs) || graceMs < 0) {
+        return Promise.reject(new TypeError('rotatePepper: graceMs must be a non-negative integer'));
+      }
+      return serial(async () => {
+        const r = await rotatePepperNow(purpose, graceMs);
+        await reload();
+        return r;
+      });
+    },
+    retirePeppers(purpose) {
+      return serial(async () => {
+        const r = await retirePeppersNow(purpose);
+        await reload();
+        return r;
+      });
+    },
+    previousPeppers() {
+      return previousPeppers.map((p) => ({ id: p.id, purpose: p.purpose, retiresAt: new Date(p.retiresAt) }));
+    },
+    hmacPrevious(purpose, value) {
+      if (previousPeppers.length === 0) return [];
+      if (typeof value !== 'string') throw new TypeError('hmac: value must be a string');
+      const at = now().getTime();
+      const out: string[] = [];
+      for (const p of previousPeppers) {
+        if (p.purpose === purpose && p.retiresAt > at) {
+          out.push(createHmac('sha256', p.key).update(value, 'utf8').digest('base64url'));
+        }
+      }
+      return out;
     },
     hmac(purpose, value) {
       const pepper = peppers.get(purpose);

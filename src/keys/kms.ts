@@ -49,6 +49,11 @@ export interface KeyRing extends KmsProvider {
   promoteNext(nextId: string): Promise<void>;
   /** Why this ring cannot be rotated in place (naming the setting), or undefined when it can. */
   canRotate(): string | undefined;
+  /**
+   * Names of providers whose envelopes this ring still unwraps (a local master key being
+   * migrated to an HSM: `keys rotate-master --to pkcs11`).
+   */
+  readonly legacyNames?: readonly string[];
 }
 
 export type KmsErrorCode =

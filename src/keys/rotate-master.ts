@@ -26,6 +26,12 @@ export interface RotateMasterOptions {
    * process part-way (`PORTCULLIS_TEST_ROTATE_MASTER_EXIT_AFTER`).
    */
   readonly onProgress?: (rewrapped: number) => void;
+  /**
+   * Migration instead of rotation (`keys rotate-master --to pkcs11`): no new key is made; every
+   * secret not yet under the ring's current key (the HSM's KEK) — those the local master key
+   * wrapped — is moved to it. Resumable the same way.
+   */
+  readonly migrate?: boolean;
 }
 
 export interface RotateMasterResult {
@@ -39,7 +45,8 @@ export interface RotateMasterResult {
 
 /** One wrapped secret: where it lives and the additional data it is bound to. */
 interface Wrapped {
-  readonly table: 'signing_keys' | 'audit_keys' | 'key_peppers' | 'users';
+  readonly table:
+    'signing_keys' | 'audit_keys' | 'key_peppers' | 'key_peppers_previous' | 'data_keys' | 'users';
   readonly id: string;
   readonly aad: string;
   /** The stored text. */
@@ -51,7 +58,11 @@ interface Wrapped {
 
 const HSM_REF = 'pkcs11:';
 
-async function wrappedSecrets(db: Kysely<Database>, kmsName: string): Promise<Wrapped[]> {
+async function wrappedSecrets(
+  db: Kysely<Database>,
+  kmsName: string,
+  legacyNames: readonly string[],
+): Promise<Wrapped[]> {
   const out: Wrapped[] = [];
   const b64 = (e: Buffer) => e.toString('base64url');
   for (const r of await db.selectFrom('signing_keys').select(['kid', 'private_jwk_wrapped']).execute()) {
@@ -86,6 +97,27 @@ async function wrappedSecrets(db: Kysely<Database>, kmsName: string): Promise<Wr
       encode: b64,
     });
   }
+  for (const r of await db.selectFrom('key_peppers_previous').select(['id', 'wrapped']).execute()) {
+    out.push({
+      table: 'key_peppers_previous',
+      id: r.id,
+      aad: `pepper-previous:${r.id}`,
+      stored: r.wrapped,
+      envelope: Buffer.from(r.wrapped, 'base64url'),
+      encode: b64,
+    });
+  }
+  // Data keys of encryption at rest (src/keys/envelope.ts).
+  for (const r of await db.selectFrom('data_keys').select(['id', 'wrapped']).execute()) {
+    out.push({
+      table: 'data_keys',
+      id: r.id,
+      aad: `data-key:${r.id}`,
+      stored: r.wrapped,
+      envelope: Buffer.from(r.wrapped, 'base64url'),
+      encode: b64,
+    });
+  }
   // TOTP seeds: `k1.<provider>.<envelope>` (src/oauth/users.ts kmsSecretWrapper).
   const users = await db
     .selectFrom('users')
@@ -95,7 +127,7 @@ async function wrappedSecrets(db: Kysely<Database>, kmsName: string): Promise<Wr
   for (const r of users) {
     const stored = r.totp_secret_wrapped ?? '';
     const [v, name, envelope = ''] = stored.split('.');
-    if (v !== 'k1' || name !== kmsName) continue;
+    if (v !== 'k1' || (name !== kmsName && !legacyNames.includes(name ?? ''))) continue;
     out.push({
       table: 'users',
       id: r.id,
@@ -133,6 +165,17 @@ async function replace(db: Kysely<Database>, w: Wrapped, value: string): Promise
       n = r.numUpdatedRows;
       break;
     }
+    case 'key_peppers_previous':
+    case 'data_keys': {
+      const r = await db
+        .updateTable(w.table)
+        .set({ wrapped: value })
+        .where('id', '=', w.id)
+        .where('wrapped', '=', w.stored)
+        .executeTakeFirst();
+      n = r.numUpdatedRows;
+      break;
+    }
     case 'users': {
       const r = await db
         .updateTable('users')
@@ -151,9 +194,10 @@ async function replace(db: Kysely<Database>, w: Wrapped, value: string): Promise
 export async function rotateMasterKey(options: RotateMasterOptions): Promise<RotateMasterResult> {
   const { store, kms } = options;
   const now = options.now ?? (() => new Date());
+  const db = store.db;
+  if (options.migrate === true) return migrateToCurrent(options, now);
   const why = kms.canRotate();
   if (why !== undefined) throw new KmsError('KMS_PROVIDER', `cannot rotate the master key: ${why}`);
-  const db = store.db;
 
   const open = await db
     .selectFrom('master_key_rotations')
@@ -190,11 +234,23 @@ export async function rotateMasterKey(options: RotateMasterOptions): Promise<Rot
     }
   }
 
+  const rewrapped = await moveAll(options, to);
+
+  await kms.promoteNext(to);
+  await finish(db, to, now().toISOString());
+  return { from, to, rewrapped, resumed };
+}
+
+/** Moves every wrapped secret not yet under `to` (and its provider's name) to it; the count. */
+async function moveAll(options: RotateMasterOptions, to: string): Promise<number> {
+  const { store, kms } = options;
+  const db = store.db;
   let rewrapped = 0;
   // Two passes: a process that wrapped something under the old key meanwhile is caught by the second.
   for (let pass = 0; pass < 2; pass++) {
-    for (const w of await wrappedSecrets(db, kms.name)) {
-      if (envelopeKeyId(w.envelope) === to) continue;
+    for (const w of await wrappedSecrets(db, kms.name, kms.legacyNames ?? [])) {
+      const named = !w.stored.startsWith('k1.') || w.stored.startsWith(`k1.${kms.name}.`);
+      if (envelopeKeyId(w.envelope) === to && named) continue;
       const plain = await kms.unwrap(w.envelope, w.aad);
       let value: string;
       try {
@@ -217,9 +273,10 @@ export async function rotateMasterKey(options: RotateMasterOptions): Promise<Rot
       }
     }
   }
+  return rewrapped;
+}
 
-  await kms.promoteNext(to);
-  const at = now().toISOString();
+async function finish(db: Kysely<Database>, to: string, at: string): Promise<void> {
   await db.transaction().execute(async (tx) => {
     await tx.updateTable('master_key_rotations').set({ finished_at: at }).where('to_key', '=', to).execute();
     // Other processes re-read the ring when the key-set generation moves.
@@ -229,5 +286,46 @@ export async function rotateMasterKey(options: RotateMasterOptions): Promise<Rot
       .where('id', '=', 1)
       .execute();
   });
-  return { from, to, rewrapped, resumed };
+}
+
+/** `--to pkcs11`: moves what the legacy (local) master key wrapped to the ring's current key. */
+async function migrateToCurrent(options: RotateMasterOptions, now: () => Date): Promise<RotateMasterResult> {
+  const { kms, store } = options;
+  const db = store.db;
+  const legacy = kms.legacyNames ?? [];
+  if (legacy.length === 0) {
+    throw new KmsError(
+      'KMS_PROVIDER',
+      'nothing to migrate from: keys.provider must be pkcs11 and the local master key (oauth.kms) must still be present',
+    );
+  }
+  const to = kms.currentKeyId();
+  const open = await db
+    .selectFrom('master_key_rotations')
+    .selectAll()
+    .where('to_key', '=', to)
+    .executeTakeFirst();
+  const resumed = open !== undefined && open.finished_at === null;
+  if (open === undefined) {
+    await db
+      .insertInto('master_key_rotations')
+      .values({
+        to_key: to,
+        from_key: legacy.join(','),
+        provider: kms.name,
+        rewrapped: 0,
+        started_at: now().toISOString(),
+        finished_at: null,
+      })
+      .execute();
+  } else if (open.finished_at !== null) {
+    await db
+      .updateTable('master_key_rotations')
+      .set({ finished_at: null })
+      .where('to_key', '=', to)
+      .execute();
+  }
+  const rewrapped = await moveAll(options, to);
+  await finish(db, to, now().toISOString());
+  return { from: legacy.join(','), to, rewrapped, resumed };
 }

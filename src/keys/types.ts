@@ -65,6 +65,12 @@ export interface KeyManager {
   /** HMAC-SHA-256 of `value` under the pepper for `purpose`, base64url. */
   hmac(purpose: PepperPurpose, value: string): string;
   /**
+   * HMAC-SHA-256 of `value` under each replaced pepper of `purpose` still in its grace period
+   * (`portcullis keys rotate-pepper`); empty when there is none. A secret that matches one of
+   * these is valid, and its stored hash should be replaced by {@link hmac}'s.
+   */
+  hmacPrevious(purpose: PepperPurpose, value: string): string[];
+  /**
    * Signs audit-trail checkpoints (ES256) with the audit-checkpoint key: created once per store,
    * its private part wrapped by the KMS like the signing keys; the kid is its RFC 7638 thumbprint.
    */

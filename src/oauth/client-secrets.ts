@@ -122,7 +122,10 @@ function same(a: string, b: string): boolean {
 
 /**
  * Whether `presented` is the client's current secret (not expired) or its previous one (within
- * the grace period). Both comparisons always run, in constant time.
+ * the grace period). Every comparison always runs, in constant time. A secret hashed under a
+ * pepper that a rotation replaced (`keys rotate-pepper`, still in its grace period) is accepted
+ * too, and the stored hash is then replaced by the current pepper's, so that the client keeps
+ * working once the old pepper retires.
  */
 export async function clientSecretAccepted(
   db: Kysely<Database>,
@@ -139,15 +142,29 @@ export async function clientSecretAccepted(
     .where('client_id', '=', clientId)
     .executeTakeFirst();
   if (row === undefined || row.secret_hash === null) return false;
-  const digest = keys.hmac('client-secret', presented);
+  // The current pepper's digest first, then those of peppers still in their grace period.
+  const digests = [
+    keys.hmac('client-secret', presented),
+    ...(keys.hmacPrevious?.('client-secret', presented) ?? []),
+  ];
   const t = new Date(now).toISOString();
-  const current =
-    same(digest, row.secret_hash) && (row.secret_expires_at === null || row.secret_expires_at > t);
+  let currentUnder = -1;
+  let previousMatched = false;
+  for (const [i, digest] of digests.entries()) {
+    if (same(digest, row.secret_hash) && currentUnder < 0) currentUnder = i;
+    if (row.previous_secret_hash !== null && same(digest, row.previous_secret_hash)) previousMatched = true;
+  }
+  const current = currentUnder >= 0 && (row.secret_expires_at === null || row.secret_expires_at > t);
   const previous =
-    row.previous_secret_hash !== null &&
-    row.previous_secret_expires_at !== null &&
-    same(digest, row.previous_secret_hash) &&
-    row.previous_secret_expires_at > t;
+    previousMatched && row.previous_secret_expires_at !== null && row.previous_secret_expires_at > t;
+  if (current && currentUnder > 0) {
+    await db
+      .updateTable('oauth_clients')
+      .set({ secret_hash: digests[0] ?? null })
+      .where('client_id', '=', clientId)
+      .where('secret_hash', '=', row.secret_hash)
+      .execute();
+  }
   return current || previous;
 }
 

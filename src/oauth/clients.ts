@@ -37,6 +37,8 @@ export type ApplicationType = 'web' | 'native';
 /** The key manager's keyed hash, all the registry needs of it. */
 export interface SecretHasher {
   hmac(purpose: PepperPurpose, value: string): string;
+  /** Hashes under replaced peppers still in their grace period (pepper rotation). */
+  hmacPrevious?(purpose: PepperPurpose, value: string): string[];
 }
 
 export interface NewClient {
@@ -382,9 +384,48 @@ export async function providerClientMetadata(
 
 /** Constant-time comparison of a presented secret with the stored HMAC. */
 export function clientSecretMatches(keys: SecretHasher, storedHash: unknown, presented: unknown): boolean {
-  if (typeof storedHash !== 'string' || typeof presented !== 'string' || presented.length === 0) return false;
-  if (presented.length > 512) return false;
-  const a = Buffer.from(keys.hmac('client-secret', presented));
+  return clientSecretMatch(keys, storedHash, presented) !== undefined;
+}
+
+/**
+ * Which pepper a presented secret matches the stored HMAC under: `current`, `previous` (a pepper
+ * a rotation replaced, still in its grace period: re-hash with {@link rehashClientSecret}), or
+ * undefined (no match). Constant-time per comparison.
+ */
+export function clientSecretMatch(
+  keys: SecretHasher,
+  storedHash: unknown,
+  presented: unknown,
+): 'current' | 'previous' | undefined {
+  if (typeof storedHash !== 'string' || typeof presented !== 'string' || presented.length === 0)
+    return undefined;
+  if (presented.length > 512) return undefined;
   const b = Buffer.from(storedHash);
-  return a.length === b.length && timingSafeEqual(a, b);
+  const same = (hash: string) => {
+    const a = Buffer.from(hash);
+    return a.length === b.length && timingSafeEqual(a, b);
+  };
+  if (same(keys.hmac('client-secret', presented))) return 'current';
+  for (const hash of keys.hmacPrevious?.('client-secret', presented) ?? []) if (same(hash)) return 'previous';
+  return undefined;
+}
+
+/**
+ * Replaces a client's secret hash made under a replaced pepper by the current pepper's (the
+ * secret was just presented and matched): after the grace period the client keeps working.
+ */
+export async function rehashClientSecret(
+  db: Kysely<Database>,
+  keys: SecretHasher,
+  clientId: string,
+  oldHash: string,
+  presented: string,
+): Promise<boolean> {
+  const r = await db
+    .updateTable('oauth_clients')
+    .set({ secret_hash: keys.hmac('client-secret', presented) })
+    .where('client_id', '=', clientId)
+    .where('secret_hash', '=', oldHash)
+    .executeTakeFirst();
+  return r.numUpdatedRows > 0n;
 }

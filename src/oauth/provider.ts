@@ -57,6 +57,7 @@ import {
 import type { Resource, ResourceCatalog, ResourceClient } from './resources.ts';
 import { createRevocationList } from './revocation.ts';
 import type { RevocationList } from './revocation.ts';
+import { approvedJoseAlgs } from '../keys/fips.ts';
 
 export type { AnyRequest, AnyResponse } from 'oidc-provider';
 export { Provider } from 'oidc-provider';
@@ -399,8 +400,8 @@ export async function createAuthorizationServer(
     // Keys on an HSM sign through PKCS#11 as oidc-provider ExternalSigningKeys (src/keys/oidc.ts).
     const jwks = oidcSigningKeys(keys);
     const external = keys.signers().some((k) => k.external);
-    const signingAlgs = ALLOWED_ALGS.filter((a) => jwks.keys.some((k) => k.alg === a));
-    const asymmetric = [...ALLOWED_ALGS];
+    const signingAlgs = approvedJoseAlgs(ALLOWED_ALGS).filter((a) => jwks.keys.some((k) => k.alg === a));
+    const asymmetric = approvedJoseAlgs(ALLOWED_ALGS);
     const cookieKey = keys.hmac('client-secret', 'portcullis/oidc-provider/cookie-signing/v1');
     const claims: Record<string, readonly string[] | null> = { ...(interactions?.claims ?? {}) };
     // Every scope an API declares, plus OpenID Connect's own: the only values a client may hold.
@@ -739,7 +740,7 @@ export async function createAuthorizationServer(
     try {
       ({ payload } = await jwtVerify(token, createLocalJWKSet(keys.publicJwks()), {
         issuer: s.issuer,
-        algorithms: [...ALLOWED_ALGS],
+        algorithms: approvedJoseAlgs(ALLOWED_ALGS),
         typ: 'at+jwt',
       }));
     } catch {

@@ -222,7 +222,9 @@ export interface SecretWrapper {
  * `local` provider), the same protection signing keys and peppers get. Stored as
  * `k1.<provider>.<envelope base64url>`.
  */
-export function kmsSecretWrapper(kms: Pick<KmsProvider, 'name' | 'wrap' | 'unwrap'>): SecretWrapper {
+export function kmsSecretWrapper(
+  kms: Pick<KmsProvider, 'name' | 'wrap' | 'unwrap'> & { readonly legacyNames?: readonly string[] },
+): SecretWrapper {
   return {
     async wrap(plain, context) {
       const envelope = await kms.wrap(plain, context);
@@ -230,7 +232,8 @@ export function kmsSecretWrapper(kms: Pick<KmsProvider, 'name' | 'wrap' | 'unwra
     },
     async unwrap(wrapped, context) {
       const [v, name, envelope = ''] = wrapped.split('.');
-      if (v !== 'k1' || name !== kms.name) throw new Error('wrapped secret is from another KMS provider');
+      if (v !== 'k1' || (name !== kms.name && !(kms.legacyNames ?? []).includes(name ?? '')))
+        throw new Error('wrapped secret is from another KMS provider');
       return kms.unwrap(Buffer.from(envelope, 'base64url'), context);
     },
   };

@@ -38,6 +38,8 @@ import { setupCluster } from './cluster.ts';
 import { createObserver } from './observe.ts';
 import type { Runtime } from '../gateway/compile.ts';
 import { openKeyManager } from '../keys/index.ts';
+import { createSealers } from '../keys/envelope.ts';
+import { applyFipsMode, decideFipsMode, fipsProviderActive } from '../keys/fips.ts';
 import type { StoreKeyManager } from '../keys/index.ts';
 import type { AuthorizationServer } from '../oauth/provider.ts';
 import { openStore, recordConfigVersion } from '../store/index.ts';
@@ -64,6 +66,11 @@ export interface StartOptions {
   readonly signals?: boolean;
   /** Watch the configuration and its OpenAPI files for changes. */
   readonly watch?: boolean;
+  /**
+   * Test hook: stands in for `crypto.getFips()` (1: the FIPS provider is active). The restriction
+   * logic is then exercised on an OpenSSL without a FIPS provider; never set it in production.
+   */
+  readonly getFips?: () => number;
   /**
    * What this process serves: `all` (default), `gateway` (APIs only) or `authorization-server`
    * (only the OAuth/OIDC paths; `oauth.enabled` must be on).
@@ -159,6 +166,24 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
   const loaded = await loadConfig(configFile);
   const logger = options.logger ?? createLogger(loaded.config.logging.level);
   for (const w of loaded.warnings) logger.warn({ event: 'config-warning' }, formatIssue(loaded.file, w));
+  // FIPS mode (crypto.fips): decided before any key or listener exists; refuses to start when
+  // required and the OpenSSL FIPS provider is not active.
+  const fips = decideFipsMode(loaded.config, fipsProviderActive(options.getFips), (path) => {
+    const at = loaded.locate(path.split('.'));
+    return at === undefined
+      ? `${loaded.file}: ${path}`
+      : `${loaded.file}:${String(at.line)}:${String(at.column)}: ${path}`;
+  });
+  applyFipsMode(fips);
+  (fips.configured !== 'off' && fips.mode !== 'fips' ? logger.warn.bind(logger) : logger.info.bind(logger))(
+    {
+      event: 'crypto-mode',
+      fips: fips.mode,
+      configured: fips.configured,
+      providerActive: fips.providerActive,
+    },
+    fips.mode === 'fips' ? 'FIPS mode: approved algorithms only' : 'cryptography: standard mode (not FIPS)',
+  );
 
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const store = await openStore({
@@ -168,7 +193,13 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     onPoolError: (err) =>
       logger.warn({ event: 'store-error', error: describeError(err) }, 'store connection error'),
   });
-  const cleanups: (() => Promise<void>)[] = [() => store.close()];
+  const cleanups: (() => Promise<void>)[] = [
+    () => {
+      applyFipsMode({ ...fips, mode: 'standard' });
+      return Promise.resolve();
+    },
+    () => store.close(),
+  ];
   const cleanup = async () => {
     for (const fn of cleanups.reverse()) await fn().catch(() => undefined);
   };
@@ -192,6 +223,9 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       logger,
     });
     const keys: StoreKeyManager = openedKeys;
+    // Encryption at rest (idempotency records, authorization-server payloads): data keys wrapped
+    // by the key manager's ring (src/keys/envelope.ts).
+    const sealers = createSealers({ db: store.db, kms: openedKeys.kms });
     cleanups.push(async () => {
       openedKeys.close();
     });
@@ -333,6 +367,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       apiKeys,
       dpopReplay: cluster.dpopReplay,
       db: store.db,
+      idempotencySealer: sealers.for('idempotency'),
       identity: createIdentitySigner({
         issuer: config.gateway.publicUrl,
         signingJwks: () => openedKeys.signingJwks(),
@@ -481,7 +516,14 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         tls,
         metrics: options.metricsText === undefined ? metrics : { ...metrics, text: options.metricsText },
         audit,
-        checks: cluster.checks,
+        checks: [
+          ...cluster.checks,
+          // crypto: the FIPS mode in force (crypto.fips), never a failure once started.
+          {
+            name: 'crypto',
+            check: () => ({ status: 'ok', detail: `fips=${fips.mode} (crypto.fips: ${fips.configured})` }),
+          },
+        ],
         // With Redis (several processes) a store outage degrades: tokens keep flowing on cached keys.
         storeOutage: config.redis === undefined ? 'failed' : 'degraded',
       });

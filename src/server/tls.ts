@@ -11,6 +11,7 @@ import type https from 'node:https';
 import { resolve } from 'node:path';
 import type tls from 'node:tls';
 import { ensureDevCertificates } from './devca.ts';
+import { tlsCipherPolicy } from '../keys/fips.ts';
 
 /** TLS 1.3 suites (all AEAD), in OpenSSL's default order. */
 export const TLS13_CIPHER_SUITES: readonly string[] = [
@@ -89,9 +90,9 @@ export function secureContextOptions(
     key: material.keyPem,
     ...(material.caPem === undefined ? {} : { ca: material.caPem }),
     minVersion: TLS_MIN_VERSION,
-    ciphers: TLS_CIPHERS,
+    // FIPS mode (crypto.fips) narrows both to approved suites and groups.
+    ...tlsCipherPolicy({ ciphers: TLS_CIPHERS, ecdhCurve: TLS_ECDH_CURVES }),
     honorCipherOrder: true,
-    ecdhCurve: TLS_ECDH_CURVES,
     // OpenSSL 3 does not compress; say so anyway. NO_RENEGOTIATION refuses renegotiation in
     // the protocol (hardenTlsServer also ends any connection that starts one).
     secureOptions: cryptoConstants.SSL_OP_NO_COMPRESSION | cryptoConstants.SSL_OP_NO_RENEGOTIATION,

@@ -324,6 +324,36 @@ export function migrations(kind: StoreKind): Record<string, Migration> {
           .execute();
       },
     },
+    // --- key custody and data at rest (issue 18): 050-059 ---
+    '050_pepper_rotation': {
+      // `portcullis keys rotate-pepper`: the peppers a rotation replaced, still accepted until
+      // retires_at (src/keys/index.ts); wrapped by the master key like the current ones.
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('key_peppers_previous')
+          .addColumn('id', 'varchar(32)', (col) => col.primaryKey())
+          .addColumn('purpose', 'varchar(32)', (col) => col.notNull())
+          .addColumn('wrapped', 'text', (col) => col.notNull())
+          .addColumn('kms', 'varchar(64)', (col) => col.notNull())
+          .addColumn('created_at', 'varchar(32)', (col) => col.notNull())
+          .addColumn('retires_at', 'varchar(32)', (col) => col.notNull())
+          .execute();
+      },
+    },
+    '051_data_keys': {
+      // Envelope encryption at rest (src/keys/envelope.ts): AES-256 data keys wrapped by the
+      // master key; encrypted values name the data key they were sealed with.
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('data_keys')
+          .addColumn('id', 'varchar(32)', (col) => col.primaryKey())
+          .addColumn('purpose', 'varchar(32)', (col) => col.notNull())
+          .addColumn('wrapped', 'text', (col) => col.notNull())
+          .addColumn('kms', 'varchar(64)', (col) => col.notNull())
+          .addColumn('created_at', 'varchar(32)', (col) => col.notNull())
+          .execute();
+      },
+    },
   };
 }
 

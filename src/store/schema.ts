@@ -247,6 +247,26 @@ export interface MasterKeyRotationsTable {
   finished_at: string | null;
 }
 
+/** Peppers replaced by a rotation, accepted until retires_at (migration 050). */
+export interface KeyPeppersPreviousTable {
+  id: string;
+  purpose: string;
+  wrapped: string;
+  kms: string;
+  created_at: string;
+  retires_at: string;
+}
+
+/** Data keys of envelope encryption at rest, wrapped by the master key (migration 051). */
+export interface DataKeysTable {
+  id: string;
+  /** What the key seals: `idempotency`, `oauth-model`. */
+  purpose: string;
+  wrapped: string;
+  kms: string;
+  created_at: string;
+}
+
 export interface Database {
   oauth_models: OAuthModelsTable;
   oauth_clients: OAuthClientsTable;
@@ -264,6 +284,8 @@ export interface Database {
   audit_keys: AuditKeysTable;
   idempotency_records: IdempotencyRecordsTable;
   master_key_rotations: MasterKeyRotationsTable;
+  key_peppers_previous: KeyPeppersPreviousTable;
+  data_keys: DataKeysTable;
 }
 
 export type ConfigVersionRow = Selectable<ConfigVersionsTable>;

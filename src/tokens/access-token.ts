@@ -13,6 +13,7 @@
 import { createHash } from 'node:crypto';
 import { createLocalJWKSet, errors as joseErrors, jwtVerify } from 'jose';
 import type { JSONWebKeySet, JWTPayload } from 'jose';
+import { approvedJoseAlgs } from '../keys/fips.ts';
 
 export const ALLOWED_ALGORITHMS = ['ES256', 'PS256', 'EdDSA'] as const;
 
@@ -133,7 +134,7 @@ function classify(err: unknown): TokenError {
 export type AccessTokenVerifier = (token: string) => Promise<VerifiedAccessToken>;
 
 export function createAccessTokenVerifier(options: AccessTokenVerifierOptions): AccessTokenVerifier {
-  const algorithms = [...(options.algorithms ?? ALLOWED_ALGORITHMS)];
+  const algorithms = approvedJoseAlgs(options.algorithms ?? ALLOWED_ALGORITHMS);
   for (const alg of algorithms) {
     if (alg === 'none' || alg.startsWith('HS'))
       throw new TypeError(`algorithm ${alg} is not allowed for access tokens`);

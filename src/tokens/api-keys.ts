@@ -170,7 +170,7 @@ export interface IssuedApiKey {
 }
 
 type ApiKeyRow = Selectable<ApiKeysTable>;
-type KeyHasher = Pick<KeyManager, 'hmac'>;
+type KeyHasher = Pick<KeyManager, 'hmac'> & Partial<Pick<KeyManager, 'hmacPrevious'>>;
 
 const API_NAME = /^[a-z][a-z0-9-]{0,62}$/;
 const OPERATION_ID = /^[A-Za-z0-9_.:-]{1,200}$/;
@@ -625,6 +625,27 @@ export function createApiKeyAuthority(
     return loaded;
   };
 
+  /**
+   * A key hashed under a pepper a rotation replaced (still in its grace period): found by its old
+   * hash, its row takes the current pepper's hash, so it keeps working after the old pepper retires.
+   */
+  const lookupPrevious = async (key: string, hash: string): Promise<CachedKey | undefined> => {
+    for (const old of keys.hmacPrevious?.('api-key', key) ?? []) {
+      const found = await lookup(old);
+      if (found === undefined) continue;
+      await store.db
+        .updateTable('api_keys')
+        .set({ key_hash: hash })
+        .where('id', '=', found.row.id)
+        .where('key_hash', '=', old)
+        .execute();
+      cache.delete(old);
+      byId.delete(found.row.id);
+      return lookup(hash);
+    }
+    return undefined;
+  };
+
   const countVolume = (id: string, at: number): void => {
     let v = volume.get(id);
     const start = at - (at % windowMs);
@@ -728,7 +749,8 @@ export function createApiKeyAuthority(
       const parsed = parseApiKey(key);
       if (parsed === undefined) return { ok: false, reason: 'malformed' };
       const hash = keys.hmac('api-key', key);
-      const entry = await lookup(hash);
+      let entry = await lookup(hash);
+      if (entry === undefined) entry = await lookupPrevious(key, hash);
       // The query matched on the hash; compare again in constant time, independent of how the
       // database compares text.
       const computed = Buffer.from(hash);

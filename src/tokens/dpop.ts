@@ -21,6 +21,7 @@ import {
   jwtVerify,
 } from 'jose';
 import type { JWK, JWTPayload } from 'jose';
+import { approvedJoseAlgs } from '../keys/fips.ts';
 
 /** Algorithms a proof may use (asymmetric only). */
 export const DPOP_ALGORITHMS = ['ES256', 'PS256', 'EdDSA'] as const;
@@ -200,7 +201,7 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 
 /** Verifies one proof for one request; throws {@link DpopError} with the reason. */
 export async function verifyDpopProof(check: DpopProofCheck): Promise<VerifiedDpopProof> {
-  const algorithms = [...(check.algorithms ?? DPOP_ALGORITHMS)];
+  const algorithms = approvedJoseAlgs(check.algorithms ?? DPOP_ALGORITHMS);
   for (const alg of algorithms) {
     if (alg === 'none' || alg.startsWith('HS'))
       throw new TypeError(`algorithm ${alg} is not allowed for DPoP`);

@@ -20,6 +20,7 @@ import type { KeyObject } from 'node:crypto';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import type { JSONWebKeySet, JWK, JWTPayload } from 'jose';
 import type { Principal } from '../gateway/stages/authenticate/index.ts';
+import { approvedJoseAlgs } from '../keys/fips.ts';
 
 export const IDENTITY_TYP = 'portcullis-identity+jwt';
 
@@ -185,7 +186,7 @@ export function createIdentityVerifier(options: {
         issuer: options.issuer,
         audience: options.audience,
         typ: IDENTITY_TYP,
-        algorithms: ['ES256', 'PS256', 'EdDSA'],
+        algorithms: approvedJoseAlgs(['ES256', 'PS256', 'EdDSA']),
         clockTolerance: options.clockToleranceSeconds ?? 5,
         maxTokenAge: 60 + (options.clockToleranceSeconds ?? 5),
         requiredClaims: ['sub', 'exp', 'iat', 'jti', 'client_id'],

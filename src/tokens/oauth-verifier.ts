@@ -19,6 +19,7 @@ import type { GatewayRequest, SchemeVerifier, VerifyOutcome } from '../gateway/c
 import { TokenError } from './access-token.ts';
 import type { AccessTokenVerifier, VerifiedAccessToken } from './access-token.ts';
 import { DPOP_ALGORITHMS, DpopError, verifyDpopProof } from './dpop.ts';
+import { approvedJoseAlgs } from '../keys/fips.ts';
 import type { ReplayCache } from './dpop.ts';
 import { certificateMatchesThumbprint } from './mtls.ts';
 
@@ -69,7 +70,7 @@ export function oauthSchemeVerifier(
 ): SchemeVerifier {
   const { dpop, mtls } = options;
   const realm = options.realm === undefined ? '' : `realm="${options.realm.replace(/["\\]/g, '')}"`;
-  const algs = `algs="${(dpop?.algorithms ?? DPOP_ALGORITHMS).join(' ')}"`;
+  const algs = `algs="${approvedJoseAlgs(dpop?.algorithms ?? DPOP_ALGORITHMS).join(' ')}"`;
   const window = dpop?.iatWindowSeconds ?? 60;
   const now = dpop?.now ?? (() => Date.now());
   const params = (...parts: string[]) => parts.filter((p) => p !== '').join(', ');

@@ -8,8 +8,7 @@ import * as oidc from 'oidc-provider';
 import type { AnyRequest, AnyResponse, KoaContextWithOIDC, Provider } from 'oidc-provider';
 import type { LoadedConfig } from '../../config/load.ts';
 import type { Config } from '../../config/schema.ts';
-import { openKms } from '../../keys/kms.ts';
-import type { KeyManager } from '../../keys/types.ts';
+import type { StoreKeyManager } from '../../keys/index.ts';
 import type { Logger } from '../../log/index.ts';
 import type { Store } from '../../store/index.ts';
 import { loadOpenApi } from '../../gateway/openapi.ts';
@@ -167,8 +166,9 @@ export interface ServerInteractionsOptions {
   /** The configuration in force (a getter: reloads swap it). */
   readonly loaded: () => LoadedConfig;
   readonly store: Store;
-  readonly keys: KeyManager;
-  /** The data directory (the local KMS's key file, for wrapping TOTP secrets). */
+  /** The key manager: its key ring (local or HSM, `keys.provider`) wraps users' TOTP seeds. */
+  readonly keys: StoreKeyManager;
+  /** The data directory. */
   readonly dataDir: string;
   readonly logger: Logger;
   /** Sign-in decisions for the audit trail (issue 13): the gateway's `observer.event`. */
@@ -186,7 +186,7 @@ export function createServerInteractions(options: ServerInteractionsOptions): In
   const { config } = loaded;
   const users = createUsers({
     db: options.store.db,
-    wrapper: kmsSecretWrapper(openKms(config.oauth.kms, options.dataDir).kms),
+    wrapper: kmsSecretWrapper(options.keys.kms),
     login: config.oauth.login,
     issuerName: new URL(config.gateway.publicUrl).host,
   });

@@ -25,6 +25,8 @@ import {
   createStoreIdempotencyStore,
 } from './store.ts';
 import type { IdempotencyStore } from './store.ts';
+import { sealedIdempotencyStore } from './sealed.ts';
+import type { Sealer } from '../../../keys/envelope.ts';
 import type { Kysely } from 'kysely';
 import type { Database } from '../../../store/schema.ts';
 
@@ -50,6 +52,7 @@ export function compileIdempotency(
   loaded: LoadedConfig,
   backends: LimitBackends,
   db?: Kysely<Database>,
+  sealer?: Sealer,
 ): CompiledIdempotency {
   const config = loaded.config.idempotency;
   let opening: Promise<IdempotencyStore> | undefined;
@@ -66,11 +69,14 @@ export function compileIdempotency(
         const none = () => Promise.reject(new Error('idempotency.backend store: no store open'));
         return { begin: none, complete: none, release: none };
       }
-      return createStoreIdempotencyStore(db);
+      return sealedIdempotencyStore(createStoreIdempotencyStore(db), sealer);
     }
     const redis = loaded.config.redis;
     if (redis === undefined) throw new TypeError('idempotency.backend redis needs redis.url');
-    return createRedisIdempotencyStore(await backends.redis.get(redis.url), redis.keyPrefix);
+    return sealedIdempotencyStore(
+      createRedisIdempotencyStore(await backends.redis.get(redis.url), redis.keyPrefix),
+      sealer,
+    );
   };
   return {
     async wrap(apiName, op, template, next) {

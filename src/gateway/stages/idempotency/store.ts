@@ -13,6 +13,8 @@ export interface StoredResponse {
   readonly headers: Readonly<Record<string, string | readonly string[]>>;
   /** The body, base64. */
   readonly body: string;
+  /** Encrypted at rest (./sealed.ts): the whole response, sealed; the other members are empty. */
+  readonly sealed?: string;
 }
 
 export type BeginOutcome =
