@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSealers } from '../src/keys/envelope.ts';
 import { envelopeKeyId, openLocalKeyRing } from '../src/keys/kms.ts';
 import { createClient } from '../src/oauth/clients.ts';
+import { modelCodecFromKeys } from '../src/oauth/model-codec.ts';
 import { runPortcullis } from './cli-harness.ts';
 import { startRecordingUpstream, startTestGateway, TEST_OPENAPI } from './helpers.ts';
 import type { RecordingUpstream, TestGateway } from './helpers.ts';
@@ -281,7 +282,8 @@ describe('authorization-server model payloads', () => {
         .execute();
       expect(rows.length).toBeGreaterThanOrEqual(3);
       for (const r of rows) {
-        expect(r.payload).toMatch(/^e1\./);
+        // Sealed by the model codec (src/oauth/model-codec.ts), bound to the row's hashed id.
+        expect(r.payload).toMatch(/^v1\./);
         expect(r.payload).not.toContain(MARKER);
         expect(r.payload).not.toContain(REDIRECT);
       }
@@ -290,7 +292,10 @@ describe('authorization-server model payloads', () => {
       expect(ok.status).toBe(303);
       expect(ok.location ?? '').toContain('/interaction/');
 
-      const idOf = (uri: string) => uri.slice(uri.lastIndexOf(':') + 1);
+      // Rows are stored under a keyed hash of the id (issue 13), never the id itself.
+      if (gw.p.keys === undefined) throw new Error('no key manager');
+      const codec = modelCodecFromKeys(gw.p.keys);
+      const idOf = (uri: string) => codec.hash(uri.slice(uri.lastIndexOf(':') + 1));
       const rowTwo = rows.find((r) => r.id === idOf(two));
       const rowThree = rows.find((r) => r.id === idOf(three));
       if (rowTwo === undefined || rowThree === undefined) throw new Error('rows of the pushed requests');

@@ -88,6 +88,7 @@ export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = [
   stage('idempotency', 'idempotency'),
   stage('proxy', 'upstream call'),
   stage('response', 'response filtering'),
+  stage('scan', 'upload scan (clamd)'),
   stage('websocket', 'WebSocket handshake'),
   stage('shed-or-circuit', 'load shedding or circuit breaker (fallback when no step is known)'),
   stage('internal-error', 'unexpected error (fallback when no step is known)'),
@@ -323,5 +324,17 @@ export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = [
     categories: ['credential-lifecycle'],
     source: 'src/cli',
     description: "`users revoke`: the user's sessions, grants and tokens ended.",
+  },
+  {
+    action: 'pepper-rotate',
+    categories: ['key-lifecycle'],
+    source: 'src/cli',
+    description: '`keys rotate-pepper`: a new pepper; the old one verifies until the grace period ends.',
+  },
+  {
+    action: 'pepper-retire',
+    categories: ['key-lifecycle'],
+    source: 'src/cli',
+    description: '`keys retire-peppers`: replaced peppers past their grace period retired.',
   },
 ];
