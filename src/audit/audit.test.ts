@@ -188,6 +188,15 @@ const KINDS: Record<string, AuditEventInput> = {
     'portcullis.audit.sink': 'syslog',
     'portcullis.audit.dropped': 3,
   },
+  privacy: {
+    'event.category': 'privacy',
+    'event.action': 'consent-grant',
+    'event.outcome': 'success',
+    'user.id': 'user-1',
+    'portcullis.privacy.choice': 'analytics',
+    'portcullis.privacy.source': 'subject',
+    'portcullis.privacy.notice': '2026-12',
+  },
 };
 
 describe('event schema', () => {

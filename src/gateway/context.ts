@@ -30,6 +30,7 @@ export const STAGE_NAMES = [
   'authenticate',
   'authorize',
   'validate',
+  'privacy',
   'idempotency',
   'proxy',
   'response',
@@ -87,6 +88,18 @@ export interface GatewayRequest {
   readonly responseHeaders: Record<string, string>;
   /** The step in progress (set by the runner); a refusal is attributed to it. */
   stage?: StageName | undefined;
+  /** Set by the privacy stage (annotated operations only): the claim the identity assertion carries. */
+  privacy?: PrivacyClaims | undefined;
+}
+
+/** The subject's current consents and opt-outs, as the upstream receives them (issue 16). */
+export interface PrivacyClaims {
+  /** Purposes with a granted consent, sorted. */
+  readonly consents: readonly string[];
+  /** Opt-outs in force, sorted. */
+  readonly optOuts: readonly string[];
+  /** Changes whenever either list changes (the assertion cache's key). */
+  readonly version: string;
 }
 
 export interface StageResponse {

@@ -24,6 +24,7 @@ import { createLimitBackends } from '../gateway/stages/rate-limit/index.ts';
 import type { TokenSource } from '../gateway/compile.ts';
 import { createApiKeyAuthority } from '../tokens/api-keys.ts';
 import { createIdentitySigner } from '../tokens/identity.ts';
+import { createPrivacyService } from '../privacy/service.ts';
 import { createMetrics } from '../admin/metrics.ts';
 import { openAuditLog } from '../audit/index.ts';
 import type { AuditLog } from '../audit/index.ts';
@@ -318,6 +319,11 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       apiKeys,
       dpopReplay: cluster.dpopReplay,
       db: store.db,
+      // Issue 16: consents and opt-outs (changes audited durably), contract warnings logged.
+      privacy: createPrivacyService({ db: store.db, audit: { emitDurable: (e) => observer.durable(e) } }),
+      onWarning: (message: string) => {
+        logger.warn({ event: 'contract-warning' }, message);
+      },
       identity: createIdentitySigner({
         issuer: config.gateway.publicUrl,
         signingJwks: () => openedKeys.signingJwks(),
