@@ -101,7 +101,13 @@ describe('the data map at load', () => {
     expect(annotated.indexOf('privacy')).toBeGreaterThan(annotated.lastIndexOf('authenticate'));
     expect(annotated.filter((s) => s === 'privacy')).toHaveLength(1);
     // The subject API exists because the contract is annotated.
-    expect(stagesOf(gw, 'GET', '/privacy/v1/consents')).toEqual(['cors', 'authenticate']);
+    expect(stagesOf(gw, 'GET', '/privacy/v1/consents')).toEqual([
+      'cors',
+      'rate-limit',
+      'authenticate',
+      'rate-limit',
+    ]);
+    expect(stagesOf(gw, 'GET', '/.well-known/gpc.json')).toEqual(['rate-limit']);
   });
 
   it('refuses purposes beyond the service on a public operation (there is no subject to ask)', async () => {

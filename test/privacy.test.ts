@@ -439,7 +439,7 @@ describe.each(backends)('privacy rights on $name', (backend) => {
       expect.objectContaining({ kind: 'opt-out', name: 'sale-sharing', state: 'opted-out' }),
     );
 
-    // The CLI change is in the audit trail, durably.
+    // The CLI change is in the audit trail, durably; so is the refused one.
     const cliEvents = (await queryStoreLog(gw.p.store.db, { category: 'privacy', limit: 1000 })).map(
       (r) => r.event,
     );
@@ -449,6 +449,14 @@ describe.each(backends)('privacy rights on $name', (backend) => {
         'portcullis.listener': 'cli',
         'portcullis.privacy.source': 'cli',
         'user.id': subject,
+      }),
+    );
+    expect(cliEvents).toContainEqual(
+      expect.objectContaining({
+        'event.action': 'consent-grant',
+        'event.outcome': 'failure',
+        'portcullis.listener': 'cli',
+        'portcullis.privacy.choice': 'service',
       }),
     );
 

@@ -74,6 +74,30 @@ function printRecord(r: ChoiceRecord, json: boolean): void {
 
 const CLI_ACTOR = { listener: 'cli', source: 'cli' } as const;
 
+/**
+ * Runs a change; a refused one is recorded as a `privacy` failure event (as every CLI change is),
+ * then rethrown. Successes are recorded by the service itself.
+ */
+async function change<T>(ctx: CliContext, action: string, choice: string, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (error) {
+    await ctx.audit
+      .emitDurable({
+        'event.category': 'privacy',
+        'event.action': action,
+        'event.outcome': 'failure',
+        'event.reason': error instanceof Error ? error.message.slice(0, 200) : 'error',
+        'portcullis.listener': 'cli',
+        'portcullis.privacy.source': 'cli',
+        // Only a known purpose or opt-out name is recorded, never arbitrary input.
+        ...(/^[a-z-]{1,32}$/.test(choice) ? { 'portcullis.privacy.choice': choice } : {}),
+      })
+      .catch(() => undefined);
+    throw error;
+  }
+}
+
 export function registerPrivacyCommands(program: Command): void {
   const privacy = program
     .command('privacy')
@@ -139,10 +163,12 @@ export function registerPrivacyCommands(program: Command): void {
       const json = opts.json === true;
       try {
         const r = await withCliContext(opts, async (ctx) =>
-          serviceOf(ctx).setConsent(
-            await subjectOf(ctx, opts),
-            { purpose: opts.purpose, granted: true, noticeVersion: opts.notice },
-            CLI_ACTOR,
+          change(ctx, 'consent-grant', opts.purpose, async () =>
+            serviceOf(ctx).setConsent(
+              await subjectOf(ctx, opts),
+              { purpose: opts.purpose, granted: true, noticeVersion: opts.notice },
+              CLI_ACTOR,
+            ),
           ),
         );
         printRecord(r, json);
@@ -156,10 +182,12 @@ export function registerPrivacyCommands(program: Command): void {
       const json = opts.json === true;
       try {
         const r = await withCliContext(opts, async (ctx) =>
-          serviceOf(ctx).setConsent(
-            await subjectOf(ctx, opts),
-            { purpose: opts.purpose, granted: false },
-            CLI_ACTOR,
+          change(ctx, 'consent-withdraw', opts.purpose, async () =>
+            serviceOf(ctx).setConsent(
+              await subjectOf(ctx, opts),
+              { purpose: opts.purpose, granted: false },
+              CLI_ACTOR,
+            ),
           ),
         );
         printRecord(r, json);
@@ -181,10 +209,12 @@ export function registerPrivacyCommands(program: Command): void {
         const json = opts.json === true;
         try {
           const r = await withCliContext(opts, async (ctx) =>
-            serviceOf(ctx).setOptOut(
-              await subjectOf(ctx, opts),
-              { optOut: opts.optOut, optedOut },
-              CLI_ACTOR,
+            change(ctx, optedOut ? 'opt-out' : 'opt-in', opts.optOut, async () =>
+              serviceOf(ctx).setOptOut(
+                await subjectOf(ctx, opts),
+                { optOut: opts.optOut, optedOut },
+                CLI_ACTOR,
+              ),
             ),
           );
           printRecord(r, json);

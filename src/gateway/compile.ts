@@ -265,6 +265,9 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
   }
   const backends = options.backends ?? createLimitBackends();
   const subjectVerifiers: SchemeVerifier[] = [];
+  // The privacy API counts against the first API's rate limits (per IP, client and user).
+  let subjectLimits:
+    ((protectedOp: boolean) => ReturnType<Awaited<ReturnType<CompiledRateLimits['forApi']>>>) | undefined;
   try {
     const rateLimits = await compileRateLimits(loaded, backends);
     const idempotency = compileIdempotency(loaded, backends, options.db);
@@ -339,6 +342,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
       );
       if (tokenScheme !== undefined) subjectVerifiers.push(verifiers[tokenScheme[0]] as SchemeVerifier);
       const limitsFor = await rateLimits.forApi(i, document);
+      subjectLimits ??= (protectedOp) => limitsFor(undefined, protectedOp);
       const identitySigner = options.identity;
       const proxy = compileProxy(upstream, {
         basePath: api.basePath,
@@ -460,7 +464,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
       routes.push(...apiRoutes);
     }
     if (options.privacy !== undefined && apis.some((a) => a.privacy.some(isAnnotated))) {
-      routes.push(...privacyRoutes(options.privacy, apis, subjectVerifiers));
+      routes.push(...privacyRoutes(options.privacy, apis, subjectVerifiers, subjectLimits));
     }
     let table: RouteTable<CompiledOperation>;
     try {
@@ -507,6 +511,7 @@ function privacyRoutes(
   service: PrivacyService,
   apis: readonly CompiledApi[],
   verifiers: readonly SchemeVerifier[],
+  limits: ((protectedOp: boolean) => { beforeAuth: Stage | null; afterAuth: Stage | null }) | undefined,
 ): { method: string; template: string; data: CompiledOperation }[] {
   const verify = anyApiVerifier(verifiers);
   const security = [{ subject: [] }];
@@ -530,10 +535,11 @@ function privacyRoutes(
     apis: apis.map((a) => ({ name: a.name, basePath: a.basePath, operations: a.privacy })),
   }).map((r) => {
     const stages: Step[] = [];
-    if (r.protected) {
-      stages.push({ name: 'cors', run: refuseCrossOrigin });
-      if (authenticate) stages.push({ name: 'authenticate', run: authenticate });
-    }
+    const limit = limits?.(r.protected);
+    if (r.protected) stages.push({ name: 'cors', run: refuseCrossOrigin });
+    if (limit?.beforeAuth) stages.push({ name: 'rate-limit', run: limit.beforeAuth });
+    if (r.protected && authenticate) stages.push({ name: 'authenticate', run: authenticate });
+    if (limit?.afterAuth) stages.push({ name: 'rate-limit', run: limit.afterAuth });
     return {
       method: r.method,
       template: r.template,
