@@ -25,6 +25,7 @@ import type { TokenSource } from '../gateway/compile.ts';
 import { createApiKeyAuthority } from '../tokens/api-keys.ts';
 import { createIdentitySigner } from '../tokens/identity.ts';
 import { createPrivacyService } from '../privacy/service.ts';
+import type { PrivacyService } from '../privacy/service.ts';
 import { createMetrics } from '../admin/metrics.ts';
 import { openAuditLog } from '../audit/index.ts';
 import type { AuditLog } from '../audit/index.ts';
@@ -92,6 +93,8 @@ export interface Portcullis {
   readonly audit: AuditLog;
   readonly metrics: Metrics;
   readonly authorizationServer: AuthorizationServer | undefined;
+  /** Consents and opt-outs of data subjects (issue 16): the service the admin side calls. */
+  readonly privacy: PrivacyService;
   runtime(): Runtime;
   reload(trigger?: string): Promise<ReloadResult>;
   close(): Promise<void>;
@@ -301,6 +304,10 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         logger.warn({ event: 'api-key-usage-error', error: describeError(err) }, 'API key usage'),
     });
     cleanups.push(() => apiKeys.close());
+    const privacy = createPrivacyService({
+      db: store.db,
+      audit: { emitDurable: (e) => observer.durable(e) },
+    });
     const logCircuit = logCircuitStateChanges(logger);
     const compileOptions = {
       backends,
@@ -320,7 +327,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       dpopReplay: cluster.dpopReplay,
       db: store.db,
       // Issue 16: consents and opt-outs (changes audited durably), contract warnings logged.
-      privacy: createPrivacyService({ db: store.db, audit: { emitDurable: (e) => observer.durable(e) } }),
+      privacy,
       onWarning: (message: string) => {
         logger.warn({ event: 'contract-warning' }, message);
       },
@@ -671,6 +678,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       audit,
       metrics,
       authorizationServer,
+      privacy,
       runtime: () => holder.current,
       reload,
       close,
