@@ -8,6 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../src/config/load.ts';
 import { normalizeTarget } from '../src/gateway/path.ts';
+import { runPortcullis } from './cli-harness.ts';
 import { startRecordingUpstream, startTestGateway, TEST_OPENAPI } from './helpers.ts';
 import type { RecordingUpstream, TestGateway } from './helpers.ts';
 
@@ -91,6 +92,20 @@ describe('the data map at load', () => {
       "apis[0].openapi (people): GET /people (listPeople): the answer's property /email looks like personal data but has no x-portcullis-data category",
     ]);
   });
+
+  it('`portcullis config validate` and `privacy map` report the same warning', async () => {
+    const validate = await runPortcullis(['config', 'validate', '--json', '--config', gw.configFile]);
+    expect(validate.code, validate.stderr).toBe(0);
+    expect((JSON.parse(validate.stdout) as { warnings: string[] }).warnings).toContainEqual(
+      expect.stringMatching(
+        /GET \/people \(listPeople\): the answer's property \/email looks like personal data/,
+      ),
+    );
+    const map = await runPortcullis(['privacy', 'map', '--config', gw.configFile]);
+    expect(map.code, map.stderr).toBe(0);
+    expect(map.stdout).toContain('GET    /v1/people/stats  purposes: analytics');
+    expect(map.stderr).toMatch(/warning: .*\/email looks like personal data/);
+  }, 120_000);
 
   it('compiles the privacy stage only for operations with purposes beyond the service', () => {
     const plain = stagesOf(gw, 'GET', '/v1/people');

@@ -89,10 +89,12 @@ common(
     const json = opts.json === true;
     try {
       const loaded = await loadConfig(opts.config);
-      const runtime = await compileRuntime(loaded);
+      // Contract warnings too (issue 16: personal data returned without a category).
+      const contractWarnings: string[] = [];
+      const runtime = await compileRuntime(loaded, { onWarning: (m) => contractWarnings.push(m) });
       await runtime.close();
       const effective = maskSecrets(loaded.config);
-      const warnings = loaded.warnings.map((w) => formatIssue(loaded.file, w));
+      const warnings = [...loaded.warnings.map((w) => formatIssue(loaded.file, w)), ...contractWarnings];
       if (json) {
         process.stdout.write(
           JSON.stringify(
