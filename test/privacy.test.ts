@@ -272,6 +272,19 @@ describe.each(backends)('privacy rights on $name', (backend) => {
     const machine = await call('/privacy/v1/consents', { token: serviceToken });
     expect(machine.status).toBe(403);
     expect(machine.body.type).toBe('urn:portcullis:problem:forbidden');
+    const failure = (all: AuditEvent[]) => all.some((e) => e['event.outcome'] === 'failure');
+    expect((await auditOf(machine.correlationId, 1, failure))[0]).toMatchObject({
+      'event.category': 'authorization',
+      'event.action': 'privacy',
+      'event.reason': 'no-data-subject',
+    });
+    const badInput = await call('/privacy/v1/opt-outs/everything', { method: 'PUT' });
+    expect(badInput.status).toBe(400);
+    expect(badInput.body.errors).toEqual([{ in: 'path', pointer: '/optOut', rule: 'enum' }]);
+    expect((await auditOf(badInput.correlationId, 1, failure))[0]).toMatchObject({
+      'event.outcome': 'failure',
+      'event.reason': 'privacy-input',
+    });
     await expectRefused(
       await call('/v1/insights', { token: serviceToken }),
       'consent-required',

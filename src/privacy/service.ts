@@ -32,7 +32,7 @@ export const CHOICES_CACHE_TTL_MS = 5_000;
 export const CHOICES_CACHE_MAX = 10_000;
 
 const NOTICE_VERSION = /^[A-Za-z0-9._:-]{1,64}$/;
-const MAX_SUBJECT = 255;
+const MAX_SUBJECT = 1024;
 
 export interface ChoiceRecord {
   readonly kind: 'consent' | 'opt-out';
@@ -114,7 +114,7 @@ export function isOptOut(value: string): value is OptOut {
 
 function checkSubject(subject: string): void {
   if (subject.length === 0 || subject.length > MAX_SUBJECT || /\p{Cc}/u.test(subject)) {
-    throw new PrivacyInputError('subject must be 1 to 255 characters without control characters');
+    throw new PrivacyInputError('subject must be 1 to 1024 characters without control characters');
   }
 }
 

@@ -301,7 +301,7 @@ export function migrations(kind: StoreKind): Record<string, Migration> {
       async up(db: Kysely<unknown>): Promise<void> {
         await db.schema
           .createTable('privacy_choices')
-          .addColumn('subject', 'varchar(255)', (col) => col.notNull())
+          .addColumn('subject', 'varchar(1024)', (col) => col.notNull())
           .addColumn('kind', 'varchar(16)', (col) => col.notNull())
           .addColumn('name', 'varchar(32)', (col) => col.notNull())
           .addColumn('state', 'varchar(16)', (col) => col.notNull())
