@@ -10,7 +10,8 @@
  *
  * Changes go through the same service as the gateway's subject API and are audited durably
  * (`privacy` events, `portcullis.listener: cli`, `portcullis.privacy.source: cli`). Running
- * gateways see them within their cache lifetime (5 s).
+ * gateways drop their cached copies at once when there is Redis (`privacy-changed`), else
+ * within their cache lifetime (5 s).
  */
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.ts';
@@ -46,8 +47,18 @@ async function subjectOf(ctx: CliContext, opts: SubjectOptions): Promise<string>
 }
 
 function serviceOf(ctx: CliContext): PrivacyService {
-  return createPrivacyService({ db: ctx.store.db, audit: ctx.audit });
+  return createPrivacyService({
+    db: ctx.store.db,
+    audit: ctx.audit,
+    // Running gateways drop their cached copies at once when there is Redis, else within 5 s.
+    onChange: () => {
+      pending.push(ctx.announce({ kind: 'privacy-changed' }));
+    },
+  });
 }
+
+/** Announcements in flight; awaited before the command's context closes. */
+const pending: Promise<unknown>[] = [];
 
 function recordJson(r: ChoiceRecord) {
   return {
@@ -80,7 +91,9 @@ const CLI_ACTOR = { listener: 'cli', source: 'cli' } as const;
  */
 async function change<T>(ctx: CliContext, action: string, choice: string, run: () => Promise<T>): Promise<T> {
   try {
-    return await run();
+    const result = await run();
+    await Promise.allSettled(pending);
+    return result;
   } catch (error) {
     await ctx.audit
       .emitDurable({

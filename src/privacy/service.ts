@@ -12,7 +12,8 @@
  *
  * Lookups are cached per subject for {@link CHOICES_CACHE_TTL_MS}: a change made through this
  * service drops the entry at once; a change made by another process (the CLI, another worker)
- * is seen when the entry expires.
+ * is seen when the entry expires, or at once when it announces it (`privacy-changed`, Redis).
+ * `invalidate()` without a subject drops every entry (the signal carries no subject).
  */
 import type { Kysely } from 'kysely';
 import type { AuditEventInput } from '../audit/event.ts';
@@ -102,6 +103,8 @@ export interface PrivacyServiceOptions {
   readonly audit: { emitDurable(input: AuditEventInput): Promise<void> };
   readonly now?: () => number;
   readonly cacheTtlMs?: number;
+  /** Called after each change made through this service (the gateway announces it to the others). */
+  readonly onChange?: () => void;
 }
 
 export function isPurpose(value: string): value is Purpose {
@@ -206,6 +209,7 @@ export function createPrivacyService(options: PrivacyServiceOptions): PrivacySer
     } finally {
       cache.delete(subject);
     }
+    options.onChange?.();
     await audit.emitDurable({ ...event, '@timestamp': updatedAt });
     return toRecord(full);
   };

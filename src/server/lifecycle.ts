@@ -307,6 +307,10 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     const privacy = createPrivacyService({
       db: store.db,
       audit: { emitDurable: (e) => observer.durable(e) },
+      // Other processes drop their cached copies at once (Redis), else within 5 s.
+      onChange: () => {
+        cluster.privacyChanged();
+      },
     });
     const logCircuit = logCircuitStateChanges(logger);
     const compileOptions = {
@@ -644,7 +648,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       return closing;
     };
 
-    cluster.attach({ keys: openedKeys, apiKeys, reload, version: () => holder.current.version });
+    cluster.attach({ keys: openedKeys, apiKeys, reload, version: () => holder.current.version, privacy });
 
     if (options.signals) {
       process.on('SIGHUP', () => void reload('SIGHUP'));
