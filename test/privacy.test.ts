@@ -309,7 +309,7 @@ describe.each(backends)('privacy rights on $name', (backend) => {
     expect(before.status).toBe(200);
 
     const signalled = await call('/v1/offers', { headers: { 'sec-gpc': '1' } });
-    await expectRefused(signalled, 'opted-out-of-sale-sharing', 'opted-out-sale-sharing');
+    await expectRefused(signalled, 'sale-sharing-opted-out', 'opted-out-sale-sharing');
     const events = await auditOf(signalled.correlationId, 2);
     expect(events.find((e) => e['event.category'] === 'privacy')).toMatchObject({
       'event.action': 'opt-out',
@@ -318,7 +318,7 @@ describe.each(backends)('privacy rights on $name', (backend) => {
       'portcullis.privacy.source': 'gpc',
     });
     // Without the header, still refused: the opt-out is recorded for the subject.
-    await expectRefused(await call('/v1/offers'), 'opted-out-of-sale-sharing', 'opted-out-sale-sharing');
+    await expectRefused(await call('/v1/offers'), 'sale-sharing-opted-out', 'opted-out-sale-sharing');
     const optOuts = await call('/privacy/v1/opt-outs');
     expect(optOuts.body.optOuts).toEqual([
       expect.objectContaining({ optOut: 'sale-sharing', state: 'opted-out', source: 'gpc' }),
@@ -363,7 +363,7 @@ describe.each(backends)('privacy rights on $name', (backend) => {
     expect((await call('/privacy/v1/opt-outs/automated-decision', { method: 'PUT' })).status).toBe(200);
     await expectRefused(
       await call('/v1/care-programme/eligibility'),
-      'automated-decision-opted-out',
+      'automation-opted-out',
       'opted-out-automated-decision',
     );
     expect((await call('/privacy/v1/opt-outs/automated-decision', { method: 'DELETE' })).status).toBe(200);

@@ -79,7 +79,7 @@ export const AUDIT_FIELDS = {
     kind: 'id',
     always: true,
     description:
-      'What kind of decision or change: authentication, authorization, rate-limit, validation, upstream, configuration, admin, key-lifecycle, credential-lifecycle, audit, privacy.',
+      'Kind of decision or change: authentication, authorization, rate-limit, validation, upstream, configuration, admin, key- or credential-lifecycle, audit and privacy.',
   },
   'event.action': {
     type: 'string',

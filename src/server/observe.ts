@@ -39,9 +39,9 @@ const CATEGORY_OF: Partial<Record<ProblemCode, { category: AuditCategory; action
   unprocessable: { category: 'validation', action: 'idempotency' },
   gone: { category: 'validation', action: 'retired-version' },
   'consent-required': { category: 'authorization', action: 'privacy' },
-  'opted-out-of-sale-sharing': { category: 'authorization', action: 'privacy' },
+  'sale-sharing-opted-out': { category: 'authorization', action: 'privacy' },
   'sensitive-data-limited': { category: 'authorization', action: 'privacy' },
-  'automated-decision-opted-out': { category: 'authorization', action: 'privacy' },
+  'automation-opted-out': { category: 'authorization', action: 'privacy' },
 };
 
 /** An audit action is lower-case words joined by `-`. */

@@ -6,8 +6,8 @@
  * 1. records an opt-out of sale and sharing when the signed-in subject's request carries
  *    `Sec-GPC: 1` (CPRA §7025; once: later requests find it in force);
  * 2. refuses, in this order: a sale / sharing / targeted-advertising purpose after that opt-out
- *    (`opted-out-of-sale-sharing`), an automated decision after its opt-out
- *    (`automated-decision-opted-out`), sensitive data used beyond the service after the subject
+ *    (`sale-sharing-opted-out`), an automated decision after its opt-out
+ *    (`automation-opted-out`), sensitive data used beyond the service after the subject
  *    limited its use (`sensitive-data-limited`), and any purpose but `service` without a granted
  *    consent (`consent-required`; reason `consent-missing` or `consent-withdrawn`);
  * 3. hands the subject's current consents and opt-outs to the proxy, which puts them in the
@@ -70,10 +70,10 @@ export function compilePrivacyStage(privacy: OperationPrivacy, service: PrivacyS
       choices = await service.choices(subject);
     }
     if (saleOrSharing && choices.optedOut.has('sale-sharing')) {
-      throw new Denial('opted-out-of-sale-sharing', 'opted-out-sale-sharing');
+      throw new Denial('sale-sharing-opted-out', 'opted-out-sale-sharing');
     }
     if (automated && choices.optedOut.has('automated-decision')) {
-      throw new Denial('automated-decision-opted-out', 'opted-out-automated-decision');
+      throw new Denial('automation-opted-out', 'opted-out-automated-decision');
     }
     if (sensitiveBeyondService && choices.optedOut.has('sensitive-data')) {
       throw new Denial('sensitive-data-limited', 'sensitive-data-limited');
