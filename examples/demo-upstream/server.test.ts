@@ -468,6 +468,9 @@ describe('openapi.yaml', () => {
       ['GET', '/patients/search', 'searchPatients', read],
       ['GET', '/patients/{patientId}', 'getPatient', read],
       ['PATCH', '/patients/{patientId}', 'updatePatient', write],
+      ['GET', '/insights', 'getWellnessInsights', read],
+      ['GET', '/offers', 'listPartnerOffers', read],
+      ['GET', '/care-programme/eligibility', 'checkProgrammeEligibility', read],
     ]);
     const flows = get(spec, 'components', 'securitySchemes', 'oauth2', 'flows');
     expect(get(flows, 'clientCredentials', 'tokenUrl')).toBe('https://localhost:8443/token');
@@ -516,6 +519,7 @@ describe('openapi.yaml', () => {
     const request = client(() => upstream);
     try {
       const ajv = new Ajv2020({ allErrors: true, strictTypes: false });
+      ajv.addKeyword('x-portcullis-data');
       addFormats(ajv);
       const ops = operations();
 
@@ -547,6 +551,9 @@ describe('openapi.yaml', () => {
         ['updatePatient', 'PATCH', '/patients/pat_000000000000', { givenName: 'Ann' }],
         ['updatePatient', 'PATCH', `/patients/${id}`, big],
         ['updatePatient', 'PATCH', `/patients/${id}`, { givenName: 'Ann' }, 'text/plain'],
+        ['getWellnessInsights', 'GET', '/insights'],
+        ['listPartnerOffers', 'GET', '/offers'],
+        ['checkProgrammeEligibility', 'GET', '/care-programme/eligibility'],
       ];
 
       const produced = new Set<string>();

@@ -161,6 +161,9 @@ const routes: { path: RegExp; methods: Partial<Record<string, Handler>> }[] = [
   { path: /^\/patients$/, methods: { GET: listPatients, POST: createPatient } },
   { path: /^\/patients\/search$/, methods: { GET: searchPatients } },
   { path: /^\/patients\/([^/]+)$/, methods: { GET: getPatient, PATCH: updatePatient } },
+  { path: /^\/insights$/, methods: { GET: getWellnessInsights } },
+  { path: /^\/offers$/, methods: { GET: listPartnerOffers } },
+  { path: /^\/care-programme\/eligibility$/, methods: { GET: checkProgrammeEligibility } },
 ];
 
 type CallerCheck = (req: IncomingMessage) => Promise<VerifiedIdentity>;
@@ -347,6 +350,45 @@ class HttpProblem extends Error {
 }
 
 /** Rejects unknown and repeated query parameters. */
+// Beyond the service (issue 16): the gateway let these through only with the caller's consent;
+// each answer shows what the caller assertion said about it (its `privacy` claim).
+
+function received(caller: VerifiedIdentity | undefined) {
+  return { consents: [...(caller?.privacy?.consents ?? [])], optOuts: [...(caller?.privacy?.optOuts ?? [])] };
+}
+
+/** A stable number from the caller's subject (the demo's stand-in for a model's input). */
+function subjectScore(caller: VerifiedIdentity | undefined): number {
+  let h = 0;
+  for (const ch of caller?.subject ?? '') h = (h * 31 + (ch.codePointAt(0) ?? 0)) >>> 0;
+  return h;
+}
+
+function getWellnessInsights({ query, caller }: Context): Reply {
+  onlyQueryParameters(query, []);
+  const bands = ['low', 'moderate', 'high'] as const;
+  return { status: 200, body: { riskBand: bands[subjectScore(caller) % 3], received: received(caller) } };
+}
+
+function listPartnerOffers({ query, caller }: Context): Reply {
+  onlyQueryParameters(query, []);
+  const offers = [
+    { partner: 'Example Pharmacy', title: '10% off vitamins' },
+    { partner: 'Example Gym', title: 'A free month' },
+  ];
+  return { status: 200, body: { offers, received: received(caller) } };
+}
+
+function checkProgrammeEligibility({ query, caller }: Context): Reply {
+  onlyQueryParameters(query, []);
+  // The demo has no birth date for an arbitrary subject: a stable stand-in age from 20 to 89.
+  const age = 20 + (subjectScore(caller) % 70);
+  return {
+    status: 200,
+    body: { eligible: age >= 40 && age <= 75, programme: 'preventive-care', received: received(caller) },
+  };
+}
+
 function onlyQueryParameters(query: URLSearchParams, allowed: readonly string[]): void {
   const seen = new Set<string>();
   for (const key of query.keys()) {

@@ -24,6 +24,7 @@ export const AUDIT_CATEGORIES = [
   'key-lifecycle',
   'credential-lifecycle',
   'audit',
+  'privacy',
 ] as const;
 export type AuditCategory = (typeof AUDIT_CATEGORIES)[number];
 
@@ -40,6 +41,7 @@ export const DURABLE_CATEGORIES: ReadonlySet<AuditCategory> = new Set([
   'admin',
   'key-lifecycle',
   'credential-lifecycle',
+  'privacy',
 ]);
 
 /** The type of a field's value. */
@@ -77,7 +79,7 @@ export const AUDIT_FIELDS = {
     kind: 'id',
     always: true,
     description:
-      'What kind of decision or change: authentication, authorization, rate-limit, validation, upstream, configuration, admin, key-lifecycle, credential-lifecycle, audit.',
+      'Kind of decision or change: authentication, authorization, rate-limit, validation, upstream, configuration, admin, key- or credential-lifecycle, audit and privacy.',
   },
   'event.action': {
     type: 'string',
@@ -264,6 +266,23 @@ export const AUDIT_FIELDS = {
     description: 'Control-plane changes made through the admin API: the authenticated admin identity.',
   },
   // --- end issue 13 ---
+  'portcullis.privacy.choice': {
+    type: 'string',
+    kind: 'id',
+    description:
+      'Privacy events: the purpose of a consent (e.g. `analytics`) or the opt-out (`sale-sharing`, `sensitive-data`, `automated-decision`) concerned.',
+  },
+  'portcullis.privacy.source': {
+    type: 'string',
+    kind: 'id',
+    description:
+      'Privacy events: who recorded the choice: subject, admin, cli or gpc (the `Sec-GPC` signal).',
+  },
+  'portcullis.privacy.notice': {
+    type: 'string',
+    kind: 'id',
+    description: 'Privacy events: the version of the privacy notice the consent was given under.',
+  },
   'portcullis.redacted': {
     type: 'string[]',
     kind: 'id',

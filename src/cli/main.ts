@@ -19,6 +19,7 @@ import { registerApiKeysCommands } from './apikeys.ts';
 import { registerUsersCommands } from './users.ts';
 import { registerLintCommand } from './lint.ts';
 import { registerProbeCommand } from './probe.ts';
+import { registerPrivacyCommands } from './privacy.ts';
 import { startBanner } from './banner.ts';
 import { parseWorkerCount, runPrimary, runWorker } from './workers.ts';
 import type { Role } from './workers.ts';
@@ -90,10 +91,12 @@ common(
     const json = opts.json === true;
     try {
       const loaded = await loadConfig(opts.config);
-      const runtime = await compileRuntime(loaded);
+      // Contract warnings too (issue 16: personal data returned without a category).
+      const contractWarnings: string[] = [];
+      const runtime = await compileRuntime(loaded, { onWarning: (m) => contractWarnings.push(m) });
       await runtime.close();
       const effective = maskSecrets(loaded.config);
-      const warnings = loaded.warnings.map((w) => formatIssue(loaded.file, w));
+      const warnings = [...loaded.warnings.map((w) => formatIssue(loaded.file, w)), ...contractWarnings];
       if (json) {
         process.stdout.write(
           JSON.stringify(
@@ -119,5 +122,6 @@ registerClientsCommands(program);
 registerUsersCommands(program);
 registerLintCommand(program);
 registerProbeCommand(program);
+registerPrivacyCommands(program);
 
 await program.parseAsync(process.argv);

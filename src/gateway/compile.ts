@@ -53,6 +53,13 @@ import {
   resilienceOptions,
 } from './api-policies.ts';
 import type { CircuitStateChange } from './resilience/guard.ts';
+// Privacy (issue 16): the data map read at load, its stage on annotated operations only.
+import { needsEnforcement, PrivacyAnnotationError, readOperationPrivacy } from '../privacy/annotations.ts';
+import type { OperationPrivacy } from '../privacy/annotations.ts';
+import type { PrivacyService } from '../privacy/service.ts';
+import { anyApiVerifier, subjectRoutes } from '../privacy/subject-api.ts';
+import { compilePrivacyStage } from './stages/privacy/index.ts';
+import { Denial } from './problems.ts';
 
 export interface CompiledApi {
   readonly name: string;
@@ -60,6 +67,8 @@ export interface CompiledApi {
   readonly document: OpenApiDocument;
   readonly cors: CompiledCors | null;
   readonly upstream: Upstream;
+  /** The data map: each operation's purposes and personal data (src/privacy/annotations.ts). */
+  readonly privacy: readonly OperationPrivacy[];
 }
 
 export interface CompiledOperation extends OperationInfo {
@@ -116,6 +125,10 @@ export interface CompileOptions {
   readonly db?: Kysely<Database>;
   /** Encrypts idempotency records kept in Redis or the store (src/keys/envelope.ts). */
   readonly idempotencySealer?: Sealer;
+  /** Consents and opt-outs: enforced on annotated operations, served at /privacy/v1 (issue 16). */
+  readonly privacy?: PrivacyService;
+  /** Told about contract warnings (e.g. personal data without a category). */
+  readonly onWarning?: (message: string) => void;
 }
 
 /** The verifiers for every scheme of one API's document that this gateway can check. */
@@ -280,6 +293,10 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
     throw err;
   }
   const backends = options.backends ?? createLimitBackends();
+  const subjectVerifiers: SchemeVerifier[] = [];
+  // The privacy API counts against the first API's rate limits (per IP, client and user).
+  let subjectLimits:
+    ((protectedOp: boolean) => ReturnType<Awaited<ReturnType<CompiledRateLimits['forApi']>>>) | undefined;
   try {
     const rateLimits = await compileRateLimits(loaded, backends);
     const idempotency = compileIdempotency(loaded, backends, options.db, options.idempotencySealer);
@@ -325,12 +342,23 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
           `cannot read the CA file (${(err as NodeJS.ErrnoException).code ?? 'error'})`,
         );
       }
+      const privacyMap: OperationPrivacy[] = [];
+      try {
+        const warnings: string[] = [];
+        for (const op of document.operations) privacyMap.push(readOperationPrivacy(op, warnings));
+        for (const w of warnings) options.onWarning?.(`apis[${String(i)}].openapi (${api.name}): ${w}`);
+      } catch (err) {
+        if (err instanceof PrivacyAnnotationError)
+          throw configError(loaded, ['apis', i, 'openapi'], err.message);
+        throw err;
+      }
       const compiled: CompiledApi = {
         name: api.name,
         basePath: api.basePath,
         document,
         cors: api.cors ? compileCors(api.cors) : null,
         upstream,
+        privacy: privacyMap,
       };
       apis.push(compiled);
       let policies;
@@ -371,7 +399,12 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
         externalIssuers,
       });
       Object.assign(verifiers, options.verifiers?.[api.name] ?? {});
+      const tokenScheme = Object.entries(document.securitySchemes).find(
+        ([n, s]) => isTokenScheme(s) && verifiers[n],
+      );
+      if (tokenScheme !== undefined) subjectVerifiers.push(verifiers[tokenScheme[0]] as SchemeVerifier);
       const limitsFor = await rateLimits.forApi(i, document);
+      subjectLimits ??= (protectedOp) => limitsFor(undefined, protectedOp);
       const identitySigner = options.identity;
       const proxy = compileProxy(upstream, {
         basePath: api.basePath,
@@ -399,7 +432,7 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
         return proxy(req);
       };
       const apiRoutes: typeof routes = [];
-      for (const op of document.operations) {
+      for (const [opIndex, op] of document.operations.entries()) {
         const authenticate = compileAuthenticate({
           apiName: api.name,
           security: op.security,
@@ -431,6 +464,19 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
           throw err;
         }
         if (owner) stages.push({ name: 'authorize', run: compileOwnerCheck(owner) });
+        const privacy = privacyMap[opIndex];
+        if (privacy !== undefined && needsEnforcement(privacy)) {
+          if (isPublic(op.security))
+            throw configError(
+              loaded,
+              ['apis', i, 'openapi'],
+              `${op.method} ${op.path}: x-portcullis-purposes beyond service need a protected operation (consent is per signed-in subject)`,
+            );
+          stages.push({
+            name: 'privacy',
+            run: options.privacy ? compilePrivacyStage(privacy, options.privacy) : noPrivacyService,
+          });
+        }
         const responseStages: ResponseStage[] = [];
         try {
           const validate = compileRequestValidation(op, document, {
@@ -488,6 +534,9 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
       }
       routes.push(...apiRoutes);
     }
+    if (options.privacy !== undefined && apis.some((a) => a.privacy.some(isAnnotated))) {
+      routes.push(...privacyRoutes(options.privacy, apis, subjectVerifiers, subjectLimits));
+    }
     let table: RouteTable<CompiledOperation>;
     try {
       table = buildRouteTable(routes);
@@ -517,4 +566,66 @@ export async function compileRuntime(loaded: LoadedConfig, options: CompileOptio
     if (options.backends === undefined) await backends.close();
     throw err;
   }
+}
+
+/** Without a privacy service (a compile for validation only), annotated operations fail closed. */
+const noPrivacyService: Stage = () => {
+  throw new Denial('unavailable', 'privacy-service-unavailable');
+};
+
+function isAnnotated(p: OperationPrivacy): boolean {
+  return p.purposesDeclared || p.fields.length > 0 || p.automatedDecision !== undefined;
+}
+
+/** The subject API (src/privacy/subject-api.ts) as routes of the table. */
+function privacyRoutes(
+  service: PrivacyService,
+  apis: readonly CompiledApi[],
+  verifiers: readonly SchemeVerifier[],
+  limits: ((protectedOp: boolean) => { beforeAuth: Stage | null; afterAuth: Stage | null }) | undefined,
+): { method: string; template: string; data: CompiledOperation }[] {
+  const verify = anyApiVerifier(verifiers);
+  const security = [{ subject: [] }];
+  const authenticate = compileAuthenticate({
+    apiName: 'privacy',
+    security,
+    schemeTypes: { subject: 'oauth2' },
+    verifiers: { subject: verify },
+  });
+  const api: CompiledApi = {
+    name: 'privacy',
+    basePath: '/privacy/v1',
+    // Never proxied: the answers are the gateway's own.
+    document: { sha256: '', version: '3.1.0', title: 'privacy', operations: [], securitySchemes: {} },
+    cors: null,
+    upstream: undefined as unknown as Upstream,
+    privacy: [],
+  };
+  return subjectRoutes({
+    service,
+    apis: apis.map((a) => ({ name: a.name, basePath: a.basePath, operations: a.privacy })),
+  }).map((r) => {
+    const stages: Step[] = [];
+    const limit = limits?.(r.protected);
+    if (r.protected) stages.push({ name: 'cors', run: refuseCrossOrigin });
+    if (limit?.beforeAuth) stages.push({ name: 'rate-limit', run: limit.beforeAuth });
+    if (r.protected && authenticate) stages.push({ name: 'authenticate', run: authenticate });
+    if (limit?.afterAuth) stages.push({ name: 'rate-limit', run: limit.afterAuth });
+    return {
+      method: r.method,
+      template: r.template,
+      data: {
+        api,
+        method: r.method,
+        template: r.template,
+        operationId: undefined,
+        security: r.protected ? security : [],
+        protected: r.protected,
+        requestStages: stages.length === 0 ? null : stages,
+        upstream: { name: 'privacy', run: r.answer },
+        responseStages: [],
+        websocket: false,
+      },
+    };
+  });
 }

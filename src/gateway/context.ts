@@ -31,6 +31,7 @@ export const STAGE_NAMES = [
   'authorize',
   'validate',
   'scan',
+  'privacy',
   'idempotency',
   'proxy',
   'response',
@@ -88,6 +89,18 @@ export interface GatewayRequest {
   readonly responseHeaders: Record<string, string>;
   /** The step in progress (set by the runner); a refusal is attributed to it. */
   stage?: StageName | undefined;
+  /** Set by the privacy stage (annotated operations only): the claim the identity assertion carries. */
+  privacy?: PrivacyClaims | undefined;
+}
+
+/** The subject's current consents and opt-outs, as the upstream receives them (issue 16). */
+export interface PrivacyClaims {
+  /** Purposes with a granted consent, sorted. */
+  readonly consents: readonly string[];
+  /** Opt-outs in force, sorted. */
+  readonly optOuts: readonly string[];
+  /** Changes whenever either list changes (the assertion cache's key). */
+  readonly version: string;
 }
 
 export interface StageResponse {

@@ -41,6 +41,7 @@ import type {
   GatewayRequest,
   OperationInfo,
   Principal,
+  PrivacyClaims,
   RequestRecord,
   StageName,
   StageResponse,
@@ -136,6 +137,7 @@ export class Exchange implements GatewayRequest, RequestRecord {
   forwardQuery: string | undefined = undefined;
   credentialPresented = false;
   principal: Principal | undefined = undefined;
+  privacy: PrivacyClaims | undefined = undefined;
   readonly responseHeaders: Record<string, string> = {};
   stage: StageName | undefined = undefined;
   /** The compiled operation, once matched. */

@@ -23,6 +23,11 @@ export const PROBLEMS = {
   'misdirected-request': { status: 421, title: 'Misdirected Request' },
   unprocessable: { status: 422, title: 'Unprocessable Content' },
   'upload-rejected': { status: 422, title: 'Unprocessable Content' },
+  // Privacy (issue 16, src/gateway/stages/privacy): refusals that name the subject's choice.
+  'consent-required': { status: 403, title: 'Consent Required' },
+  'sale-sharing-opted-out': { status: 403, title: 'Opted Out of Sale and Sharing' },
+  'sensitive-data-limited': { status: 403, title: 'Use of Sensitive Data Limited' },
+  'automation-opted-out': { status: 403, title: 'Opted Out of Automated Decisions' },
   'too-many-requests': { status: 429, title: 'Too Many Requests' },
   'headers-too-large': { status: 431, title: 'Request Header Fields Too Large' },
   internal: { status: 500, title: 'Internal Server Error' },

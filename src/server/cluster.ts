@@ -37,6 +37,8 @@ export interface ClusterParts {
   readonly reload: (trigger: string) => Promise<unknown>;
   /** The configuration version in force. */
   readonly version: () => string;
+  /** Cached consents and opt-outs (issue 16). */
+  readonly privacy?: { invalidate(): void };
 }
 
 export interface Cluster {
@@ -50,6 +52,8 @@ export interface Cluster {
   attach(parts: ClusterParts): void;
   /** Tells the other processes this one applied configuration `version`. */
   configApplied(version: string): void;
+  /** Tells the other processes that a subject's consents or opt-outs changed here. */
+  privacyChanged(): void;
   close(): Promise<void>;
 }
 
@@ -104,6 +108,7 @@ export async function setupCluster(options: ClusterOptions): Promise<Cluster> {
         refreshEvery(() => keys.refresh());
       },
       configApplied: () => undefined,
+      privacyChanged: () => undefined,
       close: () => {
         clearInterval(timer);
         return Promise.resolve();
@@ -220,12 +225,16 @@ export async function setupCluster(options: ClusterOptions): Promise<Cluster> {
             case 'config-applied':
               if (signal.version !== parts.version()) void parts.reload('cluster-signal');
               break;
+            case 'privacy-changed':
+              parts.privacy?.invalidate();
+              break;
           }
         }),
         bus.onResync(() => {
           resyncs.inc();
           logger.info({ event: 'signals-resync' }, 'revalidating caches after a gap in the signals');
           apiKeys.invalidate();
+          parts.privacy?.invalidate();
           void refreshKeys('resync');
           revocations.resync().then(
             (copied) => logger.info({ event: 'denylist-resynced', copied }, 'revocation denylist resynced'),
@@ -245,6 +254,9 @@ export async function setupCluster(options: ClusterOptions): Promise<Cluster> {
     },
     configApplied(version) {
       void publish({ kind: 'config-applied', version });
+    },
+    privacyChanged() {
+      void publish({ kind: 'privacy-changed' });
     },
     async close() {
       clearInterval(timer);

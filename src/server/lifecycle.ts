@@ -26,6 +26,8 @@ import { createLimitBackends } from '../gateway/stages/rate-limit/index.ts';
 import type { TokenSource } from '../gateway/compile.ts';
 import { createApiKeyAuthority } from '../tokens/api-keys.ts';
 import { createIdentitySigner } from '../tokens/identity.ts';
+import { createPrivacyService } from '../privacy/service.ts';
+import type { PrivacyService } from '../privacy/service.ts';
 import { createMetrics } from '../admin/metrics.ts';
 import { openAuditLog } from '../audit/index.ts';
 import type { AuditLog } from '../audit/index.ts';
@@ -101,6 +103,8 @@ export interface Portcullis {
   readonly audit: AuditLog;
   readonly metrics: Metrics;
   readonly authorizationServer: AuthorizationServer | undefined;
+  /** Consents and opt-outs of data subjects (issue 16): the service the admin side calls. */
+  readonly privacy: PrivacyService;
   runtime(): Runtime;
   reload(trigger?: string): Promise<ReloadResult>;
   close(): Promise<void>;
@@ -349,6 +353,14 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         logger.warn({ event: 'api-key-usage-error', error: describeError(err) }, 'API key usage'),
     });
     cleanups.push(() => apiKeys.close());
+    const privacy = createPrivacyService({
+      db: store.db,
+      audit: { emitDurable: (e) => observer.durable(e) },
+      // Other processes drop their cached copies at once (Redis), else within 5 s.
+      onChange: () => {
+        cluster.privacyChanged();
+      },
+    });
     const logCircuit = logCircuitStateChanges(logger);
     const compileOptions = {
       backends,
@@ -368,6 +380,11 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       dpopReplay: cluster.dpopReplay,
       db: store.db,
       idempotencySealer: sealers.for('idempotency'),
+      // Issue 16: consents and opt-outs (changes audited durably), contract warnings logged.
+      privacy,
+      onWarning: (message: string) => {
+        logger.warn({ event: 'contract-warning' }, message);
+      },
       identity: createIdentitySigner({
         issuer: config.gateway.publicUrl,
         signingJwks: () => openedKeys.signingJwks(),
@@ -712,7 +729,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       return closing;
     };
 
-    cluster.attach({ keys: openedKeys, apiKeys, reload, version: () => holder.current.version });
+    cluster.attach({ keys: openedKeys, apiKeys, reload, version: () => holder.current.version, privacy });
 
     if (options.signals) {
       process.on('SIGHUP', () => void reload('SIGHUP'));
@@ -746,6 +763,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       audit,
       metrics,
       authorizationServer,
+      privacy,
       runtime: () => holder.current,
       reload,
       close,

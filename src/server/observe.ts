@@ -43,6 +43,10 @@ const CATEGORY_OF: Partial<Record<ProblemCode, { category: AuditCategory; action
   conflict: { category: 'validation', action: 'idempotency' },
   unprocessable: { category: 'validation', action: 'idempotency' },
   gone: { category: 'validation', action: 'retired-version' },
+  'consent-required': { category: 'authorization', action: 'privacy' },
+  'sale-sharing-opted-out': { category: 'authorization', action: 'privacy' },
+  'sensitive-data-limited': { category: 'authorization', action: 'privacy' },
+  'automation-opted-out': { category: 'authorization', action: 'privacy' },
 };
 
 /** An audit action is lower-case words joined by `-`. */

@@ -354,6 +354,23 @@ export function migrations(kind: StoreKind): Record<string, Migration> {
           .execute();
       },
     },
+    '030_privacy_choices': {
+      // Issue 16: the current consent and opt-out choices of each data subject
+      // (src/privacy/store.ts); their history is the audit trail.
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('privacy_choices')
+          .addColumn('subject', 'varchar(1024)', (col) => col.notNull())
+          .addColumn('kind', 'varchar(16)', (col) => col.notNull())
+          .addColumn('name', 'varchar(32)', (col) => col.notNull())
+          .addColumn('state', 'varchar(16)', (col) => col.notNull())
+          .addColumn('notice_version', 'varchar(64)')
+          .addColumn('source', 'varchar(16)', (col) => col.notNull())
+          .addColumn('updated_at', 'varchar(32)', (col) => col.notNull())
+          .addPrimaryKeyConstraint('privacy_choices_pk', ['subject', 'kind', 'name'])
+          .execute();
+      },
+    },
   };
 }
 

@@ -267,7 +267,25 @@ export interface DataKeysTable {
   created_at: string;
 }
 
+/**
+ * A data subject's current choice (migration 030, issue 16): a consent to a purpose (`kind`
+ * consent, `state` granted or withdrawn) or an opt-out (`kind` opt-out, `state` opted-out or
+ * opted-in). Changes are audited; this row is only the current state.
+ */
+export interface PrivacyChoicesTable {
+  subject: string;
+  kind: 'consent' | 'opt-out';
+  name: string;
+  state: 'granted' | 'withdrawn' | 'opted-out' | 'opted-in';
+  notice_version: string | null;
+  /** subject, admin, cli or gpc. */
+  source: string;
+  /** ISO-8601 UTC. */
+  updated_at: string;
+}
+
 export interface Database {
+  privacy_choices: PrivacyChoicesTable;
   oauth_models: OAuthModelsTable;
   oauth_clients: OAuthClientsTable;
   revoked_tokens: RevokedTokensTable;

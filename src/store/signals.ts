@@ -23,7 +23,9 @@ export type Signal =
   /** The signing-key set changed (rotation, expiry, algorithm change). */
   | { readonly kind: 'keys-changed' }
   /** A process applied configuration `version`; others re-read theirs. */
-  | { readonly kind: 'config-applied'; readonly version: string };
+  | { readonly kind: 'config-applied'; readonly version: string }
+  /** A data subject's consents or opt-outs changed (issue 16); others drop their cached copies. */
+  | { readonly kind: 'privacy-changed' };
 
 export type SignalKind = Signal['kind'];
 
@@ -91,6 +93,7 @@ export function parseSignal(text: string): { origin: string; signal: Signal } | 
       break;
     }
     case 'keys-changed':
+    case 'privacy-changed':
       signal = { kind };
       break;
     case 'config-applied':

@@ -125,6 +125,42 @@ describe('identity assertions', () => {
     await expect(verify(after)).resolves.toMatchObject({ subject: 'user-1' });
   });
 
+  it('carries the privacy claim, and a change of consent gives a new assertion at once (issue 16)', async () => {
+    const k = key('ES256');
+    const sign = createIdentitySigner({
+      issuer: ISSUER,
+      signingJwks: () => ({ keys: [k.privateJwk] }),
+      ttlSeconds: 30,
+    });
+    const verify = createIdentityVerifier({
+      issuer: ISSUER,
+      audience: UPSTREAM,
+      jwks: () => ({ keys: [k.publicJwk] }),
+    });
+    const granted = {
+      consents: ['analytics', 'profiling'],
+      optOuts: [],
+      version: 'c:analytics,profiling|o:',
+    };
+    const first = sign({ audience: UPSTREAM, principal: principal(), privacy: granted });
+    expect(claims(first).privacy).toEqual({ consents: ['analytics', 'profiling'], opt_outs: [] });
+    expect((await verify(first)).privacy).toEqual({ consents: ['analytics', 'profiling'], optOuts: [] });
+    // Same choices: reused. Withdrawn consent: a new assertion, within the reuse window.
+    expect(sign({ audience: UPSTREAM, principal: principal(), privacy: granted })).toBe(first);
+    const withdrawn = {
+      consents: ['analytics'],
+      optOuts: ['sale-sharing'],
+      version: 'c:analytics|o:sale-sharing',
+    };
+    const second = sign({ audience: UPSTREAM, principal: principal(), privacy: withdrawn });
+    expect(second).not.toBe(first);
+    expect(claims(second).privacy).toEqual({ consents: ['analytics'], opt_outs: ['sale-sharing'] });
+    // Operations without privacy annotations: no claim, and a separate cache entry.
+    const plain = sign({ audience: UPSTREAM, principal: principal() });
+    expect(claims(plain).privacy).toBeUndefined();
+    expect((await verify(plain)).privacy).toBeUndefined();
+  });
+
   it('keeps the reuse cache bounded', () => {
     const k = key('ES256');
     const sign = createIdentitySigner({

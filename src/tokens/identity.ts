@@ -21,6 +21,7 @@ import { createLocalJWKSet, jwtVerify } from 'jose';
 import type { JSONWebKeySet, JWK, JWTPayload } from 'jose';
 import type { Principal } from '../gateway/stages/authenticate/index.ts';
 import { approvedJoseAlgs } from '../keys/fips.ts';
+import type { PrivacyClaims } from '../gateway/context.ts';
 
 export const IDENTITY_TYP = 'portcullis-identity+jwt';
 
@@ -30,6 +31,12 @@ export const IDENTITY_CACHE_MAX = 10_000;
 export interface IdentityInput {
   readonly audience: string;
   readonly principal: Principal;
+  /**
+   * On operations with privacy annotations: the subject's consents and opt-outs, sent as the
+   * `privacy` claim (`{consents, opt_outs}`). Their version is part of the reuse key, so an
+   * assertion never outlives a change of consent.
+   */
+  readonly privacy?: PrivacyClaims | undefined;
 }
 
 /** Returns the assertion for this caller and audience: a cached one while fresh, else a new one. */
@@ -127,7 +134,13 @@ export function createIdentitySigner(options: IdentitySignerOptions): IdentitySi
     return key;
   };
 
-  const mint = (k: SigningKey, audience: string, principal: Principal, at: number): string => {
+  const mint = (
+    k: SigningKey,
+    audience: string,
+    principal: Principal,
+    privacy: PrivacyClaims | undefined,
+    at: number,
+  ): string => {
     const iat = Math.floor(at / 1000);
     const payload = Buffer.from(
       JSON.stringify({
@@ -140,21 +153,25 @@ export function createIdentitySigner(options: IdentitySignerOptions): IdentitySi
         iat,
         exp: iat + options.ttlSeconds,
         jti: randomUUID(),
+        ...(privacy === undefined
+          ? {}
+          : { privacy: { consents: privacy.consents, opt_outs: privacy.optOuts } }),
       }),
     ).toString('base64url');
     const input = `${k.header}.${payload}`;
     return `${input}.${k.sign(Buffer.from(input)).toString('base64url')}`;
   };
 
-  return ({ audience, principal }) => {
+  return ({ audience, principal, privacy }) => {
     const k = currentKey();
     const at = now();
     let scopes = '';
     for (const s of principal.scopes) scopes += `${s} `;
-    const id = `${audience}\n${principal.scheme}\n${principal.clientId}\n${principal.subject}\n${scopes}`;
+    let id = `${audience}\n${principal.scheme}\n${principal.clientId}\n${principal.subject}\n${scopes}`;
+    if (privacy !== undefined) id += `\n${privacy.version}`;
     const hit = cache.get(id);
     if (hit !== undefined && at < hit.refreshAt) return hit.value;
-    const value = mint(k, audience, principal, at);
+    const value = mint(k, audience, principal, privacy, at);
     if (hit !== undefined) cache.delete(id);
     else if (cache.size >= cacheMax) {
       const oldest = cache.keys().next();
@@ -169,6 +186,12 @@ export interface VerifiedIdentity {
   readonly subject: string;
   readonly clientId: string;
   readonly scopes: ReadonlySet<string>;
+  /** The `privacy` claim, on operations with privacy annotations (issue 16). */
+  readonly privacy?: { readonly consents: readonly string[]; readonly optOuts: readonly string[] };
+}
+
+function strings(value: unknown): string[] {
+  return Array.isArray(value) ? value.filter((v): v is string => typeof v === 'string') : [];
 }
 
 /** For upstreams (the demo API uses it): verifies an assertion from the gateway. */
@@ -193,10 +216,19 @@ export function createIdentityVerifier(options: {
       },
     );
     const scope = typeof payload.scope === 'string' ? payload.scope : '';
+    const privacy: unknown = payload.privacy;
     return {
       subject: String(payload.sub),
       clientId: String(payload.client_id),
       scopes: new Set(scope.split(' ').filter((s) => s !== '')),
+      ...(typeof privacy === 'object' && privacy !== null
+        ? {
+            privacy: {
+              consents: strings((privacy as { consents?: unknown }).consents),
+              optOuts: strings((privacy as { opt_outs?: unknown }).opt_outs),
+            },
+          }
+        : {}),
     };
   };
 }

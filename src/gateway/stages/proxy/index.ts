@@ -313,7 +313,11 @@ export function compileProxy(upstream: Upstream, options: ProxyOptions): Stage {
     );
     const identity = options.identity;
     if (identity !== undefined && req.principal !== undefined) {
-      outgoing[identity.header] = identity.sign({ audience: identity.audience, principal: req.principal });
+      outgoing[identity.header] = identity.sign({
+        audience: identity.audience,
+        principal: req.principal,
+        privacy: req.privacy,
+      });
     }
     let res: UpstreamAnswer;
     try {
