@@ -89,6 +89,7 @@ export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = [
   stage('proxy', 'upstream call'),
   stage('response', 'response filtering'),
   stage('scan', 'upload scan (clamd)'),
+  stage('privacy', 'privacy (consent and opt-outs)'),
   stage('websocket', 'WebSocket handshake'),
   stage('shed-or-circuit', 'load shedding or circuit breaker (fallback when no step is known)'),
   stage('internal-error', 'unexpected error (fallback when no step is known)'),
@@ -336,5 +337,31 @@ export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = [
     categories: ['key-lifecycle'],
     source: 'src/cli',
     description: '`keys retire-peppers`: replaced peppers past their grace period retired.',
+  },
+  {
+    action: 'consent-grant',
+    categories: ['privacy'],
+    source: 'src/privacy/service.ts',
+    description:
+      "A subject's consent to a purpose granted (subject API, CLI or admin; `portcullis.privacy.*`).",
+  },
+  {
+    action: 'consent-withdraw',
+    categories: ['privacy'],
+    source: 'src/privacy/service.ts',
+    description: "A subject's consent to a purpose withdrawn.",
+  },
+  {
+    action: 'opt-out',
+    categories: ['privacy'],
+    source: 'src/privacy/service.ts',
+    description:
+      'A subject opted out (sale and sharing, also from `Sec-GPC: 1`; sensitive data; automated decisions).',
+  },
+  {
+    action: 'opt-in',
+    categories: ['privacy'],
+    source: 'src/privacy/service.ts',
+    description: 'A subject withdrew an opt-out.',
   },
 ];
