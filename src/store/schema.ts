@@ -251,6 +251,16 @@ export interface Database {
   audit_keys: AuditKeysTable;
   idempotency_records: IdempotencyRecordsTable;
   master_key_rotations: MasterKeyRotationsTable;
+  user_roles: UserRolesTable; // src/admin/migrations.ts
+}
+
+/** A role held by a user (020_user_roles). */
+export interface UserRolesTable {
+  user_id: string;
+  role: string;
+  granted_at: string;
+  /** Who granted it: the administrator (or `cli:<os user>`). */
+  granted_by: string;
 }
 
 export type ConfigVersionRow = Selectable<ConfigVersionsTable>;

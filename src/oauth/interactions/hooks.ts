@@ -13,6 +13,10 @@ import type { KeyManager } from '../../keys/types.ts';
 import type { Logger } from '../../log/index.ts';
 import type { Store } from '../../store/index.ts';
 import { createUsers, kmsSecretWrapper } from '../users.ts';
+import { ADMIN_SCOPE, bypassScopesOf, entitlementOf } from '../../admin/roles.ts';
+import type { Entitlement } from '../../admin/roles.ts';
+import { rolesOf } from '../../admin/service/roles.ts';
+import { loadOpenApi } from '../../gateway/openapi.ts';
 import type { Users } from '../users.ts';
 import { createFederation, loadCa } from './federation.ts';
 import type { Federation } from './federation.ts';
@@ -108,6 +112,8 @@ export interface InteractionHooksOptions {
   /** See InteractionHandlerOptions.csrfKey. */
   readonly csrfKey?: Uint8Array;
   readonly now?: () => number;
+  /** The scopes a user may consent to and carry (src/admin/roles.ts); default: all. */
+  readonly entitlement?: ((accountId: string) => Promise<Entitlement>) | undefined;
 }
 
 export interface InteractionHooksResult {
@@ -120,6 +126,7 @@ export interface InteractionHooksResult {
   findAccount(ctx: KoaContextWithOIDC, sub: string): Promise<unknown>;
   claims: Readonly<Record<string, readonly string[]>>;
   providerOptions: Readonly<Record<string, unknown>>;
+  entitlement?: ((accountId: string) => Promise<Entitlement>) | undefined;
 }
 
 export function createInteractionHooks(options: InteractionHooksOptions): InteractionHooksResult {
@@ -129,6 +136,7 @@ export function createInteractionHooks(options: InteractionHooksOptions): Intera
     config: options.config,
     logger: options.logger,
     federation: options.federation,
+    entitlement: options.entitlement,
     ...(options.csrfKey === undefined ? {} : { csrfKey: options.csrfKey }),
     ...(options.now === undefined ? {} : { now: options.now }),
   });
@@ -144,6 +152,7 @@ export function createInteractionHooks(options: InteractionHooksOptions): Intera
       };
     },
     claims: { profile: ['preferred_username'] },
+    entitlement: options.entitlement,
     providerOptions: {
       interactions: {
         url: (_ctx: unknown, interaction: { uid: string }) => `/interaction/${interaction.uid}`,
@@ -192,6 +201,40 @@ export function createServerInteractions(options: ServerInteractionsOptions): In
     logger: options.logger.child({ component: 'interactions' }),
     federation,
     csrfKey: Buffer.from(options.keys.hmac('client-secret', 'portcullis/interaction-csrf/v1'), 'base64url'),
+    entitlement: storeEntitlements(options),
   });
   return { ...hooks, users };
+}
+
+/** OpenID Connect's own scopes: never restricted by roles. */
+const OIDC_SCOPES: ReadonlySet<string> = new Set(['openid', 'offline_access', 'profile']);
+
+/**
+ * Entitlements from the store's `user_roles` and the configuration in force: the privileged
+ * scopes (every owner-binding bypass scope of every contract, plus the admin scope) are computed
+ * once per configuration.
+ */
+export function storeEntitlements(
+  options: Pick<ServerInteractionsOptions, 'loaded' | 'store'>,
+): (accountId: string) => Promise<Entitlement> {
+  const privileged = new WeakMap<LoadedConfig, Promise<Set<string>>>();
+  const privilegedOf = (loaded: LoadedConfig) => {
+    let p = privileged.get(loaded);
+    if (p === undefined) {
+      p = (async () => {
+        const out = new Set<string>([ADMIN_SCOPE]);
+        for (const api of loaded.config.apis) {
+          for (const s of bypassScopesOf(await loadOpenApi(loaded.resolvePath(api.openapi)))) out.add(s);
+        }
+        return out;
+      })();
+      privileged.set(loaded, p);
+    }
+    return p;
+  };
+  return async (accountId) => {
+    const loaded = options.loaded();
+    const [set, roles] = await Promise.all([privilegedOf(loaded), rolesOf(options.store.db, accountId)]);
+    return entitlementOf(loaded.config, set, roles, OIDC_SCOPES);
+  };
 }

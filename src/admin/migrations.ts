@@ -1,0 +1,24 @@
+/**
+ * The admin plane's tables (issues 13 and 15), spread into src/store/migrations.ts. Names use
+ * the 020–029 range.
+ */
+import type { Kysely } from 'kysely';
+import type { Migration } from 'kysely/migration';
+
+export function adminMigrations(): Record<string, Migration> {
+  return {
+    '020_user_roles': {
+      // Roles held by users (src/admin/service/roles.ts): end-user entitlements and admin roles.
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('user_roles')
+          .addColumn('user_id', 'varchar(300)', (col) => col.notNull())
+          .addColumn('role', 'varchar(64)', (col) => col.notNull())
+          .addColumn('granted_at', 'varchar(32)', (col) => col.notNull())
+          .addColumn('granted_by', 'varchar(200)', (col) => col.notNull())
+          .addPrimaryKeyConstraint('user_roles_pk', ['user_id', 'role'])
+          .execute();
+      },
+    },
+  };
+}
