@@ -283,7 +283,7 @@ export function registerUsersCommands(program: Command): void {
             );
           } else {
             process.stderr.write(
-              `${change.changed ? `${verb === 'grant' ? 'granted' : 'revoked'}` : 'unchanged:'} ${change.role} ${verb === 'grant' ? 'to' : 'from'} ${change.username}; roles now: ${change.roles.join(', ') || '-'}\n`,
+              `${change.changed ? (verb === 'grant' ? 'granted' : 'revoked') : 'unchanged:'} ${change.role} ${verb === 'grant' ? 'to' : 'from'} ${change.username}; roles now: ${change.roles.join(', ') || '-'}\n`,
             );
           }
         } catch (err) {

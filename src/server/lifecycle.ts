@@ -9,6 +9,8 @@
  * Shutdown (SIGTERM, SIGINT): listeners stop accepting, in-flight requests drain for up to
  * `gateway.shutdownGraceMs`, then remaining connections are closed.
  */
+import { openKms } from '../keys/kms.ts';
+import { createUsers, kmsSecretWrapper } from '../oauth/users.ts';
 import { mkdir } from 'node:fs/promises';
 import { readFileSync, watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
@@ -447,6 +449,15 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         checks: cluster.checks,
         // With Redis (several processes) a store outage degrades: tokens keep flowing on cached keys.
         storeOutage: config.redis === undefined ? 'failed' : 'degraded',
+        // Admin authentication (issue 15): the built-in server's tokens, the users they name.
+        tokens,
+        users: createUsers({
+          db: store.db,
+          wrapper: kmsSecretWrapper(openKms(config.oauth.kms, dataDir).kms),
+          login: config.oauth.login,
+          issuerName: new URL(config.gateway.publicUrl).host,
+        }),
+        keys: openedKeys,
       });
       await admin.ready();
       const adminGuard = protectAdmin(admin.server, { metrics, logger, observer }); // issue 12
