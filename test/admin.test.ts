@@ -18,6 +18,7 @@ import type { AuditLog } from '../src/audit/index.ts';
 import { createAdminServer } from '../src/server/admin-server.ts';
 import type { AdminApp } from '../src/server/admin-server.ts';
 import { openStore } from '../src/store/index.ts';
+import { adminCredentials } from './admin-harness.ts';
 import { startRecordingUpstream, startTestGateway, tempDir } from './helpers.ts';
 import type { RecordingUpstream, TestGateway } from './helpers.ts';
 
@@ -32,11 +33,21 @@ const run = `t${String(Date.now())}`;
 
 beforeAll(async () => {
   upstream = await startRecordingUpstream();
-  gw = await startTestGateway({
-    apis: [{ name: 'items', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }],
-  });
+  // The admin listener answers /metrics and /audit/events only to an administrator: these tests
+  // present a client certificate mapped to an auditor.
+  const dir = await tempDir();
+  const creds = await adminCredentials(dir);
+  gw = await startTestGateway(
+    {
+      admin: creds.config,
+      apis: [{ name: 'items', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }],
+    },
+    { dir },
+  );
   if (gw.p.tls.source !== 'development') throw new Error('expected the development certificate');
-  agent = new Agent({ connect: { ca: gw.p.tls.caCertPem, servername: 'localhost' } });
+  agent = new Agent({
+    connect: { ca: gw.p.tls.caCertPem, servername: 'localhost', cert: creds.cert, key: creds.key },
+  });
   metrics = createMetrics();
   audit = await openAuditLog({
     config: { ...gw.p.runtime().loaded.config.audit, batchMaxDelayMs: 5 },
