@@ -241,6 +241,7 @@ describe('admin authentication', () => {
       expect(res.status, path).toBe(401);
       expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
       expect(res.json.type).toBe('urn:portcullis:problem:unauthenticated');
+      expect(res.headers['www-authenticate']).toBe('Bearer realm="portcullis-admin"');
     }
     const refused = await lastEvent('admin-authenticate');
     expect(refused).toMatchObject({

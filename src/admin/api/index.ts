@@ -161,7 +161,11 @@ export async function registerAdminApi(app: FastifyInstance, options: AdminApiOp
       'http.response.status_code': err.status,
     });
 
-  async function authenticate(request: FastifyRequest, template: string): Promise<AdminActor> {
+  async function authenticate(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    template: string,
+  ): Promise<AdminActor> {
     const header = request.headers.authorization;
     try {
       return await auth.authenticate({
@@ -173,6 +177,12 @@ export async function registerAdminApi(app: FastifyInstance, options: AdminApiOp
       if (!(err instanceof AdminAuthError)) throw err;
       await refusal(request, template, err);
       if (err.status === 403) throw new Denial('forbidden', err.reason);
+      reply.header(
+        'www-authenticate',
+        err.via === 'oauth'
+          ? 'Bearer realm="portcullis-admin", error="invalid_token"'
+          : 'Bearer realm="portcullis-admin"',
+      );
       throw new Denial('unauthenticated', err.reason);
     }
   }
@@ -198,7 +208,7 @@ export async function registerAdminApi(app: FastifyInstance, options: AdminApiOp
       }
       throw new Denial('too-many-requests', 'admin-rate-limit');
     }
-    return authenticate(request, template);
+    return authenticate(request, reply, template);
   }
 
   function route(
