@@ -165,11 +165,18 @@ async function signIn(username: string): Promise<string> {
     expect(next.status).toBe(303);
     page = await flow.follow(jar, next.location ?? '');
   }
-  const t = await oidc.authorizationCodeGrant(rp, new URL(page.location ?? ''), {
-    pkceCodeVerifier: verifier,
-    expectedState: state,
-  });
-  return t.access_token;
+  try {
+    const t = await oidc.authorizationCodeGrant(rp, new URL(page.location ?? ''), {
+      pkceCodeVerifier: verifier,
+      expectedState: state,
+    });
+    return t.access_token;
+  } catch (err) {
+    // Say what the token endpoint answered (a flaky run should be diagnosable).
+    const cause = (err as { cause?: unknown }).cause;
+    const detail = cause instanceof Response ? `${String(cause.status)} ${await cause.text()}` : String(cause);
+    throw new Error(`token request for ${username} failed: ${detail}`, { cause: err });
+  }
 }
 
 interface Res {
