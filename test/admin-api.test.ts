@@ -174,7 +174,8 @@ async function signIn(username: string): Promise<string> {
   } catch (err) {
     // Say what the token endpoint answered (a flaky run should be diagnosable).
     const cause = (err as { cause?: unknown }).cause;
-    const detail = cause instanceof Response ? `${String(cause.status)} ${await cause.text()}` : String(cause);
+    const detail =
+      cause instanceof Response ? `${String(cause.status)} ${await cause.text()}` : String(cause);
     throw new Error(`token request for ${username} failed: ${detail}`, { cause: err });
   }
 }
@@ -557,5 +558,124 @@ describe('separation of duties', () => {
     expect(refused.every((e) => e['event.outcome'] === 'failure')).toBe(true);
     const verify = await call('/admin/v1/audit/verify', { cert: certs.auditor }, { method: 'POST' });
     expect(verify.json.ok).toBe(true);
+  });
+});
+
+describe('exceptions registry', () => {
+  const body = (id: string, expires: string) =>
+    JSON.stringify({
+      id,
+      control: 'upstream-plaintext',
+      scope: 'the legacy billing upstream on the private network',
+      rationale: 'the vendor appliance cannot speak TLS until its upgrade',
+      compensatingControls: ['private VLAN', 'IP allowlist on the appliance'],
+      owner: 'team-billing',
+      expires,
+    });
+  const inDays = (days: number) => new Date(Date.now() + days * 86_400_000).toISOString().slice(0, 10);
+
+  it('the requester cannot approve; another security officer can; each step audited', async () => {
+    const requested = await call('/admin/v1/exceptions', token('sec'), {
+      method: 'POST',
+      body: body('legacy-billing', inDays(30)),
+    });
+    expect(requested.status, requested.text).toBe(201);
+    expect(requested.json).toMatchObject({ status: 'requested', requestedBy: 'sec', approver: null });
+
+    const self = await call('/admin/v1/exceptions/legacy-billing/approve', token('sec'), { method: 'POST' });
+    expect(self.status).toBe(403);
+    expect(await lastEvent('exception-approve')).toMatchObject({
+      'event.category': 'configuration',
+      'event.outcome': 'failure',
+      'event.reason': 'separation-of-duties',
+      'portcullis.admin.principal': 'sec',
+      'portcullis.admin.target': 'legacy-billing',
+    });
+
+    const byOperator = await call('/admin/v1/exceptions/legacy-billing/approve', token('oper'), {
+      method: 'POST',
+    });
+    expect(byOperator.status).toBe(403);
+
+    const approved = await call(
+      '/admin/v1/exceptions/legacy-billing/approve',
+      { cert: certs.both },
+      { method: 'POST' },
+    );
+    expect(approved.status).toBe(200);
+    expect(approved.json).toMatchObject({ status: 'approved', approver: 'overloaded' });
+    expect(await lastEvent('exception-approve')).toMatchObject({
+      'event.outcome': 'success',
+      'portcullis.admin.principal': 'overloaded',
+      'portcullis.admin.role': 'security-officer',
+    });
+  });
+
+  it('refuses an unknown control, a past expiry and a malformed request', async () => {
+    const unknown = await call('/admin/v1/exceptions', token('sec'), {
+      method: 'POST',
+      body: body('x1', inDays(10)).replace('upstream-plaintext', 'no-such-control'),
+    });
+    expect(unknown.status).toBe(422);
+    const past = await call('/admin/v1/exceptions', token('sec'), {
+      method: 'POST',
+      body: body('x2', '2020-01-01'),
+    });
+    expect(past.status).toBe(422);
+    const malformed = await call('/admin/v1/exceptions', token('sec'), {
+      method: 'POST',
+      body: '{"id":"x3"}',
+    });
+    expect(malformed.status).toBe(400);
+  });
+
+  it('renewal needs a new approval; the sweep warns before expiry and records the expiry', async () => {
+    const { sweepExceptions } = await import('../src/admin/service/exceptions.ts');
+    const svc = { db: gw.p.store.db, audit: gw.p.audit };
+    await call('/admin/v1/exceptions', token('sec'), {
+      method: 'POST',
+      body: body('short-lived', inDays(3)),
+    });
+    await call('/admin/v1/exceptions/short-lived/approve', { cert: certs.both }, { method: 'POST' });
+
+    const warned = await sweepExceptions(svc, { now: Date.now() });
+    expect(warned.warned).toContain('short-lived');
+    expect((await sweepExceptions(svc, { now: Date.now() })).warned).not.toContain('short-lived'); // once
+    expect(await lastEvent('exception-expiring')).toMatchObject({
+      'event.category': 'configuration',
+      'portcullis.admin.target': 'short-lived',
+    });
+
+    const renewed = await call('/admin/v1/exceptions/short-lived/renew', token('sec'), {
+      method: 'POST',
+      body: JSON.stringify({ expires: inDays(60) }),
+    });
+    expect(renewed.json).toMatchObject({ status: 'requested', approver: null, expires: inDays(60) });
+    await call('/admin/v1/exceptions/short-lived/approve', { cert: certs.both }, { method: 'POST' });
+
+    // 61 days later: expired, recorded once, listed as expired.
+    const later = Date.now() + 61 * 86_400_000;
+    expect((await sweepExceptions(svc, { now: later })).expired).toEqual(
+      expect.arrayContaining(['short-lived', 'legacy-billing']),
+    );
+    expect((await sweepExceptions(svc, { now: later })).expired).toEqual([]);
+    expect(await lastEvent('exception-expired')).toMatchObject({
+      'event.category': 'configuration',
+      'event.outcome': 'success',
+    });
+  });
+
+  it('revoking puts the control back in force; listing needs exceptions:read', async () => {
+    const revoked = await call('/admin/v1/exceptions/legacy-billing/revoke', token('sec'), {
+      method: 'POST',
+    });
+    expect(revoked.json).toMatchObject({ status: 'revoked' });
+    const list = await call('/admin/v1/exceptions', token('sec'));
+    expect(list.status).toBe(200);
+    expect((list.json.exceptions as { id: string }[]).map((e) => e.id)).toEqual([
+      'legacy-billing',
+      'short-lived',
+    ]);
+    expect((await call('/admin/v1/exceptions', { cert: certs.auditor })).status).toBe(403);
   });
 });

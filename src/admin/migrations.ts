@@ -20,5 +20,28 @@ export function adminMigrations(): Record<string, Migration> {
           .execute();
       },
     },
+    '021_exceptions': {
+      // The exceptions registry (src/admin/service/exceptions.ts): requested, approved by someone
+      // else, renewed, revoked; beside the exceptions written in the configuration file.
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema
+          .createTable('admin_exceptions')
+          .addColumn('id', 'varchar(64)', (col) => col.primaryKey())
+          .addColumn('control', 'varchar(64)', (col) => col.notNull())
+          .addColumn('scope', 'varchar(500)', (col) => col.notNull())
+          .addColumn('rationale', 'text', (col) => col.notNull())
+          .addColumn('compensating_controls', 'text', (col) => col.notNull())
+          .addColumn('owner', 'varchar(200)', (col) => col.notNull())
+          .addColumn('requested_by', 'varchar(200)', (col) => col.notNull())
+          .addColumn('approver', 'varchar(200)')
+          .addColumn('status', 'varchar(16)', (col) => col.notNull())
+          .addColumn('expires', 'varchar(10)', (col) => col.notNull())
+          .addColumn('created_at', 'varchar(32)', (col) => col.notNull())
+          .addColumn('updated_at', 'varchar(32)', (col) => col.notNull())
+          .addColumn('warned_at', 'varchar(32)')
+          .addColumn('expired_at', 'varchar(32)')
+          .execute();
+      },
+    },
   };
 }

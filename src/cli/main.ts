@@ -17,6 +17,7 @@ import { registerKeysCommands } from './keys.ts';
 import { registerAuditCommands } from './audit.ts';
 import { registerApiKeysCommands } from './apikeys.ts';
 import { registerUsersCommands } from './users.ts';
+import { registerExceptionsCommands } from './exceptions.ts';
 import { startBanner } from './banner.ts';
 import { parseWorkerCount, runPrimary, runWorker } from './workers.ts';
 import type { Role } from './workers.ts';
@@ -115,5 +116,6 @@ registerAuditCommands(program);
 registerApiKeysCommands(program);
 registerClientsCommands(program);
 registerUsersCommands(program);
+registerExceptionsCommands(program); // issue 15: the exceptions registry
 
 await program.parseAsync(process.argv);

@@ -9,6 +9,7 @@
  * Shutdown (SIGTERM, SIGINT): listeners stop accepting, in-flight requests drain for up to
  * `gateway.shutdownGraceMs`, then remaining connections are closed.
  */
+import { sweepExceptions } from '../admin/service/exceptions.ts';
 import { openKms } from '../keys/kms.ts';
 import { createUsers, kmsSecretWrapper } from '../oauth/users.ts';
 import { mkdir } from 'node:fs/promises';
@@ -468,6 +469,20 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       cleanups.push(() => admin.close());
       adminUrl = urlOf('https', admin.server.address(), config.admin.host);
     }
+    // The exceptions registry (issue 15): warnings before expiry and expiries, audited (and so
+    // alerted by the configuration-change rule) within a minute, without a restart.
+    const sweep = setInterval(() => {
+      void sweepExceptions({ db: store.db, audit }).catch((err: unknown) => {
+        logger.warn(
+          { event: 'exceptions-sweep-failed', error: describeError(err) },
+          'exceptions sweep failed',
+        );
+      });
+    }, 60_000);
+    sweep.unref();
+    cleanups.push(async () => {
+      clearInterval(sweep);
+    });
     let redirectUrl: string | undefined;
     if (config.gateway.redirectHttp) {
       const redirect = createRedirectServer(config.gateway.publicUrl, config.gateway.limits.urlBytes);

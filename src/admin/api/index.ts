@@ -44,6 +44,14 @@ import {
   signingKeys,
 } from '../service/reads.ts';
 import { grantRole, revokeRole } from '../service/roles.ts';
+import {
+  approveException,
+  listExceptions,
+  renewException,
+  requestException,
+  revokeException,
+} from '../service/exceptions.ts';
+import type { ExceptionRequest } from '../service/exceptions.ts';
 import { createUser, disableUser, listUsers, showUser } from '../service/users.ts';
 import { AdminAuthError, createAdminAuthenticator } from './auth.ts';
 import type { AdminAuthOptions } from './auth.ts';
@@ -365,6 +373,22 @@ export async function registerAdminApi(app: FastifyInstance, options: AdminApiOp
     })),
   }));
   route('GET', '/alerts', ({ actor }) => alertRules(svc, actor));
+  route('GET', '/exceptions', async ({ actor }) => ({ exceptions: await listExceptions(svc, actor, now()) }));
+  route(
+    'POST',
+    '/exceptions',
+    ({ actor, body }) => requestException(svc, actor, body as ExceptionRequest, now()),
+    201,
+  );
+  route('POST', '/exceptions/{id}/approve', ({ actor, params }) =>
+    approveException(svc, actor, params.id ?? '', now()),
+  );
+  route('POST', '/exceptions/{id}/renew', ({ actor, params, body }) =>
+    renewException(svc, actor, params.id ?? '', (body as { expires: string }).expires, now()),
+  );
+  route('POST', '/exceptions/{id}/revoke', ({ actor, params }) =>
+    revokeException(svc, actor, params.id ?? '', now()),
+  );
 
   // Audit records are append-only: no route edits or deletes them, for any role.
   for (const method of ['PUT', 'PATCH', 'DELETE'] as const) {

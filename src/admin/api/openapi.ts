@@ -25,6 +25,15 @@ const pathParam = (name: string, pattern: string) => ({
 const USERNAME = pathParam('username', '^[A-Za-z0-9][A-Za-z0-9._@+|:/-]{0,299}$');
 const ROLE = pathParam('role', '^[a-z][a-z0-9-]{0,62}$');
 const CLIENT_ID = pathParam('clientId', '^[A-Za-z0-9_-]{1,128}$');
+const EXCEPTION_ID = pathParam('id', '^[A-Za-z0-9._-]{1,64}$');
+const jsonBody = (required: readonly string[], properties: Record<string, unknown>) => ({
+  required: true,
+  content: {
+    'application/json': {
+      schema: { type: 'object', additionalProperties: false, required, properties },
+    },
+  },
+});
 const ok = (description: string, schema: Record<string, unknown> = { type: 'object' }) => ({
   '200': { description, content: { 'application/json': { schema } } },
   ...common,
@@ -140,6 +149,47 @@ export const ADMIN_OPENAPI = {
     },
     '/config': { get: op('getConfig', 'config:read', 'the effective configuration, secrets masked') },
     '/keys': { get: op('listSigningKeys', 'keys:read', 'signing keys (public parts and status)') },
+    '/exceptions': {
+      get: op('listExceptions', 'exceptions:read', 'the exceptions registry'),
+      post: op(
+        'requestException',
+        'exceptions:write',
+        'request an exception (another administrator approves)',
+        {
+          requestBody: jsonBody(
+            ['id', 'control', 'scope', 'rationale', 'compensatingControls', 'owner', 'expires'],
+            {
+              id: str({ pattern: '^[A-Za-z0-9._-]{1,64}$' }),
+              control: str({ maxLength: 64 }),
+              scope: str({ minLength: 1, maxLength: 500 }),
+              rationale: str({ minLength: 10, maxLength: 2000 }),
+              compensatingControls: {
+                type: 'array',
+                minItems: 1,
+                maxItems: 20,
+                items: str({ minLength: 3, maxLength: 500 }),
+              },
+              owner: str({ minLength: 1, maxLength: 200 }),
+              expires: str({ pattern: '^\\d{4}-\\d{2}-\\d{2}$' }),
+            },
+          ),
+        },
+      ),
+    },
+    '/exceptions/{id}/approve': {
+      parameters: [EXCEPTION_ID],
+      post: op('approveException', 'exceptions:write', 'approve (not by its requester)'),
+    },
+    '/exceptions/{id}/renew': {
+      parameters: [EXCEPTION_ID],
+      post: op('renewException', 'exceptions:write', 'a new expiry, to be approved again', {
+        requestBody: jsonBody(['expires'], { expires: str({ pattern: '^\\d{4}-\\d{2}-\\d{2}$' }) }),
+      }),
+    },
+    '/exceptions/{id}/revoke': {
+      parameters: [EXCEPTION_ID],
+      post: op('revokeException', 'exceptions:write', 'revoke: the control is back in force'),
+    },
     '/alerts': { get: op('listAlerts', 'alerts:read', 'the alert rules in force') },
   },
 } as const;
