@@ -200,13 +200,14 @@ export const AUDIT_FIELDS = {
   'portcullis.admin.role': {
     type: 'string',
     kind: 'id',
-    description: 'The admin role the action was allowed under (or, on a refusal, the permission missing).',
+    description:
+      'The admin role the action was allowed under; on a refusal, the roles held (`none` when none).',
   },
   'portcullis.admin.via': {
     type: 'string',
     kind: 'id',
     description:
-      'How the administrator authenticated: oauth (admin-API token), mtls (client certificate), cli.',
+      'How the administrator authenticated: oauth (admin-API token), mtls (client certificate), cli, none (a refused call without credentials), system (the exceptions sweep).',
   },
   'portcullis.admin.target': {
     type: 'string',
