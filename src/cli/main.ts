@@ -18,6 +18,7 @@ import { registerAuditCommands } from './audit.ts';
 import { registerApiKeysCommands } from './apikeys.ts';
 import { registerUsersCommands } from './users.ts';
 import { registerExceptionsCommands } from './exceptions.ts';
+import { registerInventoryCommand } from './inventory.ts';
 import { startBanner } from './banner.ts';
 import { parseWorkerCount, runPrimary, runWorker } from './workers.ts';
 import type { Role } from './workers.ts';
@@ -117,5 +118,6 @@ registerApiKeysCommands(program);
 registerClientsCommands(program);
 registerUsersCommands(program);
 registerExceptionsCommands(program); // issue 15: the exceptions registry
+registerInventoryCommand(program); // issue 15: the API inventory
 
 await program.parseAsync(process.argv);
