@@ -70,10 +70,27 @@ afterAll(async () => {
 
 /** An admin server of its own on port 0, built from the running gateway's parts. */
 async function adminWith(
-  parts: { checks?: HealthCheck[]; store?: typeof gw.p.store; withAudit?: boolean } = {},
+  parts: {
+    checks?: HealthCheck[];
+    store?: typeof gw.p.store;
+    withAudit?: boolean;
+    rateLimit?: { points: number; seconds: number };
+  } = {},
 ): Promise<string> {
+  const runtime = gw.p.runtime();
+  const config = runtime.loaded.config;
+  const current =
+    parts.rateLimit === undefined
+      ? runtime
+      : {
+          ...runtime,
+          loaded: {
+            ...runtime.loaded,
+            config: { ...config, admin: { ...config.admin, rateLimit: parts.rateLimit } },
+          },
+        };
   const app = createAdminServer({
-    holder: { current: gw.p.runtime() },
+    holder: { current },
     store: parts.store ?? gw.p.store,
     logger: gw.p.logger,
     tls: gw.p.tls,
@@ -364,5 +381,33 @@ describe('GET /audit/events', () => {
     const res = await search('category=admin&limit=1000');
     const actions = (res.body.events as Record<string, unknown>[]).map((e) => e['event.action']);
     expect(actions).toContain('audit-search');
+  });
+});
+
+describe('admin rate limit', () => {
+  it('answers 429 with Retry-After past admin.rateLimit per address, audits the first refusal, spares /healthz', async () => {
+    const base = await adminWith({ rateLimit: { points: 3, seconds: 60 } });
+    const statuses: number[] = [];
+    let retryAfter: string | undefined;
+    for (let i = 0; i < 5; i++) {
+      const res = await request(`${base}/metrics`, { dispatcher: agent });
+      await res.body.text();
+      statuses.push(res.statusCode);
+      if (res.statusCode === 429) retryAfter = String(res.headers['retry-after']);
+    }
+    expect(statuses).toEqual([200, 200, 200, 429, 429]);
+    expect(Number(retryAfter)).toBeGreaterThan(0);
+    expect((await get(`${base}/healthz`)).status).toBe(200);
+    await audit.flush();
+    const rows = await gw.p.store.db.selectFrom('audit_events').selectAll().orderBy('seq').execute();
+    const limited = rows
+      .map((r) => JSON.parse(r.event) as Record<string, unknown>)
+      .filter((e) => e['event.action'] === 'admin-rate-limit');
+    expect(limited).toHaveLength(1);
+    expect(limited[0]).toMatchObject({
+      'event.category': 'rate-limit',
+      'client.ip': '127.0.0.1',
+      'url.path': '/metrics',
+    });
   });
 });
