@@ -399,6 +399,13 @@ describe('admin resources: allowed role and wrong role', () => {
       perm: 'alerts:read',
     },
     {
+      path: '/admin/v1/config/reload',
+      method: 'POST',
+      allowed: () => token('oper'),
+      refused: () => ({ cert: certs.auditor }),
+      perm: 'config:reload',
+    },
+    {
       path: '/admin/v1/openapi.json',
       allowed: () => token('sec'),
       refused: () => token('keys'),

@@ -46,6 +46,8 @@ export interface AdminServerOptions {
   readonly tokens?: AdminApiOptions['tokens'];
   /** The user directory (admin tokens name users; the admin API manages them). */
   readonly users?: Users | undefined;
+  /** Reloads the configuration (`POST /admin/v1/config/reload`). */
+  readonly reload?: AdminApiOptions['reload'];
   /** The signing keys (`GET /admin/v1/keys`). */
   readonly keys?: { list(): KeySummary[] } | undefined;
 }
@@ -95,6 +97,7 @@ export function createAdminServer(options: AdminServerOptions): AdminApp {
       users: options.users,
       keys: options.keys,
       tokens: options.tokens,
+      reload: options.reload,
     });
     registerAdminRoutes(scope, {
       metrics,

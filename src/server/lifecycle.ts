@@ -439,6 +439,8 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     const gatewayUrl = urlOf('https', gateway.server.address(), config.gateway.host);
 
     let adminUrl: string | undefined;
+    /** `POST /admin/v1/config/reload` (set once `reload` below exists). */
+    let reloadHook: ((trigger: string) => Promise<ReloadResult>) | undefined;
     if (config.admin.enabled) {
       const admin = createAdminServer({
         holder,
@@ -459,6 +461,10 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
           issuerName: new URL(config.gateway.publicUrl).host,
         }),
         keys: openedKeys,
+        reload: (trigger: string) => {
+          if (reloadHook === undefined) return Promise.reject(new Error('not started'));
+          return reloadHook(trigger);
+        },
       });
       await admin.ready();
       const adminGuard = protectAdmin(admin.server, { metrics, logger, observer }); // issue 12
@@ -601,6 +607,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       );
       return { status: 'applied', version: next.version };
     };
+    reloadHook = (trigger) => reload(trigger);
     const reload = (trigger = 'api'): Promise<ReloadResult> => {
       const run = chain.then(() => reloadOnce(trigger));
       chain = run.catch(() => undefined);

@@ -66,6 +66,10 @@ export interface AdminApiOptions {
   readonly users?: Users | undefined;
   readonly keys?: { list(): KeySummary[] } | undefined;
   readonly tokens?: AdminAuthOptions['tokens'];
+  /** The gateway's configuration reload (the same as SIGHUP); `trigger` names the administrator. */
+  readonly reload?:
+    | ((trigger: string) => Promise<{ status: string; version: string; issues?: readonly string[] }>)
+    | undefined;
   readonly now?: () => number;
 }
 
@@ -373,6 +377,19 @@ export async function registerAdminApi(app: FastifyInstance, options: AdminApiOp
     })),
   }));
   route('GET', '/alerts', ({ actor }) => alertRules(svc, actor));
+  route('POST', '/config/reload', ({ actor }) =>
+    adminAction(
+      svc,
+      actor,
+      { action: 'config-reload-request', permission: 'config:reload', category: 'configuration' },
+      async () => {
+        if (options.reload === undefined)
+          throw new AdminError('not-found', 'no-reload', 'reload is not available');
+        return options.reload(`admin:${actor.principal}`);
+      },
+      (r) => ({ 'portcullis.config.version': r.version, 'event.reason': r.status }),
+    ),
+  );
   route('GET', '/exceptions', async ({ actor }) => ({ exceptions: await listExceptions(svc, actor, now()) }));
   route(
     'POST',

@@ -148,6 +148,13 @@ export const ADMIN_OPENAPI = {
       post: op('verifyAudit', 'audit:verify', 'verify the hash chain and its signed checkpoints'),
     },
     '/config': { get: op('getConfig', 'config:read', 'the effective configuration, secrets masked') },
+    '/config/reload': {
+      post: op(
+        'reloadConfig',
+        'config:reload',
+        'reload the configuration (as SIGHUP); a broken one is refused',
+      ),
+    },
     '/keys': { get: op('listSigningKeys', 'keys:read', 'signing keys (public parts and status)') },
     '/exceptions': {
       get: op('listExceptions', 'exceptions:read', 'the exceptions registry'),
