@@ -440,7 +440,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
 
     let adminUrl: string | undefined;
     /** `POST /admin/v1/config/reload` (set once `reload` below exists). */
-    let reloadHook: ((trigger: string) => Promise<ReloadResult>) | undefined;
+    let reloadHook = (_trigger: string): Promise<ReloadResult> => Promise.reject(new Error('not started'));
     if (config.admin.enabled) {
       const admin = createAdminServer({
         holder,
@@ -461,10 +461,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
           issuerName: new URL(config.gateway.publicUrl).host,
         }),
         keys: openedKeys,
-        reload: (trigger: string) => {
-          if (reloadHook === undefined) return Promise.reject(new Error('not started'));
-          return reloadHook(trigger);
-        },
+        reload: (trigger: string) => reloadHook(trigger),
       });
       await admin.ready();
       const adminGuard = protectAdmin(admin.server, { metrics, logger, observer }); // issue 12
