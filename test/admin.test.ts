@@ -18,6 +18,7 @@ import type { AuditLog } from '../src/audit/index.ts';
 import { createAdminServer } from '../src/server/admin-server.ts';
 import type { AdminApp } from '../src/server/admin-server.ts';
 import { openStore } from '../src/store/index.ts';
+import { adminCredentials } from './admin-harness.ts';
 import { startRecordingUpstream, startTestGateway, tempDir } from './helpers.ts';
 import type { RecordingUpstream, TestGateway } from './helpers.ts';
 
@@ -32,11 +33,21 @@ const run = `t${String(Date.now())}`;
 
 beforeAll(async () => {
   upstream = await startRecordingUpstream();
-  gw = await startTestGateway({
-    apis: [{ name: 'items', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }],
-  });
+  // The admin listener answers /metrics and /audit/events only to an administrator: these tests
+  // present a client certificate mapped to an auditor.
+  const dir = await tempDir();
+  const creds = await adminCredentials(dir);
+  gw = await startTestGateway(
+    {
+      admin: creds.config,
+      apis: [{ name: 'items', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }],
+    },
+    { dir },
+  );
   if (gw.p.tls.source !== 'development') throw new Error('expected the development certificate');
-  agent = new Agent({ connect: { ca: gw.p.tls.caCertPem, servername: 'localhost' } });
+  agent = new Agent({
+    connect: { ca: gw.p.tls.caCertPem, servername: 'localhost', cert: creds.cert, key: creds.key },
+  });
   metrics = createMetrics();
   audit = await openAuditLog({
     config: { ...gw.p.runtime().loaded.config.audit, batchMaxDelayMs: 5 },
@@ -59,10 +70,27 @@ afterAll(async () => {
 
 /** An admin server of its own on port 0, built from the running gateway's parts. */
 async function adminWith(
-  parts: { checks?: HealthCheck[]; store?: typeof gw.p.store; withAudit?: boolean } = {},
+  parts: {
+    checks?: HealthCheck[];
+    store?: typeof gw.p.store;
+    withAudit?: boolean;
+    rateLimit?: { points: number; seconds: number };
+  } = {},
 ): Promise<string> {
+  const runtime = gw.p.runtime();
+  const config = runtime.loaded.config;
+  const current =
+    parts.rateLimit === undefined
+      ? runtime
+      : {
+          ...runtime,
+          loaded: {
+            ...runtime.loaded,
+            config: { ...config, admin: { ...config.admin, rateLimit: parts.rateLimit } },
+          },
+        };
   const app = createAdminServer({
-    holder: { current: gw.p.runtime() },
+    holder: { current },
     store: parts.store ?? gw.p.store,
     logger: gw.p.logger,
     tls: gw.p.tls,
@@ -353,5 +381,33 @@ describe('GET /audit/events', () => {
     const res = await search('category=admin&limit=1000');
     const actions = (res.body.events as Record<string, unknown>[]).map((e) => e['event.action']);
     expect(actions).toContain('audit-search');
+  });
+});
+
+describe('admin rate limit', () => {
+  it('answers 429 with Retry-After past admin.rateLimit per address, audits the first refusal, spares /healthz', async () => {
+    const base = await adminWith({ rateLimit: { points: 3, seconds: 60 } });
+    const statuses: number[] = [];
+    let retryAfter: string | undefined;
+    for (let i = 0; i < 5; i++) {
+      const res = await request(`${base}/metrics`, { dispatcher: agent });
+      await res.body.text();
+      statuses.push(res.statusCode);
+      if (res.statusCode === 429) retryAfter = String(res.headers['retry-after']);
+    }
+    expect(statuses).toEqual([200, 200, 200, 429, 429]);
+    expect(Number(retryAfter)).toBeGreaterThan(0);
+    expect((await get(`${base}/healthz`)).status).toBe(200);
+    await audit.flush();
+    const rows = await gw.p.store.db.selectFrom('audit_events').selectAll().orderBy('seq').execute();
+    const limited = rows
+      .map((r) => JSON.parse(r.event) as Record<string, unknown>)
+      .filter((e) => e['event.action'] === 'admin-rate-limit');
+    expect(limited).toHaveLength(1);
+    expect(limited[0]).toMatchObject({
+      'event.category': 'rate-limit',
+      'client.ip': '127.0.0.1',
+      'url.path': '/metrics',
+    });
   });
 });

@@ -138,7 +138,7 @@ describe.each(backends)('portcullis users on $name', (backend) => {
     const listed = await portcullis('', 'users', 'list', ...common);
     expect(listed.code, listed.stderr).toBe(0);
     const lines = listed.stdout.trimEnd().split('\n');
-    expect(lines[0]).toMatch(/^USERNAME\s+ID\s+STATUS\s+TOTP\s+CREATED\s+LAST LOGIN$/);
+    expect(lines[0]).toMatch(/^USERNAME\s+ID\s+STATUS\s+TOTP\s+ROLES\s+CREATED\s+LAST LOGIN$/);
     expect(lines.slice(1).map((l) => l.split(/\s+/)[0])).toEqual(['grace', 'heidi']);
     const json = await portcullis('', 'users', 'list', '--json', ...common);
     const users = (JSON.parse(json.stdout) as { users: Record<string, unknown>[] }).users;

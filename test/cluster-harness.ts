@@ -326,6 +326,8 @@ export async function startNodes(options: StartNodesOptions): Promise<ClusterNod
   const { dir, config, count } = options;
   await mkdir(dir, { recursive: true });
   const pki = await pkiFor(dir);
+  const creds = await adminCreds();
+  await writeIfChanged(join(dir, 'admin-ca.pem'), creds.caPem);
   for (const [name, content] of Object.entries(options.files ?? {})) {
     await writeIfChanged(join(dir, name), typeof content === 'string' ? content : stringify(content));
   }
@@ -338,7 +340,14 @@ export async function startNodes(options: StartNodesOptions): Promise<ClusterNod
       port: 0,
       tls: { ...(gateway.tls as object | undefined), certFile: pki.certFile, keyFile: pki.keyFile },
     },
-    admin: { ...admin, port: 0 },
+    admin: {
+      clientCertificates: {
+        caFiles: ['admin-ca.pem'],
+        principals: [{ name: 'test-automation', subject: 'admin-test-client', roles: ['auditor'] }],
+      },
+      ...admin,
+      port: 0,
+    },
   };
   const configFile = join(dir, 'portcullis.yaml');
   await writeIfChanged(configFile, stringify(full));
@@ -424,9 +433,45 @@ export function request(node: ClusterNode, method: string, path: string, init: R
 }
 
 /** A request to the node's admin listener (HTTPS on loopback, the same certificate). */
-export function adminRequest(node: ClusterNode, method: string, path: string, init: RequestInit = {}) {
+export async function adminRequest(
+  node: ClusterNode,
+  method: string,
+  path: string,
+  init: RequestInit = {},
+): Promise<Answer> {
   if (node.adminUrl === undefined) throw new Error(`node ${String(node.index)} has no admin listener`);
-  return send(node.caPem, node.adminUrl + path, method, init);
+  // The admin listener answers /metrics only to an administrator: a mapped client certificate.
+  const creds = await adminCreds();
+  const agent = new Agent({
+    connect: { ca: node.caPem, servername: 'localhost', cert: creds.cert, key: creds.key },
+  });
+  try {
+    const res = await undiciRequest(node.adminUrl + path, {
+      method: method as 'GET',
+      headers: init.headers ?? {},
+      body: init.body ?? null,
+      dispatcher: agent,
+    });
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries(res.headers)) {
+      if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
+    }
+    return { status: res.statusCode, headers, body: await res.body.text() };
+  } finally {
+    await agent.close();
+  }
+}
+
+/** One admin client certificate (and its CA) for every node of the file. */
+let adminCredsPromise: Promise<{ caPem: string; cert: string; key: string }> | undefined;
+function adminCreds() {
+  adminCredsPromise ??= (async () => {
+    const { ca, leaf } = await import('./pki.ts');
+    const root = await ca('Admin Test CA');
+    const client = await leaf(root, 'admin-test-client');
+    return { caPem: root.pem, cert: client.pem, key: client.keyPem };
+  })();
+  return adminCredsPromise;
 }
 
 /**

@@ -4,6 +4,7 @@
  * past the handshake timeout, HTTP/2 rapid reset, slow clients, strict HTTP/1.1 framing and Host.
  * Floods are bounded and stay on loopback (127.0.0.1–127.0.0.8).
  */
+import { adminCredentials } from './admin-harness.ts';
 import { spawn } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
@@ -143,9 +144,12 @@ describe('connection floods under a low open-files limit (portcullis start under
   let gatewayUrl: string;
   let adminUrl: string;
   let agent: Agent;
+  /** The admin listener answers /metrics only to an administrator (a client certificate here). */
+  let adminAgent: Agent;
 
   beforeAll(async () => {
     dir = await tempDir('portcullis-hostile-');
+    const creds = await adminCredentials(dir);
     await writeFile(join(dir, 'api.yaml'), stringify(TEST_OPENAPI));
     await writeFile(
       join(dir, 'portcullis.yaml'),
@@ -156,7 +160,7 @@ describe('connection floods under a low open-files limit (portcullis start under
           timeouts: { keepAliveMs: 30_000 },
           connections: { perIp: 40, handshakeTimeoutMs: 3_000 },
         },
-        admin: { port: 0 },
+        admin: { port: 0, ...creds.config },
         logging: { accessLog: false },
         rateLimits: FUNCTIONAL_TEST_LIMITS,
         apis: apis(),
@@ -168,16 +172,18 @@ describe('connection floods under a low open-files limit (portcullis start under
     adminUrl = String(started.admin);
     const ca = await readFile(join(dir, 'data', 'tls', 'ca.crt'), 'utf8');
     agent = new Agent({ connect: { ca, servername: 'localhost' }, allowH2: false, pipelining: 1 });
+    adminAgent = new Agent({ connect: { ca, servername: 'localhost', cert: creds.cert, key: creds.key } });
   }, 60_000);
 
   afterAll(async () => {
     if (child.alive()) child.child.kill('SIGKILL');
     await agent.close();
+    await adminAgent.close();
     await rm(dir, { recursive: true, force: true });
   });
 
   const get = async (path: string, base = gatewayUrl) => {
-    const res = await request(base + path, { dispatcher: agent });
+    const res = await request(base + path, { dispatcher: base === adminUrl ? adminAgent : agent });
     const body = await res.body.text();
     return { status: res.statusCode, body };
   };

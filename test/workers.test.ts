@@ -20,6 +20,7 @@ import { stringify } from 'yaml';
 import { createRestartPolicy, DEFAULT_RESTART_POLICY } from '../src/cli/workers.ts';
 import { PG_URL, ROOT, runPortcullis } from './cli-harness.ts';
 import { pgSchema, redisPrefix } from './cluster-harness.ts';
+import { adminCredentials } from './admin-harness.ts';
 import { FUNCTIONAL_TEST_LIMITS, startRecordingUpstream, tempDir, TEST_OPENAPI } from './helpers.ts';
 import type { RecordingUpstream } from './helpers.ts';
 
@@ -122,10 +123,13 @@ const spawned: Running[] = [];
 const workerPids = new Set<number>();
 
 /** The configuration: cluster.nodes 2 on PostgreSQL and Redis, `apis` on the recording upstream. */
+/** The admin listener's client certificate (it answers /metrics only to an administrator). */
+let adminCreds: Awaited<ReturnType<typeof adminCredentials>> | undefined;
+
 function configText(apis: readonly { name: string; basePath: string }[], gatewayPort = 0): string {
   return stringify({
     gateway: { port: gatewayPort },
-    admin: { port: 0 },
+    admin: { port: 0, ...adminCreds?.config },
     store: { url: storeUrl },
     redis: { url: REDIS_URL, keyPrefix },
     cluster: { nodes: 2 },
@@ -143,6 +147,7 @@ beforeAll(async () => {
   await client.connect();
   await client.end();
   dir = await tempDir('portcullis-workers-');
+  adminCreds = await adminCredentials(dir);
   upstream = await startRecordingUpstream();
   await writeFile(join(dir, 'api.yaml'), stringify(TEST_OPENAPI));
   await mkdir(join(dir, 'real'));
@@ -194,7 +199,10 @@ describe('portcullis start --workers 2', () => {
     await primary.waitFor((l) => l.event === 'cluster-started');
     for (const l of primary.find((x) => x.event === 'worker-started')) workerPids.add(Number(l.workerPid));
     const ca = await readFile(join(dataDir(), 'tls', 'ca.crt'), 'utf8');
-    agent = new Agent({ connect: { ca, servername: 'localhost' }, allowH2: false });
+    agent = new Agent({
+      connect: { ca, servername: 'localhost', cert: adminCreds?.cert, key: adminCreds?.key },
+      allowH2: false,
+    });
   }, 60_000);
 
   afterAll(async () => {

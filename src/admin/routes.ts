@@ -1,17 +1,15 @@
 /**
- * The admin API's observability routes, served on the admin listener (loopback by default; it
- * has no authentication yet, so it must stay on loopback):
+ * The admin listener's observability routes (loopback by default):
  *
- * - `GET /healthz`: the process is alive (200 `{"status":"ok"}`).
- * - `GET /readyz`: every dependency as `ok | degraded | failed`; 503 when any one failed.
- * - `GET /metrics`: Prometheus text exposition of the process registry.
- * - `GET /audit/events`: the audit search of `portcullis audit search` as JSON, paginated.
+ * - `GET /healthz`: the process is alive (200 `{"status":"ok"}`); anonymous.
+ * - `GET /readyz`: every dependency as `ok | degraded | failed`; 503 when any one failed; anonymous.
+ * - `GET /metrics`: Prometheus text exposition of the process registry, for an administrator's
+ *   bearer token or client certificate (src/admin/api/auth.ts), as Prometheus scrapes do.
+ *
+ * `GET /audit/events` and everything under `/admin/v1` are the admin API (src/admin/api).
  */
-import type { FastifyInstance, RawServerBase } from 'fastify';
-import type { AuditEventInput } from '../audit/event.ts';
-import { AuditQueryError, auditPage, DEFAULT_PAGE, parseAuditQuery, queryStoreLog } from '../audit/query.ts';
-import { Denial } from '../gateway/problems.ts';
-import type { Store } from '../store/index.ts';
+import type { FastifyInstance } from 'fastify';
+import type { AdminGuard } from './api/index.ts';
 import { readiness } from './health.ts';
 import type { HealthCheck, Readiness } from './health.ts';
 import type { Metrics } from './metrics.ts';
@@ -19,19 +17,13 @@ import type { Metrics } from './metrics.ts';
 export interface AdminRoutesOptions {
   readonly metrics: Metrics;
   readonly checks: () => readonly HealthCheck[];
-  readonly store: Store;
-  /** Whether the store sink holds the audit trail (`audit.store.enabled`). */
-  readonly auditInStore: () => boolean;
-  /** Records reads of the audit trail (an admin action, durable before the answer). */
-  readonly audit?: { emitDurable(input: AuditEventInput): Promise<void> } | undefined;
+  /** Authenticates `/metrics`. */
+  readonly guard: AdminGuard;
   /** Called with the answer when `/readyz` is not `ready` (for a log line). */
   readonly onNotReady?: ((result: Readiness) => void) | undefined;
 }
 
-export function registerAdminRoutes<S extends RawServerBase>(
-  app: FastifyInstance<S>,
-  options: AdminRoutesOptions,
-): void {
+export function registerAdminRoutes(app: FastifyInstance, options: AdminRoutesOptions): void {
   app.get('/healthz', async () => ({ status: 'ok' }));
 
   app.get('/readyz', async (_request, reply) => {
@@ -41,36 +33,10 @@ export function registerAdminRoutes<S extends RawServerBase>(
     return result;
   });
 
-  app.get('/metrics', async (_request, reply) => {
+  app.get('/metrics', async (request, reply) => {
+    await options.guard.protect(request, reply, '/metrics', 'metrics:read');
     const text = await options.metrics.text();
     reply.header('content-type', options.metrics.contentType);
     return text;
-  });
-
-  app.get('/audit/events', async (request, reply) => {
-    if (!options.auditInStore()) throw new Denial('not-found', 'audit-store-sink-off');
-    let q;
-    try {
-      q = parseAuditQuery(request.query as Record<string, unknown>);
-    } catch (err) {
-      if (err instanceof AuditQueryError) {
-        throw new Denial('invalid-request', 'audit-query', {
-          errors: [{ in: 'query', pointer: `/${err.field}`, rule: err.message }],
-        });
-      }
-      throw err;
-    }
-    const records = await queryStoreLog(options.store.db, q);
-    await options.audit?.emitDurable({
-      'event.category': 'admin',
-      'event.action': 'audit-search',
-      'event.outcome': 'success',
-      'portcullis.listener': 'admin',
-      'client.ip': request.ip,
-      'url.path': '/audit/events',
-      'http.request.method': 'GET',
-    });
-    reply.header('cache-control', 'no-store');
-    return auditPage(records, q.limit ?? DEFAULT_PAGE);
   });
 }

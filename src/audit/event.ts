@@ -193,6 +193,35 @@ export const AUDIT_FIELDS = {
     kind: 'id',
     description: 'Credential lifecycle: client, api-key, user or password.',
   },
+  // Admin plane (issue 15, src/admin): who acted, with which role, how, and on what.
+  'portcullis.admin.principal': {
+    type: 'string',
+    kind: 'id',
+    description:
+      'The administrator who acted or was refused: a username, a client-certificate principal, or `<os user>@<host>` on the CLI.',
+  },
+  'portcullis.admin.role': {
+    type: 'string',
+    kind: 'id',
+    description:
+      'The admin role the action was allowed under; on a refusal, the roles held (`none` when none).',
+  },
+  'portcullis.admin.via': {
+    type: 'string',
+    kind: 'id',
+    description:
+      'How the administrator authenticated: oauth (admin-API token), mtls (client certificate), cli, none (a refused call without credentials), system (the exceptions sweep).',
+  },
+  'portcullis.admin.target': {
+    type: 'string',
+    kind: 'id',
+    description: 'What an admin action changed: a username, client id, key id or exception id.',
+  },
+  'portcullis.role': {
+    type: 'string',
+    kind: 'id',
+    description: 'The role granted or revoked (role-grant, role-revoke).',
+  },
   'portcullis.audit.sink': {
     type: 'string',
     kind: 'id',

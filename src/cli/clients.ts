@@ -3,6 +3,8 @@
  * server. `create --json` prints exactly `{"client_id": …, "client_secret": …}` (the secret is
  * shown this once and never stored); other output never contains a secret.
  */
+import { cliActor } from '../admin/actor.ts';
+import { clientDelete } from '../admin/service/clients.ts';
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import type { JWK } from 'jose';
@@ -11,7 +13,6 @@ import {
   CLIENT_GRANTS,
   ClientRegistrationError,
   createClient,
-  deleteClient,
   getClient,
   listClients,
 } from '../oauth/clients.ts';
@@ -201,14 +202,10 @@ export function registerClientsCommands(program: Command): void {
       const json = opts.json === true;
       try {
         await withCliContext(opts, (ctx) =>
-          ctx.audited(
-            'credential-lifecycle',
-            'client-delete',
-            async () => {
-              if (!(await deleteClient(ctx.store.db, clientId))) throw new Error('no such client');
-            },
-            () => ({ 'portcullis.client_id': clientId, 'portcullis.credential.type': 'client' }),
-            { 'portcullis.client_id': clientId, 'portcullis.credential.type': 'client' },
+          clientDelete(
+            { db: ctx.store.db, config: () => ctx.loaded.config, audit: ctx.audit },
+            cliActor(),
+            clientId,
           ),
         );
         if (json) process.stdout.write(JSON.stringify({ client_id: clientId, deleted: true }) + '\n');

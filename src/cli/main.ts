@@ -20,6 +20,8 @@ import { registerUsersCommands } from './users.ts';
 import { registerLintCommand } from './lint.ts';
 import { registerProbeCommand } from './probe.ts';
 import { registerPrivacyCommands } from './privacy.ts';
+import { registerExceptionsCommands } from './exceptions.ts';
+import { registerInventoryCommand } from './inventory.ts';
 import { startBanner } from './banner.ts';
 import { parseWorkerCount, runPrimary, runWorker } from './workers.ts';
 import type { Role } from './workers.ts';
@@ -123,5 +125,7 @@ registerUsersCommands(program);
 registerLintCommand(program);
 registerProbeCommand(program);
 registerPrivacyCommands(program);
+registerExceptionsCommands(program); // issue 15: the exceptions registry
+registerInventoryCommand(program); // issue 15: the API inventory
 
 await program.parseAsync(process.argv);

@@ -4,6 +4,11 @@
  * TOTP provisioning URI is printed once, when `--totp` asks for a second factor.
  */
 import type { Command } from 'commander';
+import { cliActor } from '../admin/actor.ts';
+import type { AdminServices } from '../admin/service/context.ts';
+import { grantRole, revokeRole } from '../admin/service/roles.ts';
+import { createUser, disableUser, listUsers } from '../admin/service/users.ts';
+import { openKms } from '../keys/kms.ts';
 import { createUsers, kmsSecretWrapper } from '../oauth/users.ts';
 import type { UserInfo, UserRecord, Users } from '../oauth/users.ts';
 import { common, fail, formatTable } from './common.ts';
@@ -20,7 +25,19 @@ interface UserOptions extends CommonOptions {
 
 interface CreateOptions extends UserOptions {
   totp?: boolean;
+  role?: string[];
 }
+
+interface RoleOptions extends UserOptions {
+  role: string;
+}
+
+/** The admin services of a CLI context: the same functions the admin API calls. */
+function servicesOf(ctx: CliContext): AdminServices {
+  return { db: ctx.store.db, config: () => ctx.loaded.config, audit: ctx.audit };
+}
+
+const collect = (value: string, previous: string[] = []) => [...previous, value];
 
 /** Reads the password: hidden input on a TTY (asked twice), else the first line of stdin. */
 export async function readPassword(input: NodeJS.ReadStream = process.stdin): Promise<string> {
@@ -114,6 +131,7 @@ export function registerUsersCommands(program: Command): void {
   common(users.command('create').description('create a user; the password is read from stdin'))
     .requiredOption('--username <name>', 'login name (letters, digits, . _ @ + -)')
     .option('--totp', 'require a TOTP second factor (prints the provisioning URI once)')
+    .option('--role <role>', 'grant a role (repeatable): one under roles:, or an admin role', collect)
     .option('--json', 'machine-readable output')
     .action(async (opts: CreateOptions) => {
       const json = opts.json === true;
@@ -121,23 +139,18 @@ export function registerUsersCommands(program: Command): void {
         const password = await readPassword();
         const ctx = await openCliContext(opts);
         try {
-          const created = await ctx.audited(
-            'credential-lifecycle',
-            'user-create',
-            () =>
-              usersOf(ctx).create({
-                username: opts.username,
-                password,
-                totp: opts.totp === true,
-              }),
-            (c) => ({ 'user.id': c.user.id, 'portcullis.credential.type': 'user' }),
-            { 'portcullis.credential.type': 'user' },
-          );
+          const created = await createUser(servicesOf(ctx), usersOf(ctx), cliActor(), {
+            username: opts.username,
+            password,
+            totp: opts.totp === true,
+            roles: opts.role ?? [],
+          });
           if (json) {
             process.stdout.write(
               JSON.stringify(
                 {
                   ...userJson(created.user),
+                  roles: created.roles,
                   ...(created.totpUri === undefined ? {} : { totpUri: created.totpUri }),
                 },
                 null,
@@ -171,18 +184,24 @@ export function registerUsersCommands(program: Command): void {
       try {
         const ctx = await openCliContext(opts);
         try {
-          const { user, ended } = await ctx.audited(
-            'credential-lifecycle',
-            'user-disable',
-            async () => {
-              const disabled = await usersOf(ctx).disable(opts.username);
-              return { user: disabled, ended: await endSessionsOf(ctx, disabled.id) };
-            },
-            (r) => ({ 'user.id': r.user.id, 'portcullis.credential.type': 'user' }),
-            { 'portcullis.credential.type': 'user' },
-          );
+          const user = await disableUser(servicesOf(ctx), usersOf(ctx), cliActor(), opts.username);
+          // Disabling also ends the user's sessions, grants and tokens at once (issue 13).
+          const ended = await endSessionsOf(ctx, user.id);
           if (json)
-            process.stdout.write(JSON.stringify({ ...userJson(user), revoked: ended }, null, 2) + '\n');
+            process.stdout.write(
+              JSON.stringify(
+                {
+                  id: user.id,
+                  username: user.username,
+                  disabled: user.disabled,
+                  totp: user.totp,
+                  createdAt: user.createdAt,
+                  revoked: ended,
+                },
+                null,
+                2,
+              ) + '\n',
+            );
           else process.stderr.write(`disabled user ${user.username}; ${endedText(ended)}\n`);
         } finally {
           await ctx.close();
@@ -236,19 +255,37 @@ export function registerUsersCommands(program: Command): void {
     .action(async (opts: CommonOptions & { json?: boolean }) => {
       const json = opts.json === true;
       try {
-        const all = await withUsers(opts, (u) => u.list());
+        const all = await withCliContext(opts, (ctx) => listUsers(servicesOf(ctx), usersOf(ctx), cliActor()));
         if (json) {
-          process.stdout.write(JSON.stringify({ users: all.map(recordJson) }, null, 2) + '\n');
+          process.stdout.write(
+            JSON.stringify(
+              {
+                users: all.map((u) => ({
+                  id: u.id,
+                  username: u.username,
+                  disabled: u.disabled,
+                  totp: u.totp,
+                  createdAt: u.createdAt,
+                  federated: u.federated,
+                  lastLoginAt: u.lastLoginAt,
+                  roles: u.roles,
+                })),
+              },
+              null,
+              2,
+            ) + '\n',
+          );
           return;
         }
         process.stdout.write(
           formatTable(
-            ['USERNAME', 'ID', 'STATUS', 'TOTP', 'CREATED', 'LAST LOGIN'],
+            ['USERNAME', 'ID', 'STATUS', 'TOTP', 'ROLES', 'CREATED', 'LAST LOGIN'],
             all.map((u) => [
               u.username,
               u.id,
               u.disabled ? 'disabled' : 'active',
-              u.hasTotp ? 'yes' : 'no',
+              u.totp ? 'yes' : 'no',
+              u.roles.join(',') || '-',
               u.createdAt,
               u.lastLoginAt ?? '-',
             ]),
@@ -258,6 +295,47 @@ export function registerUsersCommands(program: Command): void {
         fail(err, json);
       }
     });
+
+  for (const [name, verb, fn] of [
+    ['grant-role', 'grant', grantRole],
+    ['revoke-role', 'revoke', revokeRole],
+  ] as const) {
+    common(users.command(name).description(`${verb} a role (audited; separation of duties applies)`))
+      .requiredOption('--username <name>', 'login name')
+      .requiredOption(
+        '--role <role>',
+        'a role under roles:, or auditor, operator, security-officer, key-custodian',
+      )
+      .option('--json', 'machine-readable output')
+      .action(async (opts: RoleOptions) => {
+        const json = opts.json === true;
+        try {
+          const change = await withCliContext(opts, (ctx) =>
+            fn(servicesOf(ctx), cliActor(), { username: opts.username, role: opts.role }),
+          );
+          if (json) {
+            process.stdout.write(
+              JSON.stringify(
+                {
+                  username: change.username,
+                  role: change.role,
+                  changed: change.changed,
+                  roles: change.roles,
+                },
+                null,
+                2,
+              ) + '\n',
+            );
+          } else {
+            process.stderr.write(
+              `${change.changed ? (verb === 'grant' ? 'granted' : 'revoked') : 'unchanged:'} ${change.role} ${verb === 'grant' ? 'to' : 'from'} ${change.username}; roles now: ${change.roles.join(', ') || '-'}\n`,
+            );
+          }
+        } catch (err) {
+          fail(err, json);
+        }
+      });
+  }
 
   common(users.command('show').description('show one user'))
     .requiredOption('--username <name>', 'login name')

@@ -3,6 +3,7 @@
  * applies the semantic rules that a schema cannot state (documented exceptions, loopback-only
  * admin, both-or-neither TLS files…). Every problem names the key path and the line.
  */
+import { ADMIN_ROLE_NAMES } from './admin-schema.ts';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
@@ -324,6 +325,16 @@ export function parseConfig(
   gateway.trustedProxies.forEach((cidr, i) => {
     if (!validCidr(cidr)) issue(['gateway', 'trustedProxies', i], 'expected an IP address or CIDR range');
   });
+  // Roles (issues 13 and 15): the built-in admin roles and the admin scope are not configurable.
+  for (const [name, role] of Object.entries(config.roles)) {
+    if ((ADMIN_ROLE_NAMES as readonly string[]).includes(name)) {
+      issue(['roles', name], `"${name}" is a built-in admin role and cannot be redefined`);
+    }
+    role.scopes.forEach((scope, i) => {
+      if (scope === 'admin')
+        issue(['roles', name, 'scopes', i], 'the admin scope comes only with an admin role');
+    });
+  }
   if (admin.enabled && !isLoopbackHost(admin.host)) {
     needs('admin-loopback', ['admin', 'host'], 'an admin listener off loopback');
   }

@@ -5,6 +5,7 @@
  */
 import { Type } from '@sinclair/typebox';
 import type { Static, TSchema } from '@sinclair/typebox';
+import { AdminAuthProps, ApiInventoryProps, Entitlements, Roles } from './admin-schema.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -243,6 +244,7 @@ const Admin = Section(
     enabled: Type.Boolean({ default: true }),
     host: Host('127.0.0.1'),
     port: Port(9443),
+    ...AdminAuthProps, // issue 15: admin authentication (src/config/admin-schema.ts)
   },
   'the admin listener; loopback only unless an admin-loopback exception says otherwise',
 );
@@ -350,6 +352,7 @@ const DimensionOverride = Type.Object(
 const Api = Type.Object(
   {
     name: Type.String({ pattern: '^[a-z][a-z0-9-]{0,62}$' }),
+    ...ApiInventoryProps, // issue 15: owner, data classification, environment
     audience: Type.Optional(
       Type.String({
         minLength: 1,
@@ -1225,6 +1228,8 @@ export const ConfigSchema = Type.Object(
     redis: RedisSection,
     cluster: Cluster,
     exceptions: Type.Array(Exception, { default: [], maxItems: 200 }),
+    roles: Roles, // issues 13 and 15 (src/config/admin-schema.ts)
+    entitlements: Entitlements,
     demoUpstream: Type.Optional(
       Type.Object(
         { host: Host('127.0.0.1'), port: Port(4010) },

@@ -17,6 +17,8 @@
  *   node) a new Provider instance is built and swapped in; requests in flight finish on the
  *   instance they started with, and state lives in the store, shared by both.
  */
+import { ADMIN_SCOPE } from '../admin/roles.ts';
+import { adminAudience } from '../admin/audience.ts';
 import { EXTERNAL_SIGNING_FEATURE, oidcSigningKeys } from '../keys/oidc.ts';
 import { X509Certificate, randomBytes } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
@@ -123,6 +125,11 @@ export interface InteractionHooks {
    * that security policy (grants, algorithms, PKCE, client authentication) cannot be set here.
    */
   providerOptions?: Readonly<Record<string, unknown>>;
+  /**
+   * The scopes an account is entitled to (roles, src/admin/roles.ts). Tokens issued under a
+   * user's grant carry only these, at every issuance (a revoked role stops refreshes too).
+   */
+  entitlement?: ((accountId: string) => Promise<(scope: string) => boolean>) | undefined;
 }
 
 export interface AuthorizationServerOptions {
@@ -218,6 +225,11 @@ async function buildSettings(loaded: LoadedConfig): Promise<Settings> {
     const document = await loadOpenApi(loaded.resolvePath(api.openapi));
     const audience = api.audience ?? `${issuer}${api.basePath}`;
     resources.set(audience, { name: api.name, audience, scopes: declaredScopes(document) });
+  }
+  // The admin API (issue 15) is a resource too; only admin roles are entitled to its scope.
+  if (config.admin.enabled) {
+    const audience = adminAudience(config);
+    resources.set(audience, { name: 'admin', audience, scopes: new Set([ADMIN_SCOPE]) });
   }
   return { issuer, resources, loaded };
 }
@@ -599,8 +611,21 @@ export async function createAuthorizationServer(
               return Promise.reject(asOAuthError(err));
             }
             const allowed = new Set((client.scope ?? '').split(' '));
+            const scopes = [...resource.scopes].filter((x) => allowed.has(x));
+            const accountId = (ctx.oidc as { entities?: { Grant?: { accountId?: unknown } } } | undefined)
+              ?.entities?.Grant?.accountId;
+            const entitlement = interactions?.entitlement;
+            if (typeof accountId === 'string' && entitlement !== undefined) {
+              return entitlement(accountId).then((entitled) => ({
+                scope: scopes.filter((x) => entitled(x)).join(' '),
+                audience: resource.audience,
+                accessTokenTTL: oauth.accessTokenTtlSeconds,
+                accessTokenFormat: 'jwt',
+                jwt: { sign: { alg } },
+              }));
+            }
             return Promise.resolve({
-              scope: [...resource.scopes].filter((x) => allowed.has(x)).join(' '),
+              scope: scopes.join(' '),
               audience: resource.audience,
               accessTokenTTL: oauth.accessTokenTtlSeconds,
               accessTokenFormat: 'jwt',

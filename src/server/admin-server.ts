@@ -1,9 +1,11 @@
 /**
- * The admin listener: HTTPS (HTTP/1.1), loopback by default. It serves `/healthz`, `/readyz`
- * (each dependency `ok | degraded | failed`), `/metrics` (Prometheus) and `/audit/events` (see
- * src/admin/routes.ts). It has NO authentication yet: it must stay on loopback (a non-loopback
- * `admin.host` needs a documented admin-loopback exception).
+ * The admin listener: HTTPS (HTTP/1.1), loopback by default (a non-loopback `admin.host` needs a
+ * documented admin-loopback exception). It serves `/healthz` and `/readyz` anonymously, and
+ * `/metrics` and the admin API (`/admin/v1/…`, `/audit/events`) only to an authenticated
+ * administrator: an admin-API access token, or a client certificate when
+ * `admin.clientCertificates` is set (the handshake then asks for one, never requires it).
  */
+import { readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import type { Server } from 'node:https';
 import { fastify } from 'fastify';
@@ -16,6 +18,10 @@ import type { AuditHealthSource, HealthCheck } from '../admin/health.ts';
 import { createMetrics } from '../admin/metrics.ts';
 import type { Metrics } from '../admin/metrics.ts';
 import { registerAdminRoutes } from '../admin/routes.ts';
+import { registerAdminApi } from '../admin/api/index.ts';
+import type { AdminApiOptions } from '../admin/api/index.ts';
+import type { KeySummary } from '../keys/index.ts';
+import type { Users } from '../oauth/users.ts';
 import type { Store } from '../store/index.ts';
 import type { RuntimeHolder } from './gateway-server.ts';
 import type { Logger } from '../log/index.ts';
@@ -36,14 +42,27 @@ export interface AdminServerOptions {
   readonly checks?: readonly HealthCheck[] | undefined;
   /** What a store outage makes `/readyz` say (default `failed`; see storeCheck). */
   readonly storeOutage?: 'failed' | 'degraded' | undefined;
+  /** The built-in authorization server's tokens (admin-API bearer tokens); none: certificates only. */
+  readonly tokens?: AdminApiOptions['tokens'];
+  /** The user directory (admin tokens name users; the admin API manages them). */
+  readonly users?: Users | undefined;
+  /** Reloads the configuration (`POST /admin/v1/config/reload`). */
+  readonly reload?: AdminApiOptions['reload'];
+  /** The signing keys (`GET /admin/v1/keys`). */
+  readonly keys?: { list(): KeySummary[] } | undefined;
 }
 
 export type AdminApp = FastifyInstance<Server>;
 
 export function createAdminServer(options: AdminServerOptions): AdminApp {
+  const loaded = options.holder.current.loaded;
+  const clientCas = (loaded.config.admin.clientCertificates?.caFiles ?? []).map((f) =>
+    readFileSync(loaded.resolvePath(f), 'utf8'),
+  );
   const app: AdminApp = fastify({
     https: {
       ...secureContextOptions(options.tls, { alpn: 'http/1.1' }),
+      ...(clientCas.length === 0 ? {} : { requestCert: true, rejectUnauthorized: false, ca: clientCas }),
       handshakeTimeout: ADMIN_HANDSHAKE_TIMEOUT_MS, // issue 12
     },
     logger: false,
@@ -64,19 +83,34 @@ export function createAdminServer(options: AdminServerOptions): AdminApp {
     circuitsCheck(metrics),
     ...(options.checks ?? []),
   ];
-  registerAdminRoutes(app, {
-    metrics,
-    checks: () => checks,
-    store: options.store,
-    auditInStore: () => options.holder.current.loaded.config.audit.store.enabled,
-    audit: options.audit,
-    onNotReady: (result) => {
-      const problems = Object.entries(result.checks).filter(([, c]) => c.status !== 'ok');
-      options.logger.warn(
-        { event: 'readiness', status: result.status, checks: Object.fromEntries(problems) },
-        'not fully ready',
-      );
-    },
+  void app.register(async (scope) => {
+    // Bodies reach the admin API's validator as bytes (the gateway's validator parses them).
+    scope.removeAllContentTypeParsers();
+    scope.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => {
+      done(null, body);
+    });
+    const audit = options.audit ?? { emitDurable: () => Promise.resolve() };
+    const guard = await registerAdminApi(scope, {
+      loaded: () => options.holder.current.loaded,
+      store: options.store,
+      audit,
+      users: options.users,
+      keys: options.keys,
+      tokens: options.tokens,
+      reload: options.reload,
+    });
+    registerAdminRoutes(scope, {
+      metrics,
+      checks: () => checks,
+      guard,
+      onNotReady: (result) => {
+        const problems = Object.entries(result.checks).filter(([, c]) => c.status !== 'ok');
+        options.logger.warn(
+          { event: 'readiness', status: result.status, checks: Object.fromEntries(problems) },
+          'not fully ready',
+        );
+      },
+    });
   });
 
   app.setNotFoundHandler(async () => {

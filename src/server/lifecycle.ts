@@ -11,6 +11,9 @@
  */
 import { watchTlsFailures } from './tls-failures.ts';
 import { rateLimitKeyHasher } from '../audit/request-fields.ts';
+import { sweepExceptions } from '../admin/service/exceptions.ts';
+import { openKms } from '../keys/kms.ts';
+import { createUsers, kmsSecretWrapper } from '../oauth/users.ts';
 import { mkdir } from 'node:fs/promises';
 import { readFileSync, watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
@@ -525,6 +528,8 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
     const gatewayUrl = urlOf('https', gateway.server.address(), config.gateway.host);
 
     let adminUrl: string | undefined;
+    /** `POST /admin/v1/config/reload` (set once `reload` below exists). */
+    let reloadHook = (_trigger: string): Promise<ReloadResult> => Promise.reject(new Error('not started'));
     if (config.admin.enabled) {
       const admin = createAdminServer({
         holder,
@@ -543,6 +548,16 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
         ],
         // With Redis (several processes) a store outage degrades: tokens keep flowing on cached keys.
         storeOutage: config.redis === undefined ? 'failed' : 'degraded',
+        // Admin authentication (issue 15): the built-in server's tokens, the users they name.
+        tokens,
+        users: createUsers({
+          db: store.db,
+          wrapper: kmsSecretWrapper(openKms(config.oauth.kms, dataDir).kms),
+          login: config.oauth.login,
+          issuerName: new URL(config.gateway.publicUrl).host,
+        }),
+        keys: openedKeys,
+        reload: (trigger: string) => reloadHook(trigger),
       });
       await admin.ready();
       const adminGuard = protectAdmin(admin.server, { metrics, logger, observer }); // issue 12
@@ -555,6 +570,20 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       cleanups.push(() => admin.close());
       adminUrl = urlOf('https', admin.server.address(), config.admin.host);
     }
+    // The exceptions registry (issue 15): warnings before expiry and expiries, audited (and so
+    // alerted by the configuration-change rule) within a minute, without a restart.
+    const sweep = setInterval(() => {
+      void sweepExceptions({ db: store.db, audit }).catch((err: unknown) => {
+        logger.warn(
+          { event: 'exceptions-sweep-failed', error: describeError(err) },
+          'exceptions sweep failed',
+        );
+      });
+    }, 60_000);
+    sweep.unref();
+    cleanups.push(async () => {
+      clearInterval(sweep);
+    });
     let redirectUrl: string | undefined;
     if (config.gateway.redirectHttp) {
       const redirect = createRedirectServer(config.gateway.publicUrl, config.gateway.limits.urlBytes);
@@ -673,6 +702,7 @@ export async function startPortcullis(options: StartOptions): Promise<Portcullis
       );
       return { status: 'applied', version: next.version };
     };
+    reloadHook = (trigger) => reload(trigger);
     const reload = (trigger = 'api'): Promise<ReloadResult> => {
       const run = chain.then(() => reloadOnce(trigger));
       chain = run.catch(() => undefined);

@@ -12,6 +12,7 @@ import { sql } from 'kysely';
 import type { Kysely } from 'kysely';
 import { Migrator } from 'kysely/migration';
 import type { Migration, MigrationProvider } from 'kysely/migration';
+import { adminMigrations } from '../admin/migrations.ts';
 
 export type StoreKind = 'sqlite' | 'postgres';
 
@@ -371,6 +372,7 @@ export function migrations(kind: StoreKind): Record<string, Migration> {
           .execute();
       },
     },
+    ...adminMigrations(), // 020–029: roles (src/admin/migrations.ts)
   };
 }
 

@@ -304,6 +304,40 @@ export interface Database {
   master_key_rotations: MasterKeyRotationsTable;
   key_peppers_previous: KeyPeppersPreviousTable;
   data_keys: DataKeysTable;
+  user_roles: UserRolesTable; // src/admin/migrations.ts
+  admin_exceptions: AdminExceptionsTable;
+}
+
+/** The exceptions registry (021_exceptions). */
+export interface AdminExceptionsTable {
+  id: string;
+  control: string;
+  scope: string;
+  rationale: string;
+  /** JSON array of strings. */
+  compensating_controls: string;
+  owner: string;
+  requested_by: string;
+  approver: string | null;
+  /** requested | approved | revoked */
+  status: string;
+  /** YYYY-MM-DD: in force until the end of that day (UTC), like the configuration's. */
+  expires: string;
+  created_at: string;
+  updated_at: string;
+  /** When the before-expiry warning was recorded (once per expiry date). */
+  warned_at: string | null;
+  /** When the expiry was recorded. */
+  expired_at: string | null;
+}
+
+/** A role held by a user (020_user_roles). */
+export interface UserRolesTable {
+  user_id: string;
+  role: string;
+  granted_at: string;
+  /** Who granted it: the administrator (or `cli:<os user>`). */
+  granted_by: string;
 }
 
 export type ConfigVersionRow = Selectable<ConfigVersionsTable>;

@@ -13,6 +13,9 @@ import type { Logger } from '../../log/index.ts';
 import type { Store } from '../../store/index.ts';
 import { loadOpenApi } from '../../gateway/openapi.ts';
 import { createUsers, kmsSecretWrapper } from '../users.ts';
+import { ADMIN_SCOPE, bypassScopesOf, entitlementOf } from '../../admin/roles.ts';
+import type { Entitlement } from '../../admin/roles.ts';
+import { rolesOf } from '../../admin/service/roles.ts';
 import type { Users } from '../users.ts';
 import { createFederation, loadCa } from './federation.ts';
 import type { Federation } from './federation.ts';
@@ -113,6 +116,8 @@ export interface InteractionHooksOptions {
   readonly now?: () => number;
   /** Sign-in decisions for the audit trail (issue 13). */
   readonly audit?: SignInAuditSink | undefined;
+  /** The scopes a user may consent to and carry (src/admin/roles.ts); default: all. */
+  readonly entitlement?: ((accountId: string) => Promise<Entitlement>) | undefined;
 }
 
 export interface InteractionHooksResult {
@@ -125,6 +130,7 @@ export interface InteractionHooksResult {
   findAccount(ctx: KoaContextWithOIDC, sub: string): Promise<unknown>;
   claims: Readonly<Record<string, readonly string[]>>;
   providerOptions: Readonly<Record<string, unknown>>;
+  entitlement?: ((accountId: string) => Promise<Entitlement>) | undefined;
 }
 
 export function createInteractionHooks(options: InteractionHooksOptions): InteractionHooksResult {
@@ -134,6 +140,7 @@ export function createInteractionHooks(options: InteractionHooksOptions): Intera
     config: options.config,
     logger: options.logger,
     federation: options.federation,
+    entitlement: options.entitlement,
     ...(options.csrfKey === undefined ? {} : { csrfKey: options.csrfKey }),
     ...(options.contractScopeDescriptions === undefined
       ? {}
@@ -153,6 +160,7 @@ export function createInteractionHooks(options: InteractionHooksOptions): Intera
       };
     },
     claims: { profile: ['preferred_username'] },
+    entitlement: options.entitlement,
     providerOptions: {
       interactions: {
         url: (_ctx: unknown, interaction: { uid: string }) => `/interaction/${interaction.uid}`,
@@ -206,6 +214,7 @@ export function createServerInteractions(options: ServerInteractionsOptions): In
     csrfKey: Buffer.from(options.keys.hmac('client-secret', 'portcullis/interaction-csrf/v1'), 'base64url'),
     contractScopeDescriptions: () => contractScopeDescriptions(options.loaded()),
     audit: options.audit,
+    entitlement: storeEntitlements(options),
   });
   return { ...hooks, users };
 }
@@ -241,4 +250,37 @@ function contractScopeDescriptions(loaded: LoadedConfig): Promise<Readonly<Recor
     scopeDescriptionsByConfig.set(loaded, found);
   }
   return found;
+}
+
+/** OpenID Connect's own scopes: never restricted by roles. */
+const OIDC_SCOPES: ReadonlySet<string> = new Set(['openid', 'offline_access', 'profile']);
+
+/**
+ * Entitlements from the store's `user_roles` and the configuration in force: the privileged
+ * scopes (every owner-binding bypass scope of every contract, plus the admin scope) are computed
+ * once per configuration.
+ */
+export function storeEntitlements(
+  options: Pick<ServerInteractionsOptions, 'loaded' | 'store'>,
+): (accountId: string) => Promise<Entitlement> {
+  const privileged = new WeakMap<LoadedConfig, Promise<Set<string>>>();
+  const privilegedOf = (loaded: LoadedConfig) => {
+    let p = privileged.get(loaded);
+    if (p === undefined) {
+      p = (async () => {
+        const out = new Set<string>([ADMIN_SCOPE]);
+        for (const api of loaded.config.apis) {
+          for (const s of bypassScopesOf(await loadOpenApi(loaded.resolvePath(api.openapi)))) out.add(s);
+        }
+        return out;
+      })();
+      privileged.set(loaded, p);
+    }
+    return p;
+  };
+  return async (accountId) => {
+    const loaded = options.loaded();
+    const [set, roles] = await Promise.all([privilegedOf(loaded), rolesOf(options.store.db, accountId)]);
+    return entitlementOf(loaded.config, set, roles, OIDC_SCOPES);
+  };
 }

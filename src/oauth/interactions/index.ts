@@ -102,6 +102,11 @@ export interface InteractionHandlerOptions {
    * Default: random per process.
    */
   readonly csrfKey?: Uint8Array;
+  /**
+   * The scopes a user may consent to (roles, src/admin/roles.ts): the consent page offers only
+   * these and a submitted form cannot add others. Default: every scope the client holds.
+   */
+  readonly entitlement?: ((accountId: string) => Promise<(scope: string) => boolean>) | undefined;
   /** Human descriptions of scopes shown on the consent page. */
   readonly scopeDescriptions?: Readonly<Record<string, string>>;
   /**
@@ -395,16 +400,26 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
     return clientName(await d.provider.Client.find(d.clientId), d.clientId);
   }
 
-  function consentScopes(d: Details, fromContracts: Readonly<Record<string, string>>) {
+  async function entitledFor(accountId: string): Promise<(scope: string) => boolean> {
+    return options.entitlement === undefined ? () => true : options.entitlement(accountId);
+  }
+
+  function consentScopes(
+    d: Details,
+    entitled: (scope: string) => boolean,
+    fromContracts: Readonly<Record<string, string>>,
+  ) {
     const seen = new Map<string, boolean>();
     for (const s of d.missingOIDCScope) seen.set(s, s === 'openid');
     for (const list of Object.values(d.missingResourceScopes))
       for (const s of list) if (!seen.has(s)) seen.set(s, false);
-    return [...seen].map(([name, required]) => ({
-      name,
-      required,
-      description: fromContracts[name] ?? scopeText[name] ?? 'access the API on your behalf',
-    }));
+    return [...seen]
+      .filter(([name]) => entitled(name))
+      .map(([name, required]) => ({
+        name,
+        required,
+        description: fromContracts[name] ?? scopeText[name] ?? 'access the API on your behalf',
+      }));
   }
 
   async function renderPage(
@@ -448,7 +463,11 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
           csrf,
           clientName: client,
           username: account.username,
-          scopes: consentScopes(d, (await options.contractScopeDescriptions?.()) ?? {}),
+          scopes: consentScopes(
+            d,
+            await entitledFor(account.id),
+            (await options.contractScopeDescriptions?.()) ?? {},
+          ),
         }),
         d.redirectUri,
       );
@@ -604,7 +623,9 @@ export function createInteractionHandler(options: InteractionHandlerOptions): In
     if (d.prompt !== 'consent' || d.accountId === undefined) {
       throw new InteractionRefusal(400, 'consent-not-expected', EXPIRED);
     }
-    const chosen = new Set(form.getAll('scope'));
+    // Only what the user is entitled to can be granted, whatever the form says.
+    const entitled = await entitledFor(d.accountId);
+    const chosen = new Set(form.getAll('scope').filter((s) => entitled(s)));
     const provider = d.provider;
     const grant =
       (d.grantId === undefined ? undefined : await provider.Grant.find(d.grantId)) ??
