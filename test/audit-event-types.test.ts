@@ -87,6 +87,14 @@ function emittedActions(): Map<string, string> {
     }
     // CLI changes: ctx.audited('<category>', '<action>', …)
     for (const m of text.matchAll(/\.audited\(\s*'([a-z-]+)',\s*'([a-z0-9-]+)'/g)) add(m[2] ?? '', file);
+    // The admin service (src/admin/service/context.ts): adminAction(svc, actor, { action: '…' }, …),
+    // or a spec helper named after the action: spec('<action>', …).
+    for (const m of text.matchAll(
+      /adminAction(?:<[^>]*>)?\([\s\S]{0,300}?\{[\s\S]{0,400}?action: '([a-z0-9-]+)'/g,
+    ))
+      add(m[1] ?? '', file);
+    for (const m of text.matchAll(/adminAction\(\s*svc,\s*actor,\s*spec\('([a-z0-9-]+)'/g))
+      add(m[1] ?? '', file);
     // The request refusal map: { category: '…', action: '…' }
     for (const m of text.matchAll(/\{ category: '[a-z-]+', action: '([a-z0-9-]+)' \}/g))
       add(m[1] ?? '', file);
