@@ -25,7 +25,8 @@ import { FUNCTIONAL_TEST_LIMITS, startRecordingUpstream, tempDir, TEST_OPENAPI }
 import type { RecordingUpstream } from './helpers.ts';
 
 const REDIS_URL = process.env.PORTCULLIS_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
-const WAIT_MS = 20_000;
+// How long to wait for a log line: start-up of a primary and its workers took 30 s on a loaded machine.
+const WAIT_MS = 45_000;
 
 type LogLine = Record<string, unknown>;
 

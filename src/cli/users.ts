@@ -8,7 +8,6 @@ import { cliActor } from '../admin/actor.ts';
 import type { AdminServices } from '../admin/service/context.ts';
 import { grantRole, revokeRole } from '../admin/service/roles.ts';
 import { createUser, disableUser, listUsers } from '../admin/service/users.ts';
-import { openKms } from '../keys/kms.ts';
 import { createUsers, kmsSecretWrapper } from '../oauth/users.ts';
 import type { UserInfo, UserRecord, Users } from '../oauth/users.ts';
 import { common, fail, formatTable } from './common.ts';
