@@ -274,6 +274,7 @@ describe('admin authentication', () => {
       'portcullis.admin.principal': 'sec',
       'portcullis.admin.role': 'security-officer',
       'portcullis.admin.via': 'oauth',
+      'portcullis.actor.admin': 'sec',
       'client.ip': '127.0.0.1',
     });
   });

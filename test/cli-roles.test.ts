@@ -117,6 +117,9 @@ describe.each(backends)('portcullis users roles on $name', (backend) => {
       for (const e of events) {
         expect(e['portcullis.admin.principal']).toBe(`${userInfo().username}@${hostname()}`);
         expect(e['portcullis.admin.via']).toBe('cli');
+        // The shared control-plane actor fields (src/audit/actor.ts) too.
+        expect(e['user.name']).toBe(userInfo().username);
+        expect(e['host.name']).toBe(hostname());
         expect(e['portcullis.listener']).toBe('cli');
         expect(e['portcullis.admin.target']).toBe('erin');
       }

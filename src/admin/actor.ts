@@ -1,8 +1,10 @@
 /**
- * Who made a control-plane change, as audit fields. One small function so that it can be
- * swapped for the shared `controlPlaneActor()` (src/audit/actor.ts, issue 13) when that lands.
+ * Who made a control-plane change, as audit fields: the administrator and how they authenticated
+ * (`portcullis.admin.*`), plus the shared actor fields of every control-plane event
+ * (`controlPlaneActor()`, src/audit/actor.ts: OS user, sudo user, host, admin identity).
  */
 import { hostname, userInfo } from 'node:os';
+import { controlPlaneActor } from '../audit/actor.ts';
 import type { AuditEventInput } from '../audit/event.ts';
 
 /** How the administrator authenticated: an admin-API token, a client certificate, or the host CLI. */
@@ -34,6 +36,7 @@ export function cliActor(): AdminActor {
 /** The audit fields naming `actor` and the role used for the action (if any). */
 export function actorFields(actor: AdminActor, roleUsed?: string): Partial<AuditEventInput> {
   return {
+    ...controlPlaneActor(actor.via === 'cli' ? {} : { admin: actor.principal }),
     'portcullis.admin.principal': actor.principal,
     'portcullis.admin.via': actor.via,
     ...(roleUsed === undefined ? {} : { 'portcullis.admin.role': roleUsed }),

@@ -206,4 +206,3 @@ export async function openText(sealer: Sealer | undefined, aad: string, stored: 
   }
   return (await sealer.open(stored, aad)).toString('utf8');
 }
-
