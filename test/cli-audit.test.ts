@@ -169,7 +169,7 @@ it('records every control-plane change made from the CLI, durably and without it
   });
   expect(one('client-delete', 'failure')).toMatchObject({
     'portcullis.client_id': 'no-such-client',
-    'event.reason': 'no such client',
+    'event.reason': 'no-such-client',
   });
   expect(one('user-create')).toMatchObject({ 'event.category': cred, 'user.id': userId });
   expect(one('user-disable')).toMatchObject({ 'event.category': cred, 'user.id': userId });

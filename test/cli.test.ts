@@ -144,7 +144,12 @@ describe('portcullis config validate', () => {
       limits: { bodyBytes: 1048576, headerBytes: 16384, urlBytes: 8192 },
       trustedProxies: [],
     });
-    expect(effective.admin).toEqual({ enabled: true, host: '127.0.0.1', port: 9443 });
+    expect(effective.admin).toEqual({
+      enabled: true,
+      host: '127.0.0.1',
+      port: 9443,
+      rateLimit: { points: 120, seconds: 60 },
+    });
     expect(effective.store).toEqual({
       url: 'sqlite:portcullis.db',
       connectTimeoutMs: 1500,

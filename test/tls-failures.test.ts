@@ -15,7 +15,8 @@ import type { ConnectionOptions } from 'node:tls';
 import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startRecordingUpstream, startTestGateway } from './helpers.ts';
+import { adminCredentials } from './admin-harness.ts';
+import { startRecordingUpstream, startTestGateway, tempDir } from './helpers.ts';
 import type { RecordingUpstream, TestGateway } from './helpers.ts';
 import { tlsFailureReason } from '../src/server/tls-failures.ts';
 import { ca } from './pki.ts';
@@ -25,13 +26,18 @@ let upstream: RecordingUpstream;
 let gw: TestGateway;
 let port: number;
 let gatewayCa: string | undefined;
+/** The admin listener answers /metrics only to an administrator (a client certificate here). */
+let creds: { cert: string; key: string };
 
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function metric(): Promise<Map<string, number>> {
-  const agent = new Agent({ connect: { ca: gatewayCa, servername: 'localhost' } });
+  const agent = new Agent({
+    connect: { ca: gatewayCa, servername: 'localhost', cert: creds.cert, key: creds.key },
+  });
   try {
     const res = await request(`${gw.p.adminUrl ?? ''}/metrics`, { dispatcher: agent });
+    expect(res.statusCode).toBe(200);
     const text = await res.body.text();
     const out = new Map<string, number>();
     for (const m of text.matchAll(/^portcullis_tls_handshake_failures_total\{([^}]*)\} (\d+)/gm)) {
@@ -79,7 +85,10 @@ function plaintext(localAddress: string): Promise<void> {
 
 beforeAll(async () => {
   upstream = await startRecordingUpstream();
+  const admin = await adminCredentials(await tempDir('portcullis-tls-failures-'));
+  creds = admin;
   gw = await startTestGateway({
+    admin: admin.config,
     gateway: { connections: { handshakeTimeoutMs: 1000 } },
     audit: { aggregation: { windowSeconds: 2 } },
     apis: [{ name: 'items', openapi: 'api.yaml', basePath: '/v1', upstream: { url: upstream.url } }],

@@ -93,8 +93,17 @@ describe('parseConfig: secure defaults', () => {
     });
     expect(config.gateway.redirectHttp).toBeUndefined();
     expect(config.gateway.mtls).toBeUndefined();
-    expect(config.admin).toEqual({ enabled: true, host: '127.0.0.1', port: 9443 });
-    expect(config.store).toEqual({ url: 'sqlite:portcullis.db' });
+    expect(config.admin).toEqual({
+      enabled: true,
+      host: '127.0.0.1',
+      port: 9443,
+      rateLimit: { points: 120, seconds: 60 },
+    });
+    expect(config.store).toEqual({
+      url: 'sqlite:portcullis.db',
+      connectTimeoutMs: 1500,
+      queryTimeoutMs: 1500,
+    });
     expect(config.logging).toEqual({ level: 'info', accessLog: true });
     expect(config.apis).toEqual([]);
     expect(config.exceptions).toEqual([]);

@@ -21,7 +21,8 @@ import type { Store } from './index.ts';
 import { ADVISORY_LOCK_CLASS, MIGRATION_TABLE, migrations } from './migrations.ts';
 
 /** Every migration, in order: a fresh database gets all of them, once. */
-const ALL_MIGRATIONS = Object.keys(migrations('sqlite'));
+// Applied in name order (Kysely sorts them), whatever order the object lists them in.
+const ALL_MIGRATIONS = Object.keys(migrations('sqlite')).sort();
 
 const PG_URL = process.env.PORTCULLIS_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 const INDEX_TS = fileURLToPath(new URL('./index.ts', import.meta.url));
