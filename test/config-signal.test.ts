@@ -80,6 +80,12 @@ describe('config-applied signal', () => {
     }
     expect(Date.now() - since).toBeLessThan(1_000);
     expect(b.p.runtime().version).toBe(a.p.runtime().version);
+    // The new runtime serves before the reload's log line is written (after the authorization
+    // server's reload and the version record): wait for the line, not for a fixed time.
+    const logged = Date.now();
+    while (!b.logLines().some((l) => l.event === 'config-reloaded') && Date.now() - logged < 5_000) {
+      await new Promise((ok) => setTimeout(ok, 20));
+    }
     const reloaded = b.logLines().filter((l) => l.event === 'config-reloaded');
     expect(reloaded.map((l) => l.trigger)).toEqual(['cluster-signal']);
     // The process that announced does not hear itself, and the follower does not announce.
