@@ -8,21 +8,20 @@
  *   /token, another subject's patient id), nothing is found.
  * The request budget bounds what it sends, and only the given origin is contacted.
  */
-import { spawn } from 'node:child_process';
-import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Server } from 'node:https';
-import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse, stringify } from 'yaml';
+import { stringify } from 'yaml';
 import { ensureDevCertificates } from '../src/server/devca.ts';
 import { ROOT, runPortcullis } from './cli-harness.ts';
+import { startQuickstart } from './quickstart-harness.ts';
+import type { RunningQuickstart } from './quickstart-harness.ts';
 import { tempDir } from './helpers.ts';
 
 interface Report {
@@ -30,14 +29,6 @@ interface Report {
   requests: number;
   findings: { check: string; severity: string; operation: string; request: string; evidence: string }[];
   skipped: string[];
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((ok) => server.close(() => ok()));
-  return port;
 }
 
 const WEAK_CONTRACT = {
@@ -210,65 +201,14 @@ describe('portcullis probe against a weak API served without the gateway', () =>
 });
 
 describe('portcullis probe against the quickstart', () => {
-  let child: ChildProcessWithoutNullStreams | undefined;
-  let output = '';
-  let qdir: string;
-  let gatewayUrl: string;
-  let configFile: string;
-  let dataDir: string;
+  let qs: RunningQuickstart;
 
   beforeAll(async () => {
-    qdir = await tempDir('portcullis-probe-qs-');
-    const [gatewayPort, adminPort, demoPort] = [await freePort(), await freePort(), await freePort()];
-    const quickstart = parse(readFileSync(join(ROOT, 'examples/quickstart/portcullis.yaml'), 'utf8')) as {
-      gateway: { port: number; publicUrl: string };
-      admin: { port: number };
-      demoUpstream: { port: number };
-      apis: { openapi: string; upstream: { url: string } }[];
-    };
-    gatewayUrl = `https://localhost:${String(gatewayPort)}`;
-    quickstart.gateway.port = gatewayPort;
-    quickstart.gateway.publicUrl = gatewayUrl;
-    quickstart.admin.port = adminPort;
-    quickstart.demoUpstream.port = demoPort;
-    for (const api of quickstart.apis) {
-      api.openapi = resolve(ROOT, 'examples/quickstart', api.openapi);
-      api.upstream.url = `http://127.0.0.1:${String(demoPort)}`;
-    }
-    configFile = join(qdir, 'portcullis.yaml');
-    dataDir = join(qdir, 'data');
-    await writeFile(configFile, stringify(quickstart));
-    const c = spawn(
-      'sh',
-      [
-        join(ROOT, 'scripts/node24.sh'),
-        join(ROOT, 'src/cli/main.ts'),
-        'start',
-        '--config',
-        configFile,
-        '--data-dir',
-        dataDir,
-      ],
-      { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] },
-    );
-    child = c;
-    c.stdout.on('data', (d: Buffer) => (output += d.toString('utf8')));
-    c.stderr.on('data', (d: Buffer) => (output += d.toString('utf8')));
-    const deadline = Date.now() + 45_000;
-    while (!output.includes('Stop: Ctrl-C')) {
-      if (c.exitCode !== null) throw new Error(`portcullis exited: ${output}`);
-      if (Date.now() > deadline) throw new Error(`portcullis did not start: ${output}`);
-      await new Promise((ok) => setTimeout(ok, 100));
-    }
+    qs = await startQuickstart('portcullis-probe-qs-');
   }, 90_000);
 
   afterAll(async () => {
-    if (child !== undefined && child.exitCode === null) {
-      const closed = once(child, 'close');
-      child.kill('SIGTERM');
-      await closed;
-    }
-    await rm(qdir, { recursive: true, force: true });
+    await qs.close();
   }, 30_000);
 
   it('comes out clean with a real token and another subject’s patient id', async () => {
@@ -283,15 +223,15 @@ describe('portcullis probe against the quickstart', () => {
       'patients:read patients:write',
       '--json',
       '--config',
-      configFile,
+      qs.configFile,
       '--data-dir',
-      dataDir,
+      qs.dataDir,
     ]);
     expect(created.code, created.stderr).toBe(0);
     const client = JSON.parse(created.stdout) as { client_id: string; client_secret: string };
-    const ca = join(dataDir, 'tls/ca.crt');
+    const ca = join(qs.dataDir, 'tls/ca.crt');
     const agent = new Agent({ connect: { ca: readFileSync(ca, 'utf8') } });
-    const res = await request(`${gatewayUrl}/token`, {
+    const res = await request(`${qs.gatewayUrl}/token`, {
       method: 'POST',
       headers: {
         authorization: `Basic ${Buffer.from(`${client.client_id}:${client.client_secret}`).toString('base64')}`,
@@ -305,7 +245,7 @@ describe('portcullis probe against the quickstart', () => {
     const r = await runPortcullis(
       [
         'probe',
-        `${gatewayUrl}/v1`,
+        `${qs.gatewayUrl}/v1`,
         '--openapi',
         join(ROOT, 'examples/demo-upstream/openapi.yaml'),
         '--ca',
@@ -324,6 +264,6 @@ describe('portcullis probe against the quickstart', () => {
     expect(r.code).toBe(0);
     expect(report.skipped).toEqual([]);
     expect(report.requests).toBeGreaterThan(40);
-    expect(output).not.toContain(token);
+    expect(qs.output()).not.toContain(token);
   }, 180_000);
 });

@@ -3,32 +3,18 @@
  * "Five-minute walk-through" and "Commands" runs in bash (real curl, real `npx portcullis`)
  * against a started quickstart. The only rewrites are the ones a second copy of the quickstart
  * needs: free ports instead of 8443/9443/4010, and a temporary configuration and data directory
- * instead of `examples/quickstart/portcullis.yaml` and `.portcullis/`. A placeholder line
+ * instead of `examples/quickstart/portcullis.yaml` and `.portcullis/`. A line the reader fills in
  * (`ID=pc_…; SECRET=…`) takes its values from the previous command's JSON output, as a reader
  * would copy them. Each command must exit 0, and a command whose line ends in `# NNN` must
  * answer that HTTP status (curl's `-w`), so a README that drifts from the product fails here.
  */
-import { execFile, spawn } from 'node:child_process';
-import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { once } from 'node:events';
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse, stringify } from 'yaml';
-import { tempDir } from './helpers.ts';
-
-const ROOT = new URL('..', import.meta.url).pathname;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((ok) => server.close(() => ok()));
-  return port;
-}
+import { ROOT } from './cli-harness.ts';
+import { startQuickstart } from './quickstart-harness.ts';
+import type { RunningQuickstart } from './quickstart-harness.ts';
 
 /** The walk-through's commands, in order: continuation lines joined, comments and blanks dropped. */
 export function walkthroughCommands(readme: string): string[] {
@@ -69,66 +55,14 @@ function bash(command: string, env: NodeJS.ProcessEnv): Promise<Run> {
   });
 }
 
-let dir: string;
-let child: ChildProcessWithoutNullStreams | undefined;
-let output = '';
-let gatewayPort: number;
-let adminPort: number;
-let configFile: string;
-let dataDir: string;
+let qs: RunningQuickstart;
 
 beforeAll(async () => {
-  dir = await tempDir('portcullis-readme-');
-  [gatewayPort, adminPort] = [await freePort(), await freePort()];
-  const demoPort = await freePort();
-  const quickstart = parse(readFileSync(join(ROOT, 'examples/quickstart/portcullis.yaml'), 'utf8')) as {
-    gateway: { port: number; publicUrl: string };
-    admin: { port: number };
-    demoUpstream: { port: number };
-    apis: { openapi: string; upstream: { url: string } }[];
-  };
-  quickstart.gateway.port = gatewayPort;
-  quickstart.gateway.publicUrl = `https://localhost:${String(gatewayPort)}`;
-  quickstart.admin.port = adminPort;
-  quickstart.demoUpstream.port = demoPort;
-  for (const api of quickstart.apis) {
-    api.openapi = resolve(ROOT, 'examples/quickstart', api.openapi);
-    api.upstream.url = `http://127.0.0.1:${String(demoPort)}`;
-  }
-  configFile = join(dir, 'portcullis.yaml');
-  dataDir = join(dir, 'data');
-  await writeFile(configFile, stringify(quickstart));
-  const c = spawn(
-    'sh',
-    [
-      join(ROOT, 'scripts/node24.sh'),
-      join(ROOT, 'src/cli/main.ts'),
-      'start',
-      '--config',
-      configFile,
-      '--data-dir',
-      dataDir,
-    ],
-    { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] },
-  );
-  child = c;
-  c.stdout.on('data', (d: Buffer) => (output += d.toString('utf8')));
-  c.stderr.on('data', (d: Buffer) => (output += d.toString('utf8')));
-  const deadline = Date.now() + 45_000;
-  while (!output.includes('Stop: Ctrl-C')) {
-    if (c.exitCode !== null) throw new Error(`portcullis exited: ${output}`);
-    if (Date.now() > deadline) throw new Error(`portcullis did not start: ${output}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  qs = await startQuickstart('portcullis-readme-');
 }, 90_000);
 
 afterAll(async () => {
-  if (child !== undefined && child.exitCode === null) {
-    const closed = once(child, 'close');
-    child.kill('SIGTERM');
-    await closed;
-  }
-  await rm(dir, { recursive: true, force: true });
+  await qs.close();
 }, 30_000);
 
 describe('the README walk-through', () => {
@@ -144,13 +78,13 @@ describe('the README walk-through', () => {
     const commands = walkthroughCommands(readFileSync(join(ROOT, 'README.md'), 'utf8'));
     const rewrite = (line: string) =>
       line
-        .replaceAll('https://localhost:8443', `https://localhost:${String(gatewayPort)}`)
-        .replaceAll('https://127.0.0.1:9443', `https://127.0.0.1:${String(adminPort)}`)
+        .replaceAll('https://localhost:8443', qs.gatewayUrl)
+        .replaceAll('https://127.0.0.1:9443', `https://127.0.0.1:${String(qs.adminPort)}`)
         .replaceAll(
           '--config examples/quickstart/portcullis.yaml',
-          `--config ${configFile} --data-dir ${dataDir}`,
+          `--config ${qs.configFile} --data-dir ${qs.dataDir}`,
         )
-        .replaceAll('.portcullis/tls/ca.crt', join(dataDir, 'tls/ca.crt'));
+        .replaceAll('.portcullis/tls/ca.crt', join(qs.dataDir, 'tls/ca.crt'));
     const env: NodeJS.ProcessEnv = { ...process.env };
     let lastJson: Record<string, unknown> | undefined;
     const ran: string[] = [];
@@ -158,11 +92,11 @@ describe('the README walk-through', () => {
       // The install-and-start line is what beforeAll did on free ports.
       if (original.startsWith('npm install && npm start')) continue;
       const line = rewrite(original);
-      const placeholder = /^(\w+)=[^;\s]*…;\s*(\w+)=…$/.exec(line);
-      if (placeholder !== null) {
+      const fillIn = /^(\w+)=[^;\s]*…;\s*(\w+)=…$/.exec(line);
+      if (fillIn !== null) {
         expect(lastJson, `${original}: no JSON output to copy from`).toBeDefined();
-        env[placeholder[1] ?? ''] = String(lastJson?.client_id);
-        env[placeholder[2] ?? ''] = String(lastJson?.client_secret);
+        env[fillIn[1] ?? ''] = String(lastJson?.client_id);
+        env[fillIn[2] ?? ''] = String(lastJson?.client_secret);
         continue;
       }
       const assignment = /^(\w+)=(.*)$/.exec(line);
@@ -199,7 +133,7 @@ describe('the README walk-through', () => {
     // What the walk-through used never reaches the logs.
     for (const secret of [env.SECRET, env.TOKEN]) {
       expect(secret).toBeTruthy();
-      expect(output).not.toContain(secret);
+      expect(qs.output()).not.toContain(secret);
     }
   }, 240_000);
 });
