@@ -202,15 +202,23 @@ interface Settings {
 
 /** OAuth scopes an OpenAPI document declares in its oauth2 security schemes. */
 export function declaredScopes(document: OpenApiDocument): Set<string> {
-  const scopes = new Set<string>();
+  return new Set(declaredScopeDescriptions(document).keys());
+}
+
+/** The scopes the document's oauth2 flows declare, with the description each gives (may be ''). */
+export function declaredScopeDescriptions(document: OpenApiDocument): Map<string, string> {
+  const scopes = new Map<string, string>();
   for (const scheme of Object.values(document.securitySchemes)) {
     if (scheme.type !== 'oauth2') continue;
     const flows = scheme.flows;
     if (typeof flows !== 'object' || flows === null) continue;
     for (const flow of Object.values(flows as Record<string, unknown>)) {
       const declared = (flow as { scopes?: unknown } | null)?.scopes;
-      if (typeof declared === 'object' && declared !== null) {
-        for (const s of Object.keys(declared)) scopes.add(s);
+      if (typeof declared !== 'object' || declared === null) continue;
+      for (const [name, text] of Object.entries(declared as Record<string, unknown>)) {
+        const description = typeof text === 'string' ? text.trim() : '';
+        if (!scopes.has(name) || (scopes.get(name) === '' && description !== ''))
+          scopes.set(name, description);
       }
     }
   }

@@ -12,6 +12,7 @@ import type { StoreKeyManager } from '../../keys/index.ts';
 import type { Logger } from '../../log/index.ts';
 import type { Store } from '../../store/index.ts';
 import { loadOpenApi } from '../../gateway/openapi.ts';
+import { declaredScopeDescriptions } from '../provider.ts';
 import { createUsers, kmsSecretWrapper } from '../users.ts';
 import { ADMIN_SCOPE, bypassScopesOf, entitlementOf } from '../../admin/roles.ts';
 import type { Entitlement } from '../../admin/roles.ts';
@@ -234,15 +235,9 @@ function contractScopeDescriptions(loaded: LoadedConfig): Promise<Readonly<Recor
       const out: Record<string, string> = {};
       for (const api of loaded.config.apis) {
         const document = await loadOpenApi(loaded.resolvePath(api.openapi)).catch(() => undefined);
-        for (const scheme of Object.values(document?.securitySchemes ?? {})) {
-          if (scheme.type !== 'oauth2' || typeof scheme.flows !== 'object' || scheme.flows === null) continue;
-          for (const flow of Object.values(scheme.flows as Record<string, unknown>)) {
-            const scopes = (flow as { scopes?: unknown } | null)?.scopes;
-            if (typeof scopes !== 'object' || scopes === null) continue;
-            for (const [name, text] of Object.entries(scopes as Record<string, unknown>)) {
-              if (typeof text === 'string' && text.trim() !== '') out[name] ??= text.trim();
-            }
-          }
+        if (document === undefined) continue;
+        for (const [name, text] of declaredScopeDescriptions(document)) {
+          if (text !== '') out[name] ??= text;
         }
       }
       return out;
